@@ -1,0 +1,288 @@
+//! The `murakkab` configuration namespace, set with `SET murakkab.key = value`.
+//!
+//! Written by hand rather than with DataFusion's `extensions_options!` macro so that a wrong key
+//! or value gets a message that lists what is valid, and enumerated values are checked on `SET`
+//! instead of failing later inside a query.
+
+use std::any::Any;
+use std::fmt;
+use std::str::FromStr;
+
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
+use datafusion::error::{DataFusionError, Result};
+
+/// What the optimizer minimises once the quality target is met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Objective {
+    /// Wall-clock time of the query.
+    #[default]
+    Latency,
+    /// Joules consumed.
+    Energy,
+    /// Grams of CO2e emitted (energy times the grid's carbon intensity at run time).
+    Carbon,
+}
+
+/// What happens when a row's model call fails or its output cannot be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// The row's value becomes NULL and a warning is counted.
+    #[default]
+    Null,
+    /// The query fails.
+    Fail,
+}
+
+/// Scheduling class of a query's model work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Served first: the shell and the embedded API.
+    #[default]
+    Interactive,
+    /// Fills idle capacity: `murakkab run`.
+    Batch,
+}
+
+/// Implements `FromStr`/`Display` for a keyword enum from one table, so parsing, printing and
+/// the list of valid values in error messages cannot drift apart.
+macro_rules! keyword_enum {
+    ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every accepted keyword, in declaration order.
+            pub const KEYWORDS: &'static [&'static str] = &[$($word),+];
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$variant => $word),+ })
+            }
+        }
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($word => Ok(Self::$variant),)+
+                    _ => Err(format!("expected one of {}", Self::KEYWORDS.join(", "))),
+                }
+            }
+        }
+    };
+}
+
+keyword_enum!(Objective { Latency => "latency", Energy => "energy", Carbon => "carbon" });
+keyword_enum!(OnError { Null => "null", Fail => "fail" });
+keyword_enum!(Priority { Interactive => "interactive", Batch => "batch" });
+
+/// The `murakkab.*` session options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MurakkabOptions {
+    /// See [`Objective`].
+    pub objective: Objective,
+    /// Minimum estimated agreement with the reference model, in (0, 1].
+    pub quality_target: f64,
+    /// Whether the cost-based AI rules run at all.
+    pub optimizer_enabled: bool,
+    /// See [`OnError`].
+    pub on_error: OnError,
+    /// Grid carbon intensity used to turn joules into grams of CO2e.
+    pub carbon_intensity_g_per_kwh: f64,
+    /// Threads for model execution; 0 picks a default for this machine.
+    pub threads: usize,
+    /// See [`Priority`].
+    pub priority: Priority,
+}
+
+impl Default for MurakkabOptions {
+    fn default() -> Self {
+        Self {
+            objective: Objective::default(),
+            quality_target: 0.9,
+            optimizer_enabled: true,
+            on_error: OnError::default(),
+            // Roughly the world-average grid intensity of recent years; set the local value.
+            carbon_intensity_g_per_kwh: 475.0,
+            threads: 0,
+            priority: Priority::default(),
+        }
+    }
+}
+
+/// One documented key: the single source for `SET`, `SHOW ALL` and error messages.
+struct OptionDoc {
+    key: &'static str,
+    description: &'static str,
+}
+
+const OPTIONS: &[OptionDoc] = &[
+    OptionDoc {
+        key: "objective",
+        description: "What the optimizer minimises once the quality target is met: latency, energy or carbon.",
+    },
+    OptionDoc {
+        key: "quality_target",
+        description: "Minimum estimated agreement of an AI call's answers with the reference model, between 0 (exclusive) and 1.",
+    },
+    OptionDoc {
+        key: "optimizer.enabled",
+        description: "Whether Murakkab's cost-based AI rules (model choice, ordering, cascades, fusion) run.",
+    },
+    OptionDoc {
+        key: "on_error",
+        description: "When a row's model call fails or its output cannot be parsed: null (the value becomes NULL and a warning is counted) or fail (the query fails).",
+    },
+    OptionDoc {
+        key: "carbon_intensity_g_per_kwh",
+        description: "Grid carbon intensity in grams CO2e per kWh, used to report emissions; must be >= 0.",
+    },
+    OptionDoc {
+        key: "threads",
+        description: "Threads for model execution; 0 chooses a default for this machine.",
+    },
+    OptionDoc {
+        key: "priority",
+        description: "Scheduling class of this session's model work: interactive (served first) or batch (uses idle capacity).",
+    },
+];
+
+impl MurakkabOptions {
+    /// The options of a session, or the defaults if the extension was not registered.
+    pub fn from_config(config: &ConfigOptions) -> Self {
+        config.extensions.get::<Self>().cloned().unwrap_or_default()
+    }
+
+    /// Every key with its prefix, for messages and listings.
+    pub fn keys() -> impl Iterator<Item = String> {
+        OPTIONS.iter().map(|o| format!("{}.{}", Self::PREFIX, o.key))
+    }
+
+    fn value_of(&self, key: &str) -> String {
+        match key {
+            "objective" => self.objective.to_string(),
+            "quality_target" => self.quality_target.to_string(),
+            "optimizer.enabled" => self.optimizer_enabled.to_string(),
+            "on_error" => self.on_error.to_string(),
+            "carbon_intensity_g_per_kwh" => self.carbon_intensity_g_per_kwh.to_string(),
+            "threads" => self.threads.to_string(),
+            "priority" => self.priority.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
+fn invalid(key: &str, value: &str, expected: impl fmt::Display) -> DataFusionError {
+    DataFusionError::Configuration(format!(
+        "invalid value '{value}' for {}.{key}: {expected}",
+        MurakkabOptions::PREFIX
+    ))
+}
+
+fn parse<T: FromStr>(key: &str, value: &str, expected: &str) -> Result<T> {
+    value.trim().parse().map_err(|_| invalid(key, value, expected))
+}
+
+impl ConfigExtension for MurakkabOptions {
+    const PREFIX: &'static str = "murakkab";
+}
+
+impl ExtensionOptions for MurakkabOptions {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "objective" => self.objective = value.parse().map_err(|e| invalid(key, value, e))?,
+            "quality_target" => {
+                let v: f64 = parse(key, value, "expected a number between 0 and 1")?;
+                if !(v > 0.0 && v <= 1.0) {
+                    return Err(invalid(key, value, "expected a number greater than 0 and at most 1"));
+                }
+                self.quality_target = v;
+            }
+            "optimizer.enabled" => self.optimizer_enabled = parse(key, value, "expected true or false")?,
+            "on_error" => self.on_error = value.parse().map_err(|e| invalid(key, value, e))?,
+            "carbon_intensity_g_per_kwh" => {
+                let v: f64 = parse(key, value, "expected a number of grams CO2e per kWh")?;
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(key, value, "expected a finite number >= 0"));
+                }
+                self.carbon_intensity_g_per_kwh = v;
+            }
+            "threads" => self.threads = parse(key, value, "expected a whole number >= 0")?,
+            "priority" => self.priority = value.parse().map_err(|e| invalid(key, value, e))?,
+            _ => {
+                return Err(DataFusionError::Configuration(format!(
+                    "unknown option '{}.{key}'; valid options are: {}",
+                    Self::PREFIX,
+                    Self::keys().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        OPTIONS
+            .iter()
+            .map(|o| ConfigEntry {
+                key: format!("{}.{}", Self::PREFIX, o.key),
+                value: Some(self.value_of(o.key)),
+                description: o.description,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_key_can_be_set_and_read_back() {
+        let mut o = MurakkabOptions::default();
+        let values = [
+            ("objective", "energy"),
+            ("quality_target", "0.75"),
+            ("optimizer.enabled", "false"),
+            ("on_error", "fail"),
+            ("carbon_intensity_g_per_kwh", "350"),
+            ("threads", "2"),
+            ("priority", "batch"),
+        ];
+        assert_eq!(values.len(), OPTIONS.len());
+        for (k, v) in values {
+            o.set(k, v).expect(k);
+            assert_eq!(o.value_of(k), v, "{k}");
+        }
+        assert_eq!(o.objective, Objective::Energy);
+        assert!(!o.optimizer_enabled);
+    }
+
+    #[test]
+    fn unknown_key_lists_valid_ones() {
+        let err = MurakkabOptions::default().set("objectiv", "energy").unwrap_err().to_string();
+        assert!(err.contains("unknown option 'murakkab.objectiv'"), "{err}");
+        assert!(err.contains("murakkab.objective"), "{err}");
+        assert!(err.contains("murakkab.quality_target"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_say_what_was_expected() {
+        let mut o = MurakkabOptions::default();
+        let err = o.set("objective", "speed").unwrap_err().to_string();
+        assert!(err.contains("expected one of latency, energy, carbon"), "{err}");
+        let err = o.set("quality_target", "1.5").unwrap_err().to_string();
+        assert!(err.contains("murakkab.quality_target"), "{err}");
+        assert!(o.set("quality_target", "0").is_err());
+        assert!(o.set("threads", "-1").is_err());
+        assert!(o.set("carbon_intensity_g_per_kwh", "NaN").is_err());
+        assert_eq!(o, MurakkabOptions::default(), "a rejected SET changes nothing");
+    }
+}

@@ -1,0 +1,331 @@
+//! Batch jobs: run a SQL script and write its final query's result as numbered Parquet part
+//! files plus a manifest, in one output directory.
+//!
+//! The layout is what makes a long job safe to interrupt: each part is written to a temporary
+//! name, flushed to disk and renamed, and the manifest (rewritten the same way after every part)
+//! lists only parts that are complete. A reader, or a later `--resume`, trusts the manifest and
+//! ignores anything else in the directory.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::physical_plan::{StatisticsArgs, StatisticsContext, execute_stream};
+use datafusion::sql::parser::Statement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::Session;
+
+/// The manifest's file name inside the output directory.
+pub const MANIFEST_FILE: &str = "_manifest.json";
+/// The manifest format written by this version.
+pub const MANIFEST_FORMAT: &str = "murakkab-job/1";
+
+/// Where and how a job writes.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// The output directory (created; it holds `part-NNNNN.parquet` and the manifest).
+    pub output: PathBuf,
+    /// Rows per part file; each part is durable once written.
+    pub rows_per_part: usize,
+    /// Replace an existing job output at `output`.
+    pub overwrite: bool,
+}
+
+impl JobSpec {
+    /// A spec with 100,000 rows per part and no overwrite.
+    pub fn new(output: impl Into<PathBuf>) -> Self {
+        Self { output: output.into(), rows_per_part: 100_000, overwrite: false }
+    }
+}
+
+/// Receives progress while a job runs (a progress bar, log lines, or nothing).
+pub trait JobProgress: Send + Sync {
+    /// The query is planned; `estimated_rows` comes from the plan's statistics when known.
+    fn started(&self, _estimated_rows: Option<u64>) {}
+    /// `rows` more rows were produced (they are durable once their part is complete).
+    fn advanced(&self, _rows: u64) {}
+}
+
+/// Ignores progress.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl JobProgress for NoProgress {}
+
+/// One complete part file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// File name inside the output directory.
+    pub file: String,
+    /// Rows in the part.
+    pub rows: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// Whether the job finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Parts are still being written (or the job was interrupted).
+    Running,
+    /// Every row of the result is in the listed parts.
+    Complete,
+}
+
+/// The manifest: the only authority on which parts of an output are complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`MANIFEST_FORMAT`] for this version.
+    pub format: String,
+    /// SHA-256 of the job's SQL script.
+    pub script_sha256: String,
+    /// The query whose result the parts hold.
+    pub query: String,
+    /// Running or complete.
+    pub status: JobStatus,
+    /// `name: type` for each output column.
+    pub columns: Vec<String>,
+    /// Complete parts, in order.
+    pub parts: Vec<PartInfo>,
+    /// Rows over all parts.
+    pub total_rows: u64,
+    /// When the job started, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// When the job completed.
+    pub finished_unix_ms: Option<u64>,
+}
+
+impl Manifest {
+    /// Reads the manifest of an output directory.
+    pub fn read(output: &Path) -> Result<Self> {
+        let path = output.join(MANIFEST_FILE);
+        let text = fs::read_to_string(&path)
+            .map_err(|e| io_error(e, format!("reading job manifest '{}'", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            DataFusionError::Execution(format!(
+                "job manifest '{}' is not valid: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    fn write(&self, output: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        write_atomically(output, MANIFEST_FILE, |file| file.write_all(&json))
+    }
+}
+
+/// What a finished job did.
+#[derive(Debug, Clone)]
+pub struct JobSummary {
+    /// Rows written.
+    pub rows: u64,
+    /// Part files written.
+    pub parts: usize,
+    /// Wall time from planning to the final manifest.
+    pub elapsed: Duration,
+    /// The output directory.
+    pub output: PathBuf,
+}
+
+/// Runs `script` (statements separated by `;`, the last one a query) in `session` and writes
+/// the final query's rows as described in the module docs.
+pub async fn run_job(
+    session: &Session,
+    script: &str,
+    spec: &JobSpec,
+    progress: &dyn JobProgress,
+) -> Result<JobSummary> {
+    if spec.rows_per_part == 0 {
+        return Err(DataFusionError::Plan("rows per part must be at least 1".into()));
+    }
+    let mut statements = session.parse_statements(script)?;
+    let Some(last) = statements.pop() else {
+        return Err(DataFusionError::Plan(
+            "the job has no statements; its last statement must be a query (SELECT ...)".into(),
+        ));
+    };
+    if !is_query(&last) {
+        return Err(DataFusionError::Plan(format!(
+            "the last statement of a job must be a query (SELECT ...) whose rows are written, found: {}",
+            first_words(&last.to_string())
+        )));
+    }
+    prepare_output(&spec.output, spec.overwrite)?;
+
+    let started = Instant::now();
+    for statement in statements {
+        session.execute(statement).await?.collect().await?;
+    }
+    let query_text = last.to_string();
+    let frame = session.execute(last).await?;
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame.create_physical_plan().await?;
+    let schema = plan.schema();
+    let estimated = StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .ok()
+        .and_then(|s| s.num_rows.get_value().map(|n| *n as u64));
+    progress.started(estimated);
+
+    let mut manifest = Manifest {
+        format: MANIFEST_FORMAT.to_string(),
+        script_sha256: sha256_hex(script.as_bytes()),
+        query: query_text,
+        status: JobStatus::Running,
+        columns: schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect(),
+        parts: Vec::new(),
+        total_rows: 0,
+        started_unix_ms: unix_ms(),
+        finished_unix_ms: None,
+    };
+    manifest.write(&spec.output)?;
+
+    let mut stream = execute_stream(plan, task)?;
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        let mut batch = batch?;
+        progress.advanced(batch.num_rows() as u64);
+        while batch.num_rows() > 0 {
+            let take = (spec.rows_per_part - pending_rows).min(batch.num_rows());
+            pending.push(batch.slice(0, take));
+            pending_rows += take;
+            batch = batch.slice(take, batch.num_rows() - take);
+            if pending_rows == spec.rows_per_part {
+                finish_part(&spec.output, &schema, &mut pending, &mut manifest)?;
+                pending_rows = 0;
+            }
+        }
+    }
+    // The last short part; or one empty part so the output always carries the schema.
+    if pending_rows > 0 || manifest.parts.is_empty() {
+        finish_part(&spec.output, &schema, &mut pending, &mut manifest)?;
+    }
+    manifest.status = JobStatus::Complete;
+    manifest.finished_unix_ms = Some(unix_ms());
+    manifest.write(&spec.output)?;
+    Ok(JobSummary {
+        rows: manifest.total_rows,
+        parts: manifest.parts.len(),
+        elapsed: started.elapsed(),
+        output: spec.output.clone(),
+    })
+}
+
+fn is_query(statement: &Statement) -> bool {
+    matches!(statement, Statement::Statement(s) if matches!(**s, SqlStatement::Query(_)))
+}
+
+fn first_words(sql: &str) -> String {
+    let words: Vec<&str> = sql.split_whitespace().take(4).collect();
+    format!("{} ...", words.join(" "))
+}
+
+/// Makes `output` an empty directory, refusing to replace anything that is not a job output.
+fn prepare_output(output: &Path, overwrite: bool) -> Result<()> {
+    let shown = output.display();
+    if output.is_file() {
+        return Err(DataFusionError::Plan(format!(
+            "output '{shown}' is a file; a job writes a directory of part files, so name a new directory"
+        )));
+    }
+    if output.is_dir() {
+        let is_job_output = output.join(MANIFEST_FILE).is_file();
+        let is_empty = fs::read_dir(output)
+            .map_err(|e| io_error(e, format!("reading output directory '{shown}'")))?
+            .next()
+            .is_none();
+        if !is_empty {
+            if !is_job_output {
+                return Err(DataFusionError::Plan(format!(
+                    "output '{shown}' exists and is not a murakkab job output; choose a new directory"
+                )));
+            }
+            if !overwrite {
+                return Err(DataFusionError::Plan(format!(
+                    "output '{shown}' already exists; pass --overwrite to replace it"
+                )));
+            }
+            fs::remove_dir_all(output)
+                .map_err(|e| io_error(e, format!("removing old output '{shown}'")))?;
+        }
+    }
+    fs::create_dir_all(output).map_err(|e| io_error(e, format!("creating output '{shown}'")))
+}
+
+fn finish_part(
+    output: &Path,
+    schema: &SchemaRef,
+    pending: &mut Vec<RecordBatch>,
+    manifest: &mut Manifest,
+) -> Result<()> {
+    let name = format!("part-{:05}.parquet", manifest.parts.len());
+    let rows: usize = pending.iter().map(|b| b.num_rows()).sum();
+    let mut failure: Option<DataFusionError> = None;
+    write_atomically(output, &name, |file| {
+        let result = (|| {
+            let mut writer = ArrowWriter::try_new(&mut *file, Arc::clone(schema), None)?;
+            for batch in pending.iter() {
+                writer.write(batch)?;
+            }
+            writer.close()?;
+            Ok::<(), DataFusionError>(())
+        })();
+        result.map_err(|e| {
+            failure = Some(e);
+            std::io::Error::other("parquet write failed")
+        })
+    })
+    .map_err(|e| failure.take().unwrap_or(e))?;
+    pending.clear();
+    let bytes = fs::metadata(output.join(&name)).map(|m| m.len()).unwrap_or(0);
+    manifest.parts.push(PartInfo { file: name, rows: rows as u64, bytes });
+    manifest.total_rows += rows as u64;
+    manifest.write(output)
+}
+
+/// Writes `dir/name` through a temporary file: write, fsync, rename, fsync the directory. A
+/// crash leaves either the old file or the new one, never a torn one under the final name.
+fn write_atomically(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let target = dir.join(name);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        write(&mut file)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)?;
+        File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_error(e, format!("writing '{}'", target.display()))
+    })
+}
+
+fn io_error(err: std::io::Error, context: String) -> DataFusionError {
+    DataFusionError::IoError(err).context(context)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

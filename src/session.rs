@@ -1,0 +1,247 @@
+//! The embedded API: a [`Session`] and its [`SessionBuilder`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::catalog::MemTable;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::SessionContext;
+use datafusion::execution::options::ArrowReadOptions;
+use datafusion::prelude::{CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions};
+use datafusion::sql::parser::{DFParserBuilder, Statement};
+use datafusion::sql::sqlparser::dialect::dialect_from_str;
+use murakkab_catalog::MurakkabHome;
+use murakkab_compiler::{MurakkabOptions, Priority};
+
+use crate::functions::{self, FunctionInfo};
+use crate::session_state;
+
+/// Options fixed for the life of a session. Built with [`Session::builder`].
+#[derive(Debug, Clone)]
+pub struct SessionBuilder {
+    pub(crate) home: Option<PathBuf>,
+    pub(crate) threads: Option<usize>,
+    pub(crate) memory_limit: Option<usize>,
+    pub(crate) priority: Priority,
+}
+
+impl SessionBuilder {
+    /// The home directory for models, caches, statistics and history
+    /// (default: `$MURAKKAB_HOME`, else `~/.cache/murakkab`).
+    pub fn home(mut self, dir: impl AsRef<Path>) -> Self {
+        self.home = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Threads for query and model execution (default: all cores).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    /// Upper bound in bytes on the memory queries may reserve; operators that can spill do,
+    /// the others fail with "resources exhausted" rather than exceed it.
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The scheduling class of this session's model work (default: interactive).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Assembles the session. Nothing is loaded or written until a query needs it.
+    pub async fn build(self) -> Result<Session> {
+        let home = self.home.clone().map(MurakkabHome::at).unwrap_or_else(MurakkabHome::from_env);
+        let ctx = session_state::new_context(&self)?;
+        Ok(Session { ctx, home })
+    }
+}
+
+/// A Murakkab session: a catalog of tables, the `murakkab.*` options, and the AI functions.
+///
+/// Cloning is cheap and shares tables and options. Model weights are shared by every session
+/// in the process, so many sessions cost no more memory than one.
+#[derive(Clone)]
+pub struct Session {
+    ctx: SessionContext,
+    home: MurakkabHome,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.ctx.session_id()).field("home", &self.home).finish()
+    }
+}
+
+impl Session {
+    /// A session with default options.
+    pub async fn new() -> Result<Self> {
+        Self::builder().build().await
+    }
+
+    /// A builder for a session with options.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder { home: None, threads: None, memory_limit: None, priority: Priority::default() }
+    }
+
+    /// The home directory of this session.
+    pub fn home(&self) -> &MurakkabHome {
+        &self.home
+    }
+
+    /// The underlying DataFusion context, for anything this API does not wrap.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The current `murakkab.*` options.
+    pub fn options(&self) -> MurakkabOptions {
+        MurakkabOptions::from_config(self.ctx.state().config().options())
+    }
+
+    /// Plans one SQL statement. Statements such as `CREATE`, `SET` and `COPY` take effect when
+    /// the returned frame is collected; queries run when it is collected or streamed.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        self.ctx.sql(sql).await
+    }
+
+    /// Splits SQL text into statements with the session's dialect, so each can be run and
+    /// reported on its own (the shell, `-c`, `-f` and batch jobs all go through here).
+    pub fn parse_statements(&self, sql: &str) -> Result<Vec<Statement>> {
+        let state = self.ctx.state();
+        let options = state.config().options();
+        let dialect_name = options.sql_parser.dialect;
+        let dialect = dialect_from_str(dialect_name).ok_or_else(|| {
+            DataFusionError::Plan(format!("unsupported SQL dialect {dialect_name}"))
+        })?;
+        let statements = DFParserBuilder::new(sql)
+            .with_dialect(dialect.as_ref())
+            .with_recursion_limit(options.sql_parser.recursion_limit.get())
+            .build()?
+            .parse_statements()?;
+        Ok(statements.into_iter().collect())
+    }
+
+    /// Plans one parsed statement; see [`Session::sql`].
+    pub async fn execute(&self, statement: Statement) -> Result<DataFrame> {
+        let plan = self.ctx.state().statement_to_plan(statement).await?;
+        self.ctx.execute_logical_plan(plan).await
+    }
+
+    /// Registers a Parquet file (or a directory of them) as table `name`.
+    pub async fn register_parquet(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let path = checked_path(name, path.as_ref())?;
+        self.ctx
+            .register_parquet(
+                name,
+                &path,
+                ParquetReadOptions { file_extension: extension_of(&path, ".parquet"), ..Default::default() },
+            )
+            .await
+            .map_err(|e| registering(name, &path, e))
+    }
+
+    /// Registers a CSV file with a header row (or a directory of them) as table `name`.
+    pub async fn register_csv(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let path = checked_path(name, path.as_ref())?;
+        self.ctx
+            .register_csv(
+                name,
+                &path,
+                CsvReadOptions { file_extension: extension_of(&path, ".csv"), ..CsvReadOptions::new() },
+            )
+            .await
+            .map_err(|e| registering(name, &path, e))
+    }
+
+    /// Registers a JSON file as table `name`: newline-delimited (one object per line), or a
+    /// single JSON array of objects, detected from the file's first character.
+    pub async fn register_json(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let path = checked_path(name, path.as_ref())?;
+        let options = JsonReadOptions {
+            file_extension: extension_of(&path, ".json"),
+            newline_delimited: !starts_with_array(Path::new(&path)),
+            ..Default::default()
+        };
+        self.ctx.register_json(name, &path, options).await.map_err(|e| registering(name, &path, e))
+    }
+
+    /// Registers an Arrow IPC file as table `name`.
+    pub async fn register_arrow(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        let path = checked_path(name, path.as_ref())?;
+        let options = ArrowReadOptions { file_extension: extension_of(&path, ".arrow"), ..Default::default() };
+        self.ctx.register_arrow(name, &path, options).await.map_err(|e| registering(name, &path, e))
+    }
+
+    /// Registers in-memory batches (all of one schema) as table `name`.
+    pub async fn register_batches(&self, name: &str, batches: Vec<RecordBatch>) -> Result<()> {
+        let Some(first) = batches.first() else {
+            return Err(DataFusionError::Plan(format!(
+                "cannot register table '{name}' from zero batches: the schema is unknown; pass at least one (possibly empty) batch"
+            )));
+        };
+        let schema = first.schema();
+        let table = MemTable::try_new(schema, vec![batches])
+            .map_err(|e| e.context(format!("registering table '{name}'")))?;
+        self.ctx.register_table(name, Arc::new(table))?;
+        Ok(())
+    }
+
+    /// Registers one in-memory batch as table `name`.
+    pub async fn register_batch(&self, name: &str, batch: RecordBatch) -> Result<()> {
+        self.register_batches(name, vec![batch]).await
+    }
+
+    /// Every function callable from SQL, Murakkab's first, with their documentation.
+    pub fn functions(&self) -> Vec<FunctionInfo> {
+        functions::list(&self.ctx.state())
+    }
+}
+
+/// A clear error for a missing file, naming the table and the path, before DataFusion's less
+/// direct "no files found" planning error can occur.
+fn checked_path(name: &str, path: &Path) -> Result<String> {
+    if !path.exists() {
+        return Err(DataFusionError::Plan(format!(
+            "cannot register table '{name}': no file or directory at '{}'",
+            path.display()
+        )));
+    }
+    path.to_str().map(str::to_string).ok_or_else(|| {
+        DataFusionError::Plan(format!(
+            "cannot register table '{name}': the path '{}' is not valid UTF-8",
+            path.display()
+        ))
+    })
+}
+
+/// Read options filter files by extension; for a single file, accept whatever it is named.
+fn extension_of<'a>(path: &'a str, default: &'a str) -> &'a str {
+    let p = Path::new(path);
+    if p.is_file() {
+        return match p.extension().and_then(|e| e.to_str()) {
+            Some(_) => &path[path.rfind('.').unwrap_or(path.len())..],
+            None => "",
+        };
+    }
+    default
+}
+
+/// Whether a single file's first non-blank byte is `[` (a JSON array rather than NDJSON).
+fn starts_with_array(path: &Path) -> bool {
+    use std::io::Read;
+    if !path.is_file() {
+        return false;
+    }
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    head[..n].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+fn registering(name: &str, path: &str, err: DataFusionError) -> DataFusionError {
+    err.context(format!("registering table '{name}' from '{path}'"))
+}

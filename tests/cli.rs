@@ -1,0 +1,154 @@
+//! The `murakkab` binary as a user runs it: `-c`, `-f`, `run`, `models list`, bad input.
+
+// Test helpers unwrap: a panic here is a test failure with its message.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn murakkab(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_murakkab"))
+        .args(args)
+        .env("MURAKKAB_HOME", home)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the murakkab binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn command_runs_several_statements_in_one_session() {
+    let home = tempfile::tempdir().unwrap();
+    let out = murakkab(
+        home.path(),
+        &["-c", "CREATE TABLE t AS VALUES (1), (2), (3); SELECT sum(column1) AS s FROM t;", "--format", "csv"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "s\n6\n");
+}
+
+#[test]
+fn formats_table_and_json() {
+    let home = tempfile::tempdir().unwrap();
+    let out = murakkab(home.path(), &["-c", "SELECT 1 AS a, 'x' AS b"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("| a | b |"), "{}", stdout(&out));
+    let out = murakkab(home.path(), &["--format", "json", "-c", "SELECT 1 AS a, 'x' AS b"]);
+    assert_eq!(stdout(&out), "[{\"a\":1,\"b\":\"x\"}]\n");
+}
+
+#[test]
+fn file_runs_like_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("q.sql");
+    std::fs::write(&sql, "-- a comment\nCREATE TABLE t AS VALUES ('a'), ('b');\nSELECT count(*) AS n\nFROM t;\n")
+        .unwrap();
+    let out = murakkab(dir.path(), &["-f", sql.to_str().unwrap(), "--format", "csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "n\n2\n");
+}
+
+#[test]
+fn bad_query_exits_1_with_one_line_naming_the_table() {
+    let home = tempfile::tempdir().unwrap();
+    let out = murakkab(home.path(), &["-c", "SELECT * FROM no_such_table"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("Error: "), "{err}");
+    assert!(err.contains("no_such_table"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn syntax_error_and_missing_file_exit_1() {
+    let home = tempfile::tempdir().unwrap();
+    let out = murakkab(home.path(), &["-c", "SELEC 1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("SELEC"), "{}", stderr(&out));
+
+    let out = murakkab(home.path(), &["-f", "/nonexistent/q.sql"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("reading SQL file '/nonexistent/q.sql'"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_option_value_names_the_key() {
+    let home = tempfile::tempdir().unwrap();
+    let out = murakkab(home.path(), &["-c", "SET murakkab.objective = 'fast'"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("murakkab.objective: expected one of latency, energy, carbon"));
+}
+
+#[test]
+fn run_writes_parts_and_a_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        "CREATE TABLE nums AS SELECT value AS n FROM generate_series(1, 2500);\n\
+         SELECT n, n * 2 AS twice FROM nums WHERE n % 2 = 0;\n",
+    )
+    .unwrap();
+    let output = dir.path().join("out.parquet");
+    let out = murakkab(
+        dir.path(),
+        &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap(), "--rows-per-part", "500"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("wrote 1250 rows in 3 parts"), "{}", stderr(&out));
+
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["status"], "complete");
+    assert_eq!(manifest["total_rows"], 1250);
+    let parts: Vec<u64> =
+        manifest["parts"].as_array().unwrap().iter().map(|p| p["rows"].as_u64().unwrap()).collect();
+    assert_eq!(parts, vec![500, 500, 250]);
+
+    // The output directory is itself a table.
+    let check = format!("SELECT count(*) AS c, sum(twice) AS s FROM '{}/'", output.display());
+    let out = murakkab(dir.path(), &["--format", "csv", "-c", &check]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "c,s\n1250,3127500\n");
+
+    // A second run refuses to clobber the output unless asked.
+    let again = murakkab(dir.path(), &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("already exists; pass --overwrite"), "{}", stderr(&again));
+    let again = murakkab(
+        dir.path(),
+        &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap(), "--overwrite"],
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+#[test]
+fn run_rejects_a_job_that_ends_without_a_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.sql");
+    std::fs::write(&job, "CREATE TABLE t AS VALUES (1);").unwrap();
+    let output = dir.path().join("out");
+    let out = murakkab(dir.path(), &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("last statement of a job must be a query"), "{}", stderr(&out));
+    assert!(!output.exists(), "nothing is written for a rejected job");
+}
+
+#[test]
+fn models_list_shows_the_catalog() {
+    let home = tempfile::tempdir().unwrap();
+    let out = murakkab(home.path(), &["models", "list", "--format", "csv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("id,tasks,parameters,quantization,size,pulled\n"), "{text}");
+    assert!(text.contains("all-minilm-l6-v2,embed,22M,F32,91 MB,no"), "{text}");
+    assert!(text.contains("smollm2-135m-instruct"), "{text}");
+}
