@@ -4,9 +4,15 @@
 //! no AI calls that must cost next to nothing. Both sides read the same 10-million-row Parquet
 //! file with the same number of partitions, in one run, so the ratio of medians is the overhead.
 //!
-//! `cargo bench --bench plain_sql` (set `PLAIN_SQL_ROWS` for a smaller file).
+//! `cargo bench --bench plain_sql` (set `PLAIN_SQL_ROWS` for a smaller file). Besides criterion's
+//! two timings (taken one after the other, so machine noise can drift between them), it prints
+//! the ratio of medians over interleaved runs, which is the number to quote on a shared machine.
+
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout)]
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
@@ -61,11 +67,39 @@ async fn murakkab_session(path: &Path) -> Session {
     db
 }
 
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Alternates the two sides run by run, so both see the same machine load.
+fn interleaved_ratio(rt: &Runtime, df: &SessionContext, mk: &Session) {
+    const PAIRS: usize = 41;
+    let (mut d, mut m) = (Vec::with_capacity(PAIRS), Vec::with_capacity(PAIRS));
+    for _ in 0..PAIRS {
+        let start = Instant::now();
+        rt.block_on(async { df.sql(QUERY).await.expect("plan").collect().await.expect("run") });
+        d.push(start.elapsed());
+        let start = Instant::now();
+        rt.block_on(async { mk.sql(QUERY).await.expect("plan").collect().await.expect("run") });
+        m.push(start.elapsed());
+    }
+    let (d, m) = (median(d), median(m));
+    println!(
+        "plain_sql interleaved ({PAIRS} pairs, {} rows): datafusion median {:.2} ms, murakkab median {:.2} ms, ratio murakkab/datafusion = {:.3}",
+        rows(),
+        d.as_secs_f64() * 1e3,
+        m.as_secs_f64() * 1e3,
+        m.as_secs_f64() / d.as_secs_f64()
+    );
+}
+
 fn plain_sql(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
     let path = data_file(&rt);
     let df = rt.block_on(datafusion_context(&path));
     let mk = rt.block_on(murakkab_session(&path));
+    interleaved_ratio(&rt, &df, &mk);
 
     let mut group = c.benchmark_group("plain_sql");
     group.sample_size(20);
