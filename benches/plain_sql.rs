@@ -53,7 +53,8 @@ fn data_file(rt: &Runtime) -> PathBuf {
 }
 
 async fn datafusion_context(path: &Path) -> SessionContext {
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(threads()));
+    let ctx =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(threads()));
     ctx.register_parquet("t", path.to_str().expect("utf8 path"), ParquetReadOptions::default())
         .await
         .expect("register");
@@ -104,10 +105,12 @@ fn plain_sql(c: &mut Criterion) {
     let mut group = c.benchmark_group("plain_sql");
     group.sample_size(20);
     group.bench_function("datafusion", |b| {
-        b.to_async(&rt).iter(|| async { df.sql(QUERY).await.expect("plan").collect().await.expect("run") })
+        b.to_async(&rt)
+            .iter(|| async { df.sql(QUERY).await.expect("plan").collect().await.expect("run") })
     });
     group.bench_function("murakkab", |b| {
-        b.to_async(&rt).iter(|| async { mk.sql(QUERY).await.expect("plan").collect().await.expect("run") })
+        b.to_async(&rt)
+            .iter(|| async { mk.sql(QUERY).await.expect("plan").collect().await.expect("run") })
     });
     group.finish();
 }

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the SQL logic tests (tests/sql/*.slt), integration tests that run
-# the murakkab binary, and doc-tests. Everything the tests need is fetched by this script.
+# the murakkab binary, real-model tests, and doc-tests. Everything the tests need is fetched here:
+# the real test models are pulled into MURAKKAB_HOME (default ~/.cache/murakkab) once and reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace
+# Same targets as `cargo test`, so the binary below shares its build.
+cargo build --quiet --workspace --all-targets
+"${CARGO_TARGET_DIR:-target}/debug/murakkab" models pull all-minilm-l6-v2 smollm2-135m-instruct
+MURAKKAB_REQUIRE_REAL_MODELS=1 cargo test --workspace

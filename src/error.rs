@@ -55,8 +55,8 @@ mod tests {
 
     #[test]
     fn context_chain_is_one_line() {
-        let err = DataFusionError::Plan("table 't' not found\nhint".into())
-            .context("registering 'x'");
+        let err =
+            DataFusionError::Plan("table 't' not found\nhint".into()).context("registering 'x'");
         assert_eq!(user_message(&err), "registering 'x': planning error: table 't' not found hint");
     }
 }

@@ -77,9 +77,15 @@ pub(crate) fn list(state: &SessionState) -> Vec<FunctionInfo> {
     // Aliases are registered under several names; list each once under its own name.
     out.retain(|f| {
         let canonical = match f.kind {
-            FunctionKind::Scalar => state.scalar_functions().get(&f.name).map(|u| u.name() == f.name),
-            FunctionKind::Aggregate => state.aggregate_functions().get(&f.name).map(|u| u.name() == f.name),
-            FunctionKind::Window => state.window_functions().get(&f.name).map(|u| u.name() == f.name),
+            FunctionKind::Scalar => {
+                state.scalar_functions().get(&f.name).map(|u| u.name() == f.name)
+            }
+            FunctionKind::Aggregate => {
+                state.aggregate_functions().get(&f.name).map(|u| u.name() == f.name)
+            }
+            FunctionKind::Window => {
+                state.window_functions().get(&f.name).map(|u| u.name() == f.name)
+            }
         };
         canonical.unwrap_or(true)
     });

@@ -120,8 +120,8 @@ impl Manifest {
     }
 
     fn write(&self, output: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| DataFusionError::External(Box::new(e)))?;
         write_atomically(output, MANIFEST_FILE, |file| file.write_all(&json))
     }
 }
@@ -184,7 +184,11 @@ pub async fn run_job(
         script_sha256: sha256_hex(script.as_bytes()),
         query: query_text,
         status: JobStatus::Running,
-        columns: schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect(),
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect(),
         parts: Vec::new(),
         total_rows: 0,
         started_unix_ms: unix_ms(),

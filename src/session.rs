@@ -73,7 +73,10 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("id", &self.ctx.session_id()).field("home", &self.home).finish()
+        f.debug_struct("Session")
+            .field("id", &self.ctx.session_id())
+            .field("home", &self.home)
+            .finish()
     }
 }
 
@@ -85,7 +88,12 @@ impl Session {
 
     /// A builder for a session with options.
     pub fn builder() -> SessionBuilder {
-        SessionBuilder { home: None, threads: None, memory_limit: None, priority: Priority::default() }
+        SessionBuilder {
+            home: None,
+            threads: None,
+            memory_limit: None,
+            priority: Priority::default(),
+        }
     }
 
     /// The home directory of this session.
@@ -139,7 +147,10 @@ impl Session {
             .register_parquet(
                 name,
                 &path,
-                ParquetReadOptions { file_extension: extension_of(&path, ".parquet"), ..Default::default() },
+                ParquetReadOptions {
+                    file_extension: extension_of(&path, ".parquet"),
+                    ..Default::default()
+                },
             )
             .await
             .map_err(|e| registering(name, &path, e))
@@ -152,7 +163,10 @@ impl Session {
             .register_csv(
                 name,
                 &path,
-                CsvReadOptions { file_extension: extension_of(&path, ".csv"), ..CsvReadOptions::new() },
+                CsvReadOptions {
+                    file_extension: extension_of(&path, ".csv"),
+                    ..CsvReadOptions::new()
+                },
             )
             .await
             .map_err(|e| registering(name, &path, e))
@@ -173,7 +187,10 @@ impl Session {
     /// Registers an Arrow IPC file as table `name`.
     pub async fn register_arrow(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
         let path = checked_path(name, path.as_ref())?;
-        let options = ArrowReadOptions { file_extension: extension_of(&path, ".arrow"), ..Default::default() };
+        let options = ArrowReadOptions {
+            file_extension: extension_of(&path, ".arrow"),
+            ..Default::default()
+        };
         self.ctx.register_arrow(name, &path, options).await.map_err(|e| registering(name, &path, e))
     }
 

@@ -28,7 +28,12 @@ fn command_runs_several_statements_in_one_session() {
     let home = tempfile::tempdir().unwrap();
     let out = murakkab(
         home.path(),
-        &["-c", "CREATE TABLE t AS VALUES (1), (2), (3); SELECT sum(column1) AS s FROM t;", "--format", "csv"],
+        &[
+            "-c",
+            "CREATE TABLE t AS VALUES (1), (2), (3); SELECT sum(column1) AS s FROM t;",
+            "--format",
+            "csv",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "s\n6\n");
@@ -48,8 +53,11 @@ fn formats_table_and_json() {
 fn file_runs_like_command() {
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("q.sql");
-    std::fs::write(&sql, "-- a comment\nCREATE TABLE t AS VALUES ('a'), ('b');\nSELECT count(*) AS n\nFROM t;\n")
-        .unwrap();
+    std::fs::write(
+        &sql,
+        "-- a comment\nCREATE TABLE t AS VALUES ('a'), ('b');\nSELECT count(*) AS n\nFROM t;\n",
+    )
+    .unwrap();
     let out = murakkab(dir.path(), &["-f", sql.to_str().unwrap(), "--format", "csv"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "n\n2\n");
@@ -100,13 +108,21 @@ fn run_writes_parts_and_a_manifest() {
     let output = dir.path().join("out.parquet");
     let out = murakkab(
         dir.path(),
-        &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap(), "--rows-per-part", "500"],
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--rows-per-part",
+            "500",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("wrote 1250 rows in 3 parts"), "{}", stderr(&out));
 
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["status"], "complete");
     assert_eq!(manifest["total_rows"], 1250);
     let parts: Vec<u64> =
@@ -120,7 +136,8 @@ fn run_writes_parts_and_a_manifest() {
     assert_eq!(stdout(&out), "c,s\n1250,3127500\n");
 
     // A second run refuses to clobber the output unless asked.
-    let again = murakkab(dir.path(), &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let again =
+        murakkab(dir.path(), &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1));
     assert!(stderr(&again).contains("already exists; pass --overwrite"), "{}", stderr(&again));
     let again = murakkab(
@@ -136,7 +153,8 @@ fn run_rejects_a_job_that_ends_without_a_query() {
     let job = dir.path().join("job.sql");
     std::fs::write(&job, "CREATE TABLE t AS VALUES (1);").unwrap();
     let output = dir.path().join("out");
-    let out = murakkab(dir.path(), &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    let out =
+        murakkab(dir.path(), &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("last statement of a job must be a query"), "{}", stderr(&out));
     assert!(!output.exists(), "nothing is written for a rejected job");

@@ -31,7 +31,9 @@ async fn every_file_format_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let db = session(dir.path()).await;
     db.register_batch("mem", sample()).await.unwrap();
-    for (format, ext) in [("PARQUET", "parquet"), ("CSV", "csv"), ("JSON", "json"), ("ARROW", "arrow")] {
+    for (format, ext) in
+        [("PARQUET", "parquet"), ("CSV", "csv"), ("JSON", "json"), ("ARROW", "arrow")]
+    {
         let path = dir.path().join(format!("data.{ext}"));
         db.sql(&format!("COPY mem TO '{}' STORED AS {format}", path.display()))
             .await
@@ -47,7 +49,11 @@ async fn every_file_format_round_trips() {
             _ => db.register_arrow(&name, &path).await.unwrap(),
         }
         let row = scalar(&db, &format!("SELECT count(*), sum(id), count(text) FROM {name}")).await;
-        assert_eq!(row.split('|').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>(), ["3", "6", "2"], "{format}");
+        assert_eq!(
+            row.split('|').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+            ["3", "6", "2"],
+            "{format}"
+        );
     }
 }
 
@@ -104,7 +110,8 @@ async fn functions_list_puts_murakkab_first_with_docs() {
 #[tokio::test]
 async fn memory_limit_bounds_queries() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Session::builder().home(dir.path()).threads(1).memory_limit(1 << 20).build().await.unwrap();
+    let db =
+        Session::builder().home(dir.path()).threads(1).memory_limit(1 << 20).build().await.unwrap();
     // Collecting ~100 MB of strings into one array cannot spill and cannot fit in 1 MiB: the
     // query must fail with "resources exhausted" instead of growing past the limit.
     let result = db

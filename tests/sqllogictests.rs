@@ -24,7 +24,9 @@ struct SltSession {
 fn column_type(t: &DataType) -> DefaultColumnType {
     match t {
         t if t.is_integer() => DefaultColumnType::Integer,
-        t if t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) => {
+        t if t.is_floating()
+            || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
+        {
             DefaultColumnType::FloatingPoint
         }
         DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => DefaultColumnType::Text,
@@ -48,7 +50,11 @@ fn rows_of(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, Error> {
                     .zip(batch.columns())
                     .map(|(f, col)| {
                         let text = f.value(row).to_string();
-                        if text.is_empty() && !col.is_null(row) { "(empty)".to_string() } else { text }
+                        if text.is_empty() && !col.is_null(row) {
+                            "(empty)".to_string()
+                        } else {
+                            text
+                        }
                     })
                     .collect(),
             );
@@ -112,5 +118,11 @@ async fn sql_logic_tests() {
             failures.push(format!("{}:\n{e}", file.display()));
         }
     }
-    assert!(failures.is_empty(), "{} of {} .slt files failed:\n\n{}", failures.len(), files.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} .slt files failed:\n\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n\n")
+    );
 }

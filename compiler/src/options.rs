@@ -202,11 +202,17 @@ impl ExtensionOptions for MurakkabOptions {
             "quality_target" => {
                 let v: f64 = parse(key, value, "expected a number between 0 and 1")?;
                 if !(v > 0.0 && v <= 1.0) {
-                    return Err(invalid(key, value, "expected a number greater than 0 and at most 1"));
+                    return Err(invalid(
+                        key,
+                        value,
+                        "expected a number greater than 0 and at most 1",
+                    ));
                 }
                 self.quality_target = v;
             }
-            "optimizer.enabled" => self.optimizer_enabled = parse(key, value, "expected true or false")?,
+            "optimizer.enabled" => {
+                self.optimizer_enabled = parse(key, value, "expected true or false")?
+            }
             "on_error" => self.on_error = value.parse().map_err(|e| invalid(key, value, e))?,
             "carbon_intensity_g_per_kwh" => {
                 let v: f64 = parse(key, value, "expected a number of grams CO2e per kWh")?;

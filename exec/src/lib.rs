@@ -1,4 +1,24 @@
-//! The Murakkab runtime: model backends, tokenizers, the per-model batchers, the device
-//! scheduler, caches, energy meters, and the physical AI operators with their `ExtensionPlanner`.
+//! The Murakkab runtime: model backends, tokenizers, the process-wide model registry, and (as
+//! they land) the per-model batchers, the device scheduler, caches, energy meters and the
+//! physical AI operators with their `ExtensionPlanner`.
 //!
-//! Empty until the model runtime lands: plain SQL needs nothing from it.
+//! Models are loaded lazily, once per process, through [`ModelRegistry`]: every query and every
+//! session shares the same weights. Nothing here downloads anything; a model that is not pulled
+//! is an error that says which `murakkab models pull` to run.
+
+mod bert_encoder;
+mod device;
+mod error;
+mod gguf_decoder;
+mod gguf_tokenizer;
+mod language_model;
+mod registry;
+pub mod tiny_models;
+
+pub use bert_encoder::{BertEncoder, Embeddings, cosine};
+pub use device::ComputeDevice;
+pub use error::ModelError;
+pub use gguf_decoder::{DecoderConfig, GgufDecoder, SeqCache, WeightMode};
+pub use gguf_tokenizer::tokenizer_from_gguf;
+pub use language_model::{GenerateOptions, LanguageModel, Sampling};
+pub use registry::ModelRegistry;

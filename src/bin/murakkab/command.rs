@@ -70,7 +70,9 @@ impl BackslashCommand {
             ("\\format", None) => Err(format!("\\format expects one of {}", OutputFormat::names())),
             ("\\q" | "\\quit", None) => Ok(Self::Quit),
             ("\\?" | "\\h" | "\\help", None) => Ok(Self::Help),
-            ("\\models" | "\\q" | "\\?", Some(a)) => Err(format!("{name} takes no argument, got '{a}'")),
+            ("\\models" | "\\q" | "\\?", Some(a)) => {
+                Err(format!("{name} takes no argument, got '{a}'"))
+            }
             _ => Err(format!("unknown command '{name}'; \\? lists the commands")),
         }
     }
@@ -89,7 +91,9 @@ impl BackslashCommand {
                 exec::run_sql(session, &format!("DESCRIBE {}", quote_name(&name)), &quiet(options))
                     .await?;
             }
-            Self::Functions(pattern) => print_functions(session, pattern.as_deref(), options.format)?,
+            Self::Functions(pattern) => {
+                print_functions(session, pattern.as_deref(), options.format)?
+            }
             Self::Models => models::print_list(session, options.format),
             Self::Timing(on) => options.timing = on,
             Self::Format(format) => options.format = format,
@@ -108,8 +112,9 @@ fn quiet(options: &ExecOptions) -> ExecOptions {
 fn quote_name(name: &str) -> String {
     name.split('.')
         .map(|part| {
-            let plain = part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                && !part.is_empty();
+            let plain =
+                part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    && !part.is_empty();
             if plain { part.to_string() } else { format!("\"{}\"", part.replace('"', "\"\"")) }
         })
         .collect::<Vec<_>>()
@@ -152,7 +157,9 @@ fn print_functions(session: &Session, pattern: Option<&str>, format: OutputForma
     )?;
     print_batches(&mut std::io::stdout().lock(), format, &schema, &[batch])?;
     if pattern.is_none() {
-        println!("\\functions NAME shows one function in full; \\functions TEXT searches all functions.");
+        println!(
+            "\\functions NAME shows one function in full; \\functions TEXT searches all functions."
+        );
     }
     Ok::<(), Error>(())
 }

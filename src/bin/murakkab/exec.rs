@@ -28,7 +28,11 @@ pub async fn run_sql(session: &Session, sql: &str, options: &ExecOptions) -> Res
 }
 
 /// Runs one statement; Ctrl-C while it runs cancels it (dropping the stream stops the work).
-async fn run_statement(session: &Session, statement: Statement, options: &ExecOptions) -> Result<()> {
+async fn run_statement(
+    session: &Session,
+    statement: Statement,
+    options: &ExecOptions,
+) -> Result<()> {
     let started = Instant::now();
     let work = async {
         let frame = session.execute(statement).await?;

@@ -51,6 +51,9 @@ async fn main_inner(args: Args) -> Result<()> {
             models::print_list(&session, args.format);
             Ok(())
         }
+        Some(Command::Models { command: ModelsCommand::Pull { ids, default } }) => {
+            models::pull(&session, &ids, default)
+        }
         None if args.commands.is_empty() && args.files.is_empty() => {
             shell::run(session, ExecOptions { format: args.format, timing: true }).await
         }
@@ -77,5 +80,6 @@ async fn run_commands_and_files(session: &Session, args: &Args) -> Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -114,8 +114,14 @@ mod tests {
     fn every_format_renders() {
         let (_, batches) = sample();
         assert_eq!(render(OutputFormat::Csv, &batches), "id,text\n1,\"a,b\"\n2,\n");
-        assert_eq!(render(OutputFormat::Json, &batches), "[{\"id\":1,\"text\":\"a,b\"},{\"id\":2}]\n");
-        assert_eq!(render(OutputFormat::Ndjson, &batches), "{\"id\":1,\"text\":\"a,b\"}\n{\"id\":2}\n");
+        assert_eq!(
+            render(OutputFormat::Json, &batches),
+            "[{\"id\":1,\"text\":\"a,b\"},{\"id\":2}]\n"
+        );
+        assert_eq!(
+            render(OutputFormat::Ndjson, &batches),
+            "{\"id\":1,\"text\":\"a,b\"}\n{\"id\":2}\n"
+        );
         assert!(render(OutputFormat::Table, &batches).contains("| 1  | a,b  |"));
     }
 

@@ -102,7 +102,15 @@ struct LineState {
 impl LineProgress {
     fn new(every: Duration) -> Self {
         let now = Instant::now();
-        Self { every, state: Mutex::new(LineState { started: now, last_print: now, rows: 0, estimated: None }) }
+        Self {
+            every,
+            state: Mutex::new(LineState {
+                started: now,
+                last_print: now,
+                rows: 0,
+                estimated: None,
+            }),
+        }
     }
 }
 

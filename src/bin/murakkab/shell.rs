@@ -1,9 +1,9 @@
 //! The interactive shell: read a statement or backslash command, run it, print, repeat.
 
+use murakkab::{Error, Result, Session};
 use rustyline::error::ReadlineError;
 use rustyline::history::DefaultHistory;
 use rustyline::{Config, Editor};
-use murakkab::{Error, Result, Session};
 
 use crate::command::BackslashCommand;
 use crate::exec::{self, ExecOptions};
@@ -11,14 +11,22 @@ use crate::helper::ShellHelper;
 
 /// Runs the shell until `\q` or Ctrl-D. Errors are printed and the shell carries on.
 pub async fn run(session: Session, mut options: ExecOptions) -> Result<()> {
-    let config = Config::builder().auto_add_history(true).max_history_size(10_000).map_err(readline)?.build();
-    let mut editor: Editor<ShellHelper, DefaultHistory> = Editor::with_config(config).map_err(readline)?;
+    let config = Config::builder()
+        .auto_add_history(true)
+        .max_history_size(10_000)
+        .map_err(readline)?
+        .build();
+    let mut editor: Editor<ShellHelper, DefaultHistory> =
+        Editor::with_config(config).map_err(readline)?;
     editor.set_helper(Some(ShellHelper));
     let history = session.home().history_file();
     // A missing history file is normal on first start.
     let _ = editor.load_history(&history);
 
-    println!("Murakkab {} — SQL with AI functions. \\? for help, \\q to quit.", env!("CARGO_PKG_VERSION"));
+    println!(
+        "Murakkab {} — SQL with AI functions. \\? for help, \\q to quit.",
+        env!("CARGO_PKG_VERSION")
+    );
     loop {
         match editor.readline("murakkab> ") {
             Ok(line) => {

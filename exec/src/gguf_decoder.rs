@@ -1,0 +1,471 @@
+//! Decoder-only transformers from GGUF files (architectures `llama` and `qwen2`), written to run
+//! real batches: sequences of different lengths in one forward pass (padding masks, per-sequence
+//! positions), a KV cache per sequence, and caches that can be shared as a common prefix.
+//!
+//! Reference: candle-transformers' `quantized_llama.rs` / `quantized_qwen2.rs` (same weights and
+//! names: `blk.N.attn_q.weight`, ...), which keep one cache inside the model and one position for
+//! the whole batch, so they cannot batch rows of different lengths. Here the cache lives outside
+//! the model, in [`SeqCache`] values the caller owns.
+//!
+//! RoPE follows llama.cpp: interleaved pairs for `llama`, NEOX halves for `qwen2`.
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+
+use crate::error::ModelError;
+
+/// How projection weights are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightMode {
+    /// As stored (e.g. Q4_K): smallest, fastest for one token at a time.
+    Quantized,
+    /// Dequantized to f32 at load: several times the memory, much faster GEMM for prefill.
+    Dequantized,
+}
+
+/// Shape and numerics read from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
+    pub n_kv_head: usize,
+    /// Width of the residual stream.
+    pub dim: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Maximum positions.
+    pub context_length: usize,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// RMSNorm epsilon.
+    pub rms_eps: f64,
+    /// NEOX-style (halves) rather than interleaved RoPE.
+    pub neox_rope: bool,
+}
+
+/// The keys and values one sequence has produced so far, per layer: `[n_kv_head, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct SeqCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl SeqCache {
+    /// Tokens covered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held by the cache.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|(k, v)| (k.elem_count() + v.elem_count()) * 4).sum()
+    }
+}
+
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+struct Block {
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Tensor,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+/// A loaded decoder: weights only; all per-sequence state is in [`SeqCache`].
+pub struct GgufDecoder {
+    config: DecoderConfig,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+impl std::fmt::Debug for GgufDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufDecoder").field("config", &self.config).finish()
+    }
+}
+
+fn md<'a>(ct: &'a Content, key: &str) -> Result<&'a Value, ModelError> {
+    ct.metadata.get(key).ok_or_else(|| ModelError::Load {
+        id: String::new(),
+        detail: format!("the GGUF file has no {key}"),
+    })
+}
+
+fn md_usize(ct: &Content, key: &str) -> Result<usize, ModelError> {
+    let v = md(ct, key)?;
+    v.to_u32()
+        .map(|x| x as usize)
+        .or_else(|_| v.to_u64().map(|x| x as usize))
+        .map_err(|e| ModelError::Load { id: String::new(), detail: format!("{key}: {e}") })
+}
+
+fn md_f32(ct: &Content, key: &str) -> Option<f32> {
+    ct.metadata.get(key).and_then(|v| v.to_f32().ok())
+}
+
+impl DecoderConfig {
+    /// Reads the configuration of a `llama` or `qwen2` GGUF.
+    pub fn from_gguf(ct: &Content) -> Result<Self, ModelError> {
+        let architecture = md(ct, "general.architecture")?
+            .to_string()
+            .map_err(|e| ModelError::Load { id: String::new(), detail: e.to_string() })?
+            .clone();
+        let neox_rope = match architecture.as_str() {
+            "llama" => false,
+            "qwen2" => true,
+            other => {
+                return Err(ModelError::Load {
+                    id: String::new(),
+                    detail: format!(
+                        "GGUF architecture '{other}' is not supported by the batched decoder; supported: llama, qwen2"
+                    ),
+                });
+            }
+        };
+        let a = architecture.as_str();
+        let n_head = md_usize(ct, &format!("{a}.attention.head_count"))?;
+        let dim = md_usize(ct, &format!("{a}.embedding_length"))?;
+        let head_dim =
+            md_usize(ct, &format!("{a}.rope.dimension_count")).unwrap_or(dim / n_head.max(1));
+        let vocab = md(ct, "tokenizer.ggml.tokens")
+            .ok()
+            .and_then(|v| v.to_vec().ok().map(|v| v.len()))
+            .unwrap_or(0);
+        Ok(Self {
+            n_layer: md_usize(ct, &format!("{a}.block_count"))?,
+            n_head,
+            n_kv_head: md_usize(ct, &format!("{a}.attention.head_count_kv")).unwrap_or(n_head),
+            dim,
+            head_dim,
+            vocab,
+            context_length: md_usize(ct, &format!("{a}.context_length")).unwrap_or(2048),
+            rope_theta: md_f32(ct, &format!("{a}.rope.freq_base")).unwrap_or(10_000.0),
+            rms_eps: f64::from(
+                md_f32(ct, &format!("{a}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+            ),
+            neox_rope,
+            architecture,
+        })
+    }
+}
+
+impl GgufDecoder {
+    /// Loads the weights of a parsed GGUF.
+    pub fn load<R: Read + Seek>(
+        ct: &Content,
+        reader: &mut R,
+        device: &Device,
+        mode: WeightMode,
+    ) -> Result<Self, ModelError> {
+        let config = DecoderConfig::from_gguf(ct)?;
+        let tensor = |reader: &mut R, name: &str| -> Result<QTensor, ModelError> {
+            ct.tensor(reader, name, device).map_err(|e| ModelError::Load {
+                id: String::new(),
+                detail: format!("tensor {name}: {e}"),
+            })
+        };
+        let matmul = |q: QTensor| -> Result<QMatMul, ModelError> {
+            Ok(match mode {
+                WeightMode::Quantized => QMatMul::from_qtensor(q)?,
+                WeightMode::Dequantized => QMatMul::Tensor(q.dequantize(device)?),
+            })
+        };
+        let bias = |reader: &mut R, name: &str| -> Result<Option<Tensor>, ModelError> {
+            if ct.tensor_infos.contains_key(name) {
+                Ok(Some(tensor(reader, name)?.dequantize(device)?))
+            } else {
+                Ok(None)
+            }
+        };
+        let embed_q = tensor(reader, "token_embd.weight")?;
+        let embed = embed_q.dequantize(device)?;
+        let output = if ct.tensor_infos.contains_key("output.weight") {
+            matmul(tensor(reader, "output.weight")?)?
+        } else {
+            // Tied embeddings (SmolLM2): the output projection is the embedding matrix.
+            match mode {
+                WeightMode::Quantized => QMatMul::from_qtensor(embed_q)?,
+                WeightMode::Dequantized => QMatMul::Tensor(embed.clone()),
+            }
+        };
+        let norm = tensor(reader, "output_norm.weight")?.dequantize(device)?;
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("blk.{i}");
+            let linear = |reader: &mut R, name: &str| -> Result<Linear, ModelError> {
+                Ok(Linear {
+                    weight: matmul(tensor(reader, &format!("{p}.{name}.weight"))?)?,
+                    bias: bias(reader, &format!("{p}.{name}.bias"))?,
+                })
+            };
+            blocks.push(Block {
+                attn_norm: tensor(reader, &format!("{p}.attn_norm.weight"))?.dequantize(device)?,
+                wq: linear(reader, "attn_q")?,
+                wk: linear(reader, "attn_k")?,
+                wv: linear(reader, "attn_v")?,
+                wo: linear(reader, "attn_output")?,
+                ffn_norm: tensor(reader, &format!("{p}.ffn_norm.weight"))?.dequantize(device)?,
+                w_gate: linear(reader, "ffn_gate")?,
+                w_up: linear(reader, "ffn_up")?,
+                w_down: linear(reader, "ffn_down")?,
+            });
+        }
+        let (cos, sin) =
+            rope_tables(config.head_dim, config.rope_theta, config.context_length, device)?;
+        let config = DecoderConfig { vocab: embed.dim(0)?, ..config };
+        Ok(Self { config, embed, blocks, norm, output, cos, sin, device: device.clone() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// An empty cache, the starting point of every sequence.
+    pub fn empty_cache(&self) -> Result<SeqCache, ModelError> {
+        let empty = Tensor::zeros(
+            (self.config.n_kv_head, 0, self.config.head_dim),
+            DType::F32,
+            &self.device,
+        )?;
+        Ok(SeqCache { layers: vec![(empty.clone(), empty); self.config.n_layer], len: 0 })
+    }
+
+    /// Runs `tokens[b]` after `caches[b]` for every sequence `b` in one pass.
+    ///
+    /// Returns the final-norm hidden state of each sequence's last new token (`[B, dim]`) and the
+    /// extended caches. Sequences may differ in length and in cached length; each must add at
+    /// least one token. With `all_positions`, also returns every new position's hidden state
+    /// (`[B, T, dim]`, padded positions unspecified).
+    pub fn forward(
+        &self,
+        tokens: &[&[u32]],
+        caches: &[&SeqCache],
+        all_positions: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
+        let b = tokens.len();
+        if b == 0 || caches.len() != b || tokens.iter().any(|t| t.is_empty()) {
+            return Err(ModelError::Unsupported {
+                id: self.config.architecture.clone(),
+                reason: "forward needs one cache per sequence and at least one token each".into(),
+            });
+        }
+        let c = &self.config;
+        let t = tokens.iter().map(|s| s.len()).max().unwrap_or(1);
+        let p = caches.iter().map(|s| s.len).max().unwrap_or(0);
+        if p + t > c.context_length {
+            return Err(ModelError::Unsupported {
+                id: c.architecture.clone(),
+                reason: format!("{} tokens exceed the context of {}", p + t, c.context_length),
+            });
+        }
+        // Right-padded token ids and each token's absolute position.
+        let mut ids = Vec::with_capacity(b * t);
+        let mut positions = Vec::with_capacity(b * t);
+        for (seq, cache) in tokens.iter().zip(caches) {
+            for i in 0..t {
+                ids.push(seq.get(i).copied().unwrap_or(0));
+                positions.push((cache.len + i.min(seq.len() - 1)) as u32);
+            }
+        }
+        let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
+        let positions = Tensor::from_vec(positions, b * t, &self.device)?;
+        let cos = self.cos.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
+        let sin = self.sin.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
+        let mask = self.mask(tokens, caches, t, p)?;
+
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.dim))?;
+        let mut new_caches: Vec<Vec<(Tensor, Tensor)>> = vec![Vec::with_capacity(c.n_layer); b];
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let residual = x.clone();
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.rms_eps as f32)?;
+            let q = block
+                .wq
+                .forward(&h)?
+                .reshape((b, t, c.n_head, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let k = block
+                .wk
+                .forward(&h)?
+                .reshape((b, t, c.n_kv_head, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let v = block
+                .wv
+                .forward(&h)?
+                .reshape((b, t, c.n_kv_head, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let (q, k) = if c.neox_rope {
+                (
+                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                )
+            } else {
+                (
+                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+                )
+            };
+            // Past keys/values, each sequence's padded to the longest past.
+            let (past_k, past_v) = self.stack_past(caches, layer, p)?;
+            let keys = Tensor::cat(&[&past_k, &k], 2)?;
+            let values = Tensor::cat(&[&past_v, &v], 2)?;
+            for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
+                let (ck, cv) = &cache.layers[layer];
+                let nk = k.i(s)?.narrow(1, 0, seq.len())?;
+                let nv = v.i(s)?.narrow(1, 0, seq.len())?;
+                new_caches[s].push((Tensor::cat(&[ck, &nk], 1)?, Tensor::cat(&[cv, &nv], 1)?));
+            }
+            let group = c.n_head / c.n_kv_head;
+            let keys = repeat_kv(&keys, group)?;
+            let values = repeat_kv(&values, group)?;
+            let scores = (q.matmul(&keys.t()?)? / (c.head_dim as f64).sqrt())?;
+            let scores = scores.broadcast_add(&mask)?;
+            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+            let attn =
+                weights.matmul(&values)?.transpose(1, 2)?.reshape((b, t, c.n_head * c.head_dim))?;
+            x = (residual + block.wo.forward(&attn)?)?;
+            let residual = x.clone();
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.rms_eps as f32)?;
+            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
+            let mlp = block.w_down.forward(&(gate * block.w_up.forward(&h)?)?)?;
+            x = (residual + mlp)?;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, c.rms_eps as f32)?;
+        let last_index: Vec<u32> =
+            tokens.iter().enumerate().map(|(s, seq)| (s * t + seq.len() - 1) as u32).collect();
+        let last = x
+            .reshape((b * t, c.dim))?
+            .index_select(&Tensor::new(last_index.as_slice(), &self.device)?, 0)?;
+        let caches = new_caches
+            .into_iter()
+            .zip(tokens.iter().zip(caches))
+            .map(|(layers, (seq, old))| SeqCache { layers, len: old.len + seq.len() })
+            .collect();
+        Ok((last, all_positions.then_some(x), caches))
+    }
+
+    /// Next-token log-probabilities from hidden states `[N, dim]`: `[N, vocab]`.
+    pub fn log_probs(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        let logits = self.output.forward(hidden)?;
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+
+    /// Next-token logits from hidden states `[N, dim]`: `[N, vocab]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.output.forward(hidden)?)
+    }
+
+    /// Additive attention mask `[B, 1, T, P + T]`: a new token sees its sequence's cached tokens
+    /// and its own earlier new tokens; never padding.
+    fn mask(
+        &self,
+        tokens: &[&[u32]],
+        caches: &[&SeqCache],
+        t: usize,
+        p: usize,
+    ) -> Result<Tensor, ModelError> {
+        let width = p + t;
+        let mut m = vec![f32::NEG_INFINITY; tokens.len() * t * width];
+        for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
+            for i in 0..t {
+                let row = &mut m[(s * t + i) * width..(s * t + i + 1) * width];
+                row[..cache.len].fill(0.0);
+                let visible = i.min(seq.len() - 1);
+                row[p..=p + visible].fill(0.0);
+            }
+        }
+        Ok(Tensor::from_vec(m, (tokens.len(), 1, t, width), &self.device)?)
+    }
+
+    fn stack_past(
+        &self,
+        caches: &[&SeqCache],
+        layer: usize,
+        p: usize,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let c = &self.config;
+        let pad = |x: &Tensor, len: usize| -> candle_core::Result<Tensor> {
+            if len == p {
+                Ok(x.clone())
+            } else {
+                let zeros =
+                    Tensor::zeros((c.n_kv_head, p - len, c.head_dim), DType::F32, &self.device)?;
+                Tensor::cat(&[x, &zeros], 1)
+            }
+        };
+        let ks = caches
+            .iter()
+            .map(|s| pad(&s.layers[layer].0, s.len))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let vs = caches
+            .iter()
+            .map(|s| pad(&s.layers[layer].1, s.len))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((Tensor::stack(&ks, 0)?, Tensor::stack(&vs, 0)?))
+    }
+}
+
+fn repeat_kv(x: &Tensor, group: usize) -> candle_core::Result<Tensor> {
+    if group == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, l, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, group, l, d))?.reshape((b, h * group, l, d))
+}
+
+fn rope_tables(
+    head_dim: usize,
+    theta: f32,
+    max_len: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor), ModelError> {
+    let inv: Vec<f32> =
+        (0..head_dim).step_by(2).map(|i| 1.0 / theta.powf(i as f32 / head_dim as f32)).collect();
+    let inv = Tensor::new(inv.as_slice(), device)?;
+    let pos = Tensor::arange(0u32, max_len as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((max_len, 1))?;
+    let freqs = pos.matmul(&inv.reshape((1, head_dim / 2))?)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}

@@ -1,0 +1,307 @@
+//! A decoder with its tokenizer: batched label scoring and generation over [`GgufDecoder`].
+//!
+//! Label scoring is what `ai_filter` and `ai_classify` use: the probability of each candidate
+//! label after a prompt, every token of a multi-token label scored exactly, with no free
+//! generation. A prompt is `prefix + row + suffix`; the prefix (the instruction, identical for
+//! every row) is computed once and its cache shared by all rows.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::{Device, IndexOp};
+use tokenizers::Tokenizer;
+
+use crate::error::ModelError;
+use crate::gguf_decoder::{GgufDecoder, SeqCache, WeightMode};
+use crate::gguf_tokenizer::tokenizer_from_gguf;
+
+/// Rows per forward pass.
+const ROW_BATCH: usize = 16;
+
+/// How to pick the next token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// Always the most likely token.
+    Greedy,
+    /// Sample at `temperature` from a generator seeded with `seed` (per row: seed + row index).
+    Seeded {
+        /// Softmax temperature (> 0).
+        temperature: f64,
+        /// Seed of the row-0 generator.
+        seed: u64,
+    },
+}
+
+/// Generation limits.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Most new tokens per row.
+    pub max_tokens: usize,
+    /// Token choice.
+    pub sampling: Sampling,
+}
+
+/// A loaded language model.
+pub struct LanguageModel {
+    id: String,
+    decoder: GgufDecoder,
+    tokenizer: Tokenizer,
+    stop_ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for LanguageModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LanguageModel")
+            .field("id", &self.id)
+            .field("decoder", &self.decoder)
+            .finish()
+    }
+}
+
+impl LanguageModel {
+    /// Loads a GGUF file; `stop_tokens` are the texts of tokens that end generation.
+    pub fn load(
+        id: &str,
+        path: &Path,
+        stop_tokens: &[String],
+        device: &Device,
+        mode: WeightMode,
+    ) -> Result<Self, ModelError> {
+        let with_id = |e: ModelError| match e {
+            ModelError::Load { detail, .. } => ModelError::Load { id: id.to_string(), detail },
+            other => other,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| ModelError::Load {
+            id: id.to_string(),
+            detail: format!("opening {}: {e}", path.display()),
+        })?;
+        let content = Content::read(&mut file).map_err(|e| ModelError::Load {
+            id: id.to_string(),
+            detail: format!("reading {}: {e}", path.display()),
+        })?;
+        let tokenizer = tokenizer_from_gguf(&content)?;
+        let decoder = GgufDecoder::load(&content, &mut file, device, mode).map_err(with_id)?;
+        let stop_ids = stop_tokens.iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
+        Ok(Self { id: id.to_string(), decoder, tokenizer, stop_ids })
+    }
+
+    /// The model id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The decoder.
+    pub fn decoder(&self) -> &GgufDecoder {
+        &self.decoder
+    }
+
+    /// Token ids of `text` (special-token texts such as `<|im_end|>` become their ids).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// The cache after `prefix` (empty prefix: an empty cache).
+    pub fn prefix_cache(&self, prefix: &[u32]) -> Result<SeqCache, ModelError> {
+        let empty = self.decoder.empty_cache()?;
+        if prefix.is_empty() {
+            return Ok(empty);
+        }
+        let (_, _, mut caches) = self.decoder.forward(&[prefix], &[&empty], false)?;
+        Ok(caches.remove(0))
+    }
+
+    /// For each row, the probability of each label (normalised over the labels) after
+    /// `prefix + row`. Labels are token sequences; each must be non-empty.
+    pub fn score_labels(
+        &self,
+        prefix: &SeqCache,
+        rows: &[Vec<u32>],
+        labels: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if labels.is_empty() || labels.iter().any(|l| l.is_empty()) {
+            return Err(ModelError::Unsupported {
+                id: self.id.clone(),
+                reason: "every label needs at least one token".into(),
+            });
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(ROW_BATCH) {
+            out.extend(self.score_chunk(prefix, chunk, labels)?);
+        }
+        Ok(out)
+    }
+
+    fn score_chunk(
+        &self,
+        prefix: &SeqCache,
+        rows: &[Vec<u32>],
+        labels: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let rows: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+        if rows.iter().any(|r| r.is_empty()) {
+            return Err(ModelError::Unsupported {
+                id: self.id.clone(),
+                reason: "a row prompt must have at least one token".into(),
+            });
+        }
+        let caches = vec![prefix; rows.len()];
+        let (last, _, row_caches) = self.decoder.forward(&rows, &caches, false)?;
+        let first = self.decoder.log_probs(&last)?; // [R, vocab]
+        let first = first.to_vec2::<f32>()?;
+        // log p(label) = log p(first token) + sum of later tokens' log-probs.
+        let mut scores: Vec<Vec<f32>> =
+            first.iter().map(|lp| labels.iter().map(|l| lp[l[0] as usize]).collect()).collect();
+        let multi: Vec<usize> = (0..labels.len()).filter(|&k| labels[k].len() > 1).collect();
+        if !multi.is_empty() {
+            let mut seqs: Vec<&[u32]> = Vec::new();
+            let mut seq_caches: Vec<&SeqCache> = Vec::new();
+            let mut owners = Vec::new();
+            for (r, cache) in row_caches.iter().enumerate() {
+                for &k in &multi {
+                    let l = &labels[k];
+                    seqs.push(&l[..l.len() - 1]);
+                    seq_caches.push(cache);
+                    owners.push((r, k));
+                }
+            }
+            let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
+            let (_, all, _) = self.decoder.forward(&seqs, &seq_caches, true)?;
+            let all = all.ok_or_else(|| ModelError::Unsupported {
+                id: self.id.clone(),
+                reason: "no hidden states".into(),
+            })?;
+            for (n, &(r, k)) in owners.iter().enumerate() {
+                let l = &labels[k];
+                let hidden = all.i(n)?.narrow(0, 0, l.len() - 1)?;
+                let lp = self.decoder.log_probs(&hidden)?.to_vec2::<f32>()?;
+                for (j, row) in lp.iter().enumerate() {
+                    scores[r][k] += row[l[j + 1] as usize];
+                }
+                debug_assert!(l.len() - 1 <= t);
+            }
+        }
+        Ok(scores.into_iter().map(|s| softmax(&s)).collect())
+    }
+
+    /// Generates a continuation of each prompt (after `prefix`), stopping at a stop token or
+    /// `max_tokens`. Returns the new token ids of each row, without the stop token.
+    pub fn generate(
+        &self,
+        prefix: &SeqCache,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for (c, chunk) in prompts.chunks(ROW_BATCH).enumerate() {
+            out.extend(self.generate_chunk(prefix, chunk, options, c * ROW_BATCH)?);
+        }
+        Ok(out)
+    }
+
+    fn generate_chunk(
+        &self,
+        prefix: &SeqCache,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+        first_row: usize,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        let mut outputs = vec![Vec::new(); prompts.len()];
+        if options.max_tokens == 0 {
+            return Ok(outputs);
+        }
+        let seqs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        let (mut last, _, mut caches) =
+            self.decoder.forward(&seqs, &vec![prefix; seqs.len()], false)?;
+        let mut active: Vec<usize> = (0..prompts.len()).collect();
+        let mut rngs: Vec<u64> = (0..prompts.len())
+            .map(|i| match options.sampling {
+                Sampling::Seeded { seed, .. } => {
+                    splitmix(seed.wrapping_add((first_row + i) as u64))
+                }
+                Sampling::Greedy => 0,
+            })
+            .collect();
+        for _ in 0..options.max_tokens {
+            let logits = self.decoder.logits(&last)?.to_vec2::<f32>()?;
+            let mut next_active = Vec::new();
+            let mut next_tokens = Vec::new();
+            let mut next_caches = Vec::new();
+            for (slot, &row) in active.iter().enumerate() {
+                let token = pick(&logits[slot], options.sampling, &mut rngs[row]);
+                if self.stop_ids.contains(&token) {
+                    continue;
+                }
+                outputs[row].push(token);
+                next_active.push(row);
+                next_tokens.push([token]);
+                next_caches.push(slot);
+            }
+            if next_active.is_empty() {
+                break;
+            }
+            let seqs: Vec<&[u32]> = next_tokens.iter().map(|t| t.as_slice()).collect();
+            let step_caches: Vec<&SeqCache> = next_caches.iter().map(|&s| &caches[s]).collect();
+            let (l, _, c) = self.decoder.forward(&seqs, &step_caches, false)?;
+            last = l;
+            caches = c;
+            active = next_active;
+        }
+        Ok(outputs)
+    }
+}
+
+fn softmax(logps: &[f32]) -> Vec<f32> {
+    let max = logps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logps.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0usize, f32::NEG_INFINITY),
+                |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+            )
+            .0 as u32
+    };
+    match sampling {
+        Sampling::Greedy => argmax(),
+        Sampling::Seeded { temperature, .. } if temperature <= 0.0 => argmax(),
+        Sampling::Seeded { temperature, .. } => {
+            let scaled: Vec<f32> = logits.iter().map(|l| l / temperature as f32).collect();
+            let probs = softmax(&scaled);
+            *state = splitmix(*state);
+            let u = (*state >> 11) as f64 / (1u64 << 53) as f64;
+            let mut acc = 0.0f64;
+            for (i, p) in probs.iter().enumerate() {
+                acc += f64::from(*p);
+                if u < acc {
+                    return i as u32;
+                }
+            }
+            (probs.len() - 1) as u32
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The process-wide model registry: each model is loaded once, on first use, and shared.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use murakkab_catalog::{Architecture, ModelStatus, MurakkabHome, Task, find_model};
+
+use crate::bert_encoder::BertEncoder;
+use crate::device::ComputeDevice;
+use crate::error::ModelError;
+use crate::gguf_decoder::WeightMode;
+use crate::language_model::LanguageModel;
+
+type Key = (std::path::PathBuf, String);
+
+/// Loaded models, keyed by home directory and model id.
+#[derive(Default)]
+pub struct ModelRegistry {
+    encoders: Mutex<HashMap<Key, Arc<BertEncoder>>>,
+    language_models: Mutex<HashMap<Key, Arc<LanguageModel>>>,
+}
+
+impl std::fmt::Debug for ModelRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.encoders.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("ModelRegistry").field("encoders", &n).finish()
+    }
+}
+
+impl ModelRegistry {
+    /// The registry shared by every session in the process.
+    pub fn global() -> &'static ModelRegistry {
+        static GLOBAL: OnceLock<ModelRegistry> = OnceLock::new();
+        GLOBAL.get_or_init(ModelRegistry::default)
+    }
+
+    /// The sentence encoder `id`, loading it on first use.
+    ///
+    /// Loading holds the registry's lock, so two queries asking at once load it once.
+    pub fn encoder(&self, home: &MurakkabHome, id: &str) -> Result<Arc<BertEncoder>, ModelError> {
+        let key = (home.root().to_path_buf(), id.to_string());
+        let mut loaded = self.encoders.lock().map_err(|_| ModelError::Load {
+            id: id.to_string(),
+            detail: "the model registry was poisoned by an earlier panic".into(),
+        })?;
+        if let Some(encoder) = loaded.get(&key) {
+            return Ok(Arc::clone(encoder));
+        }
+        let card = find_model(home, id)?;
+        if card.architecture != Architecture::Bert || !card.can(Task::Embed) {
+            return Err(ModelError::Unsupported {
+                id: id.to_string(),
+                reason: format!(
+                    "it is a {} model and cannot produce embeddings",
+                    card.architecture.name()
+                ),
+            });
+        }
+        if card.status(home) != ModelStatus::Pulled {
+            return Err(ModelError::NotPulled { id: id.to_string() });
+        }
+        let device = ComputeDevice::Cpu.candle()?;
+        let encoder = Arc::new(BertEncoder::load(id, &home.model_dir(id), &device)?);
+        loaded.insert(key, Arc::clone(&encoder));
+        Ok(encoder)
+    }
+
+    /// The language model `id` (a GGUF decoder), loading it on first use. Models up to 1B
+    /// parameters keep dequantized f32 weights, several times faster for batched prefill;
+    /// larger ones stay quantized to bound memory.
+    pub fn language_model(
+        &self,
+        home: &MurakkabHome,
+        id: &str,
+    ) -> Result<Arc<LanguageModel>, ModelError> {
+        let key = (home.root().to_path_buf(), id.to_string());
+        let mut loaded = self.language_models.lock().map_err(|_| ModelError::Load {
+            id: id.to_string(),
+            detail: "the model registry was poisoned by an earlier panic".into(),
+        })?;
+        if let Some(model) = loaded.get(&key) {
+            return Ok(Arc::clone(model));
+        }
+        let card = find_model(home, id)?;
+        if !matches!(card.architecture, Architecture::Llama | Architecture::Qwen2) {
+            return Err(ModelError::Unsupported {
+                id: id.to_string(),
+                reason: format!(
+                    "architecture {} cannot generate or score labels here; supported: llama, qwen2",
+                    card.architecture.name()
+                ),
+            });
+        }
+        if card.status(home) != ModelStatus::Pulled {
+            return Err(ModelError::NotPulled { id: id.to_string() });
+        }
+        let mode = if card.parameters > 0 && card.parameters <= 1_000_000_000 {
+            WeightMode::Dequantized
+        } else {
+            WeightMode::Quantized
+        };
+        let device = ComputeDevice::Cpu.candle()?;
+        let file =
+            card.files.first().map(|f| f.name.clone()).unwrap_or_else(|| "model.gguf".into());
+        let model = Arc::new(LanguageModel::load(
+            id,
+            &home.model_dir(id).join(file),
+            &card.eos_tokens,
+            &device,
+            mode,
+        )?);
+        loaded.insert(key, Arc::clone(&model));
+        Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unpulled_model_names_the_pull_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(tmp.path());
+        let err =
+            ModelRegistry::default().encoder(&home, "all-minilm-l6-v2").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "model 'all-minilm-l6-v2' is not pulled; run `murakkab models pull all-minilm-l6-v2`"
+        );
+    }
+
+    #[test]
+    fn a_decoder_is_not_an_encoder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(tmp.path());
+        let err = ModelRegistry::default()
+            .encoder(&home, "smollm2-135m-instruct")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot produce embeddings"), "{err}");
+    }
+
+    #[test]
+    fn a_local_card_loads_once_and_is_shared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(tmp.path());
+        let dir = home.model_dir("tiny-bert");
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::tiny_models::write_tiny_bert(&dir).unwrap();
+        std::fs::write(
+            dir.join("card.json"),
+            r#"{"id": "tiny-bert", "architecture": "bert", "files": [{"name": "model.safetensors"}, {"name": "tokenizer.json"}, {"name": "config.json"}]}"#,
+        )
+        .unwrap();
+        let registry = ModelRegistry::default();
+        let a = registry.encoder(&home, "tiny-bert").unwrap();
+        let b = registry.encoder(&home, "tiny-bert").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+}
