@@ -24,7 +24,13 @@ pub enum WeightMode {
     Quantized,
     /// Dequantized to f32 at load: several times the memory, much faster GEMM for prefill.
     Dequantized,
+    /// Both: quantized for small steps (decode reads few bytes per token), f32 for passes of at
+    /// least [`F32_MIN_ROWS`] tokens (prefill is compute-bound and f32 GEMM is fastest).
+    Both,
 }
+
+/// Tokens in a pass from which the f32 copy of the weights is used in [`WeightMode::Both`].
+pub const F32_MIN_ROWS: usize = 32;
 
 /// Shape and numerics read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,12 +85,19 @@ impl SeqCache {
 
 struct Linear {
     weight: QMatMul,
+    /// The f32 copy used for large passes in [`WeightMode::Both`].
+    dense: Option<QMatMul>,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let rows = x.elem_count() / x.dim(D::Minus1)?;
+        let weight = match &self.dense {
+            Some(dense) if rows >= F32_MIN_ROWS => dense,
+            _ => &self.weight,
+        };
+        let y = weight.forward(x)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -110,7 +123,7 @@ pub struct GgufDecoder {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -202,10 +215,14 @@ impl GgufDecoder {
                 detail: format!("tensor {name}: {e}"),
             })
         };
-        let matmul = |q: QTensor| -> Result<QMatMul, ModelError> {
+        let matmul = |q: QTensor| -> Result<(QMatMul, Option<QMatMul>), ModelError> {
             Ok(match mode {
-                WeightMode::Quantized => QMatMul::from_qtensor(q)?,
-                WeightMode::Dequantized => QMatMul::Tensor(q.dequantize(device)?),
+                WeightMode::Quantized => (QMatMul::from_qtensor(q)?, None),
+                WeightMode::Dequantized => (QMatMul::Tensor(q.dequantize(device)?), None),
+                WeightMode::Both => {
+                    let dense = QMatMul::Tensor(q.dequantize(device)?);
+                    (QMatMul::from_qtensor(q)?, Some(dense))
+                }
             })
         };
         let bias = |reader: &mut R, name: &str| -> Result<Option<Tensor>, ModelError> {
@@ -218,12 +235,22 @@ impl GgufDecoder {
         let embed_q = tensor(reader, "token_embd.weight")?;
         let embed = embed_q.dequantize(device)?;
         let output = if ct.tensor_infos.contains_key("output.weight") {
-            matmul(tensor(reader, "output.weight")?)?
+            let (q, dense) = matmul(tensor(reader, "output.weight")?)?;
+            Linear { weight: q, dense, bias: None }
         } else {
             // Tied embeddings (SmolLM2): the output projection is the embedding matrix.
             match mode {
-                WeightMode::Quantized => QMatMul::from_qtensor(embed_q)?,
-                WeightMode::Dequantized => QMatMul::Tensor(embed.clone()),
+                WeightMode::Quantized => {
+                    Linear { weight: QMatMul::from_qtensor(embed_q)?, dense: None, bias: None }
+                }
+                WeightMode::Dequantized => {
+                    Linear { weight: QMatMul::Tensor(embed.clone()), dense: None, bias: None }
+                }
+                WeightMode::Both => Linear {
+                    weight: QMatMul::from_qtensor(embed_q)?,
+                    dense: Some(QMatMul::Tensor(embed.clone())),
+                    bias: None,
+                },
             }
         };
         let norm = tensor(reader, "output_norm.weight")?.dequantize(device)?;
@@ -231,10 +258,8 @@ impl GgufDecoder {
         for i in 0..config.n_layer {
             let p = format!("blk.{i}");
             let linear = |reader: &mut R, name: &str| -> Result<Linear, ModelError> {
-                Ok(Linear {
-                    weight: matmul(tensor(reader, &format!("{p}.{name}.weight"))?)?,
-                    bias: bias(reader, &format!("{p}.{name}.bias"))?,
-                })
+                let (weight, dense) = matmul(tensor(reader, &format!("{p}.{name}.weight"))?)?;
+                Ok(Linear { weight, dense, bias: bias(reader, &format!("{p}.{name}.bias"))? })
             };
             blocks.push(Block {
                 attn_norm: tensor(reader, &format!("{p}.attn_norm.weight"))?.dequantize(device)?,

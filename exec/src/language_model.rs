@@ -110,6 +110,21 @@ impl LanguageModel {
         self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
+    /// `ids` cut to at most `budget` tokens by removing the middle, keeping the start (the
+    /// instruction) and the end (the question and the answer cue). Returns whether it was cut,
+    /// so callers can count a warning.
+    pub fn fit_to_context(&self, ids: &[u32], budget: usize) -> (Vec<u32>, bool) {
+        if ids.len() <= budget {
+            return (ids.to_vec(), false);
+        }
+        let head = budget / 2;
+        let tail = budget - head;
+        let mut out = Vec::with_capacity(budget);
+        out.extend_from_slice(&ids[..head]);
+        out.extend_from_slice(&ids[ids.len() - tail..]);
+        (out, true)
+    }
+
     /// The cache after `prefix` (empty prefix: an empty cache).
     pub fn prefix_cache(&self, prefix: &[u32]) -> Result<SeqCache, ModelError> {
         let empty = self.decoder.empty_cache()?;

@@ -66,8 +66,8 @@ impl ModelRegistry {
     }
 
     /// The language model `id` (a GGUF decoder), loading it on first use. Models up to 1B
-    /// parameters keep dequantized f32 weights, several times faster for batched prefill;
-    /// larger ones stay quantized to bound memory.
+    /// parameters keep an f32 copy of the weights beside the quantized ones (f32 GEMM for
+    /// prefill, quantized reads for decode); larger ones stay quantized to bound memory.
     pub fn language_model(
         &self,
         home: &MurakkabHome,

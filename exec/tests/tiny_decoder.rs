@@ -26,6 +26,7 @@ fn variants() -> Vec<(&'static str, GgmlDType, WeightMode)> {
         ("llama", GgmlDType::F32, WeightMode::Dequantized),
         ("qwen2", GgmlDType::F32, WeightMode::Dequantized),
         ("llama", GgmlDType::Q8_0, WeightMode::Quantized),
+        ("qwen2", GgmlDType::Q8_0, WeightMode::Both),
     ]
 }
 
@@ -139,4 +140,41 @@ fn unsupported_architectures_are_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("'mamba' is not supported") && err.contains("llama, qwen2"), "{err}");
+}
+
+#[test]
+fn both_weight_copies_agree_on_long_and_short_passes() {
+    // A pass of >= 32 tokens uses the f32 copy, a short one the quantized weights: a long prompt
+    // run at once must match the same prompt run in short pieces within quantization noise.
+    let (_dir, m) = load("llama", GgmlDType::Q8_0, WeightMode::Both);
+    let d = m.decoder();
+    let text = "the cat sat on the mat in the thin man and the cat";
+    let ids = m.encode(text).unwrap();
+    assert!(ids.len() >= 32, "{} tokens", ids.len());
+    let empty = d.empty_cache().unwrap();
+    let (whole, _, _) = d.forward(&[&ids], &[&empty], false).unwrap();
+    let mut cache = empty;
+    let mut last = None;
+    for piece in ids.chunks(8) {
+        let (l, _, mut c) = d.forward(&[piece], &[&cache], false).unwrap();
+        cache = c.remove(0);
+        last = Some(l);
+    }
+    let diff =
+        max_diff(&whole.to_vec2::<f32>().unwrap()[0], &last.unwrap().to_vec2::<f32>().unwrap()[0]);
+    assert!(diff < 0.05, "differs by {diff}");
+}
+
+#[test]
+fn long_prompts_are_cut_in_the_middle() {
+    let (_dir, m) = load("llama", GgmlDType::F32, WeightMode::Dequantized);
+    let ids: Vec<u32> = (0..200).collect();
+    let (cut, truncated) = m.fit_to_context(&ids, 100);
+    assert!(truncated);
+    assert_eq!(cut.len(), 100);
+    assert_eq!(&cut[..50], &ids[..50]);
+    assert_eq!(&cut[50..], &ids[150..]);
+    let (same, truncated) = m.fit_to_context(&ids[..10], 100);
+    assert!(!truncated);
+    assert_eq!(same, &ids[..10]);
 }

@@ -1,0 +1,156 @@
+//! Model runtime throughput on the real models: MiniLM embeddings/s, decoder prefill and decode
+//! tokens/s at batch 1 and 16, and label-scoring rows/s with a shared instruction prefix.
+//!
+//! `cargo bench --bench models` (models must be pulled; missing ones are skipped, and
+//! `RAYON_NUM_THREADS` sets the thread count). Each figure is the median of several runs.
+//! The peer comparison with llama.cpp is `scripts/bench-llama-cpp.sh`, run on the same prompts.
+
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use murakkab_catalog::{ModelStatus, MurakkabHome, find_model};
+use murakkab_exec::{GenerateOptions, LanguageModel, ModelRegistry, Sampling};
+
+fn sentences() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/uci-sentiment.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["text"].as_str().map(str::to_string))
+        .collect();
+    if out.is_empty() {
+        out = (0..512)
+            .map(|i| {
+                format!("Review number {i}: the battery life was fine but the screen cracked.")
+            })
+            .collect();
+    }
+    out
+}
+
+fn median_secs<F: FnMut()>(runs: usize, mut f: F) -> f64 {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2].as_secs_f64()
+}
+
+fn pulled(home: &MurakkabHome, id: &str) -> bool {
+    let ok = find_model(home, id).map(|c| c.status(home) == ModelStatus::Pulled).unwrap_or(false);
+    if !ok {
+        println!("{id}: not pulled, skipped (murakkab models pull {id})");
+    }
+    ok
+}
+
+/// A ChatML prompt of about `tokens` tokens built from review sentences.
+fn long_prompt(model: &LanguageModel, texts: &[String], tokens: usize) -> Vec<u32> {
+    let mut body = String::new();
+    for t in texts {
+        body.push_str(t);
+        body.push(' ');
+        if model.encode(&body).unwrap().len() >= tokens - 12 {
+            break;
+        }
+    }
+    model.encode(&format!("<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n")).unwrap()
+}
+
+fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
+    let model = ModelRegistry::global().language_model(home, id).unwrap();
+    let empty = model.prefix_cache(&[]).unwrap();
+    let prompt = long_prompt(&model, texts, 250);
+    let d = model.decoder();
+    for batch in [1usize, 16] {
+        let prompts = vec![prompt.as_slice(); batch];
+        let caches = vec![&empty; batch];
+        let s = median_secs(3, || {
+            d.forward(&prompts, &caches, false).unwrap();
+        });
+        println!(
+            "{id}: prefill batch {batch:>2}: {:>8.1} tok/s ({} tokens/prompt)",
+            (batch * prompt.len()) as f64 / s,
+            prompt.len()
+        );
+    }
+    let short: Vec<Vec<u32>> = (0..16)
+        .map(|i| {
+            model
+                .encode(&format!(
+                    "<|im_start|>user\nWrite a story number {i}.<|im_end|>\n<|im_start|>assistant\n"
+                ))
+                .unwrap()
+        })
+        .collect();
+    for batch in [1usize, 16] {
+        let options = GenerateOptions {
+            max_tokens: 32,
+            sampling: Sampling::Seeded { temperature: 1.0, seed: 1 },
+        };
+        let prompts = &short[..batch];
+        // Decode rate: (time for prefill + 32 steps) - (time for prefill + 1 step), per token.
+        let one = GenerateOptions { max_tokens: 1, ..options.clone() };
+        let mut produced = 0usize;
+        let full = median_secs(3, || {
+            produced =
+                model.generate(&empty, prompts, &options).unwrap().iter().map(|o| o.len()).sum();
+        });
+        let base = median_secs(3, || {
+            model.generate(&empty, prompts, &one).unwrap();
+        });
+        let steps = produced.saturating_sub(batch).max(1);
+        println!(
+            "{id}: decode  batch {batch:>2}: {:>8.1} tok/s",
+            steps as f64 / (full - base).max(1e-9)
+        );
+    }
+    // Label scoring: a shared instruction, then each row's text; two labels.
+    let prefix_tokens = model
+        .encode("<|im_start|>user\nIs the sentiment of this review positive or negative? Answer with one word.\n\nReview:\n")
+        .unwrap();
+    let rows: Vec<Vec<u32>> = texts
+        .iter()
+        .take(64)
+        .map(|t| model.encode(&format!("{t}<|im_end|>\n<|im_start|>assistant\n")).unwrap())
+        .collect();
+    let labels: Vec<Vec<u32>> =
+        ["positive", "negative"].iter().map(|l| model.encode(l).unwrap()).collect();
+    let s = median_secs(3, || {
+        let prefix = model.prefix_cache(&prefix_tokens).unwrap();
+        model.score_labels(&prefix, &rows, &labels).unwrap();
+    });
+    println!(
+        "{id}: label scoring: {:>8.1} rows/s ({} rows, prefix {} tokens)",
+        rows.len() as f64 / s,
+        rows.len(),
+        prefix_tokens.len()
+    );
+}
+
+fn main() {
+    let home = MurakkabHome::from_env();
+    let texts = sentences();
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    println!("model benchmarks, threads: {threads}");
+    if pulled(&home, "all-minilm-l6-v2") {
+        let enc = ModelRegistry::global().encoder(&home, "all-minilm-l6-v2").unwrap();
+        let batch: Vec<&str> = texts.iter().take(64).map(|s| s.as_str()).collect();
+        let s = median_secs(5, || {
+            enc.embed(&batch).unwrap();
+        });
+        println!("all-minilm-l6-v2: embeddings batch 64: {:>8.1} texts/s", 64.0 / s);
+    }
+    for id in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+        if pulled(&home, id) {
+            bench_decoder(&home, id, &texts);
+        }
+    }
+}
