@@ -335,7 +335,7 @@ impl GgufDecoder {
         let positions = Tensor::from_vec(positions, b * t, &self.device)?;
         let cos = self.cos.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
         let sin = self.sin.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
-        let mask = self.mask(tokens, caches, t, p)?;
+        let mask = self.mask(tokens, caches, t, p, c.n_head / c.n_kv_head)?;
 
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.dim))?;
         let mut new_caches: Vec<Vec<(Tensor, Tensor)>> = vec![Vec::with_capacity(c.n_layer); b];
@@ -375,20 +375,32 @@ impl GgufDecoder {
             let (past_k, past_v) = self.stack_past(caches, layer, p)?;
             let keys = Tensor::cat(&[&past_k, &k], 2)?;
             let values = Tensor::cat(&[&past_v, &v], 2)?;
-            for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
-                let (ck, cv) = &cache.layers[layer];
-                let nk = k.i(s)?.narrow(1, 0, seq.len())?;
-                let nv = v.i(s)?.narrow(1, 0, seq.len())?;
-                new_caches[s].push((Tensor::cat(&[ck, &nk], 1)?, Tensor::cat(&[cv, &nv], 1)?));
+            if b == 1 {
+                // One sequence: the concatenation above is exactly its new cache.
+                new_caches[0].push((keys.squeeze(0)?, values.squeeze(0)?));
+            } else {
+                for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
+                    let (ck, cv) = &cache.layers[layer];
+                    let nk = k.i(s)?.narrow(1, 0, seq.len())?;
+                    let nv = v.i(s)?.narrow(1, 0, seq.len())?;
+                    new_caches[s].push((Tensor::cat(&[ck, &nk], 1)?, Tensor::cat(&[cv, &nv], 1)?));
+                }
             }
+            // Grouped-query attention without copying keys: the `group` query heads that share a
+            // key/value head are stacked along the time axis, so one matmul serves them all.
             let group = c.n_head / c.n_kv_head;
-            let keys = repeat_kv(&keys, group)?;
-            let values = repeat_kv(&values, group)?;
+            let q = q.reshape((b, c.n_kv_head, group * t, c.head_dim))?;
             let scores = (q.matmul(&keys.t()?)? / (c.head_dim as f64).sqrt())?;
-            let scores = scores.broadcast_add(&mask)?;
+            let scores = match &mask {
+                Some(mask) => scores.broadcast_add(mask)?,
+                None => scores,
+            };
             let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-            let attn =
-                weights.matmul(&values)?.transpose(1, 2)?.reshape((b, t, c.n_head * c.head_dim))?;
+            let attn = weights
+                .matmul(&values)?
+                .reshape((b, c.n_head, t, c.head_dim))?
+                .transpose(1, 2)?
+                .reshape((b, t, c.n_head * c.head_dim))?;
             x = (residual + block.wo.forward(&attn)?)?;
             let residual = x.clone();
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.rms_eps as f32)?;
@@ -421,26 +433,35 @@ impl GgufDecoder {
         Ok(self.output.forward(hidden)?)
     }
 
-    /// Additive attention mask `[B, 1, T, P + T]`: a new token sees its sequence's cached tokens
-    /// and its own earlier new tokens; never padding.
+    /// Additive attention mask `[B, 1, group * T, P + T]` (rows repeated for each query head of a
+    /// group): a new token sees its sequence's cached tokens and its own earlier new tokens, never
+    /// padding. `None` when nothing is masked (one new token per sequence, no padding).
     fn mask(
         &self,
         tokens: &[&[u32]],
         caches: &[&SeqCache],
         t: usize,
         p: usize,
-    ) -> Result<Tensor, ModelError> {
+        group: usize,
+    ) -> Result<Option<Tensor>, ModelError> {
+        if t == 1 && caches.iter().all(|c| c.len == p) {
+            return Ok(None);
+        }
         let width = p + t;
-        let mut m = vec![f32::NEG_INFINITY; tokens.len() * t * width];
+        let rows = group * t;
+        let mut m = vec![f32::NEG_INFINITY; tokens.len() * rows * width];
         for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
-            for i in 0..t {
-                let row = &mut m[(s * t + i) * width..(s * t + i + 1) * width];
-                row[..cache.len].fill(0.0);
-                let visible = i.min(seq.len() - 1);
-                row[p..=p + visible].fill(0.0);
+            for g in 0..group {
+                for i in 0..t {
+                    let start = ((s * group + g) * t + i) * width;
+                    let row = &mut m[start..start + width];
+                    row[..cache.len].fill(0.0);
+                    let visible = i.min(seq.len() - 1);
+                    row[p..=p + visible].fill(0.0);
+                }
             }
         }
-        Ok(Tensor::from_vec(m, (tokens.len(), 1, t, width), &self.device)?)
+        Ok(Some(Tensor::from_vec(m, (tokens.len(), 1, rows, width), &self.device)?))
     }
 
     fn stack_past(
@@ -469,14 +490,6 @@ impl GgufDecoder {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok((Tensor::stack(&ks, 0)?, Tensor::stack(&vs, 0)?))
     }
-}
-
-fn repeat_kv(x: &Tensor, group: usize) -> candle_core::Result<Tensor> {
-    if group == 1 {
-        return Ok(x.clone());
-    }
-    let (b, h, l, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, h, group, l, d))?.reshape((b, h * group, l, d))
 }
 
 fn rope_tables(
