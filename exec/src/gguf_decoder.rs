@@ -24,13 +24,12 @@ pub enum WeightMode {
     Quantized,
     /// Dequantized to f32 at load: several times the memory, much faster GEMM for prefill.
     Dequantized,
-    /// Both: quantized for small steps (decode reads few bytes per token), f32 for passes of at
-    /// least [`F32_MIN_ROWS`] tokens (prefill is compute-bound and f32 GEMM is fastest).
+    /// Both: quantized weights for decode steps ([`GgufDecoder::decode_step`]: few bytes read per
+    /// token), the f32 copy for prompt passes ([`GgufDecoder::forward`]: compute-bound, f32 GEMM
+    /// is fastest). The choice depends on the kind of pass, never on the batch, so a row's result
+    /// does not depend on which rows it was batched with.
     Both,
 }
-
-/// Tokens in a pass from which the f32 copy of the weights is used in [`WeightMode::Both`].
-pub const F32_MIN_ROWS: usize = 32;
 
 /// Shape and numerics read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +82,13 @@ impl SeqCache {
     }
 }
 
+/// The kind of forward pass, which picks the weight copy in [`WeightMode::Both`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Prompt,
+    Decode,
+}
+
 struct Linear {
     weight: QMatMul,
     /// The f32 copy used for large passes in [`WeightMode::Both`].
@@ -91,10 +97,9 @@ struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let rows = x.elem_count() / x.dim(D::Minus1)?;
-        let weight = match &self.dense {
-            Some(dense) if rows >= F32_MIN_ROWS => dense,
+    fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
+        let weight = match (&self.dense, pass) {
+            (Some(dense), Pass::Prompt) => dense,
             _ => &self.weight,
         };
         let y = weight.forward(x)?;
@@ -306,6 +311,27 @@ impl GgufDecoder {
         caches: &[&SeqCache],
         all_positions: bool,
     ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
+        self.pass(tokens, caches, all_positions, Pass::Prompt)
+    }
+
+    /// One generation step: one new token per sequence. Same contract as [`Self::forward`]; in
+    /// [`WeightMode::Both`] it reads the quantized weights.
+    pub fn decode_step(
+        &self,
+        tokens: &[&[u32]],
+        caches: &[&SeqCache],
+    ) -> Result<(Tensor, Vec<SeqCache>), ModelError> {
+        let (last, _, caches) = self.pass(tokens, caches, false, Pass::Decode)?;
+        Ok((last, caches))
+    }
+
+    fn pass(
+        &self,
+        tokens: &[&[u32]],
+        caches: &[&SeqCache],
+        all_positions: bool,
+        pass: Pass,
+    ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
         let b = tokens.len();
         if b == 0 || caches.len() != b || tokens.iter().any(|t| t.is_empty()) {
             return Err(ModelError::Unsupported {
@@ -344,19 +370,19 @@ impl GgufDecoder {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.rms_eps as f32)?;
             let q = block
                 .wq
-                .forward(&h)?
+                .forward(&h, pass)?
                 .reshape((b, t, c.n_head, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?;
             let k = block
                 .wk
-                .forward(&h)?
+                .forward(&h, pass)?
                 .reshape((b, t, c.n_kv_head, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?;
             let v = block
                 .wv
-                .forward(&h)?
+                .forward(&h, pass)?
                 .reshape((b, t, c.n_kv_head, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?;
@@ -401,11 +427,11 @@ impl GgufDecoder {
                 .reshape((b, c.n_head, t, c.head_dim))?
                 .transpose(1, 2)?
                 .reshape((b, t, c.n_head * c.head_dim))?;
-            x = (residual + block.wo.forward(&attn)?)?;
+            x = (residual + block.wo.forward(&attn, pass)?)?;
             let residual = x.clone();
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.rms_eps as f32)?;
-            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
-            let mlp = block.w_down.forward(&(gate * block.w_up.forward(&h)?)?)?;
+            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h, pass)?)?;
+            let mlp = block.w_down.forward(&(gate * block.w_up.forward(&h, pass)?)?, pass)?;
             x = (residual + mlp)?;
         }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, c.rms_eps as f32)?;
@@ -424,13 +450,13 @@ impl GgufDecoder {
 
     /// Next-token log-probabilities from hidden states `[N, dim]`: `[N, vocab]`.
     pub fn log_probs(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let logits = self.output.forward(hidden)?;
+        let logits = self.output.forward(hidden, Pass::Prompt)?;
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }
 
     /// Next-token logits from hidden states `[N, dim]`: `[N, vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(self.output.forward(hidden)?)
+        Ok(self.output.forward(hidden, Pass::Decode)?)
     }
 
     /// Additive attention mask `[B, 1, group * T, P + T]` (rows repeated for each query head of a

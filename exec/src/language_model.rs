@@ -266,7 +266,7 @@ impl LanguageModel {
             }
             let seqs: Vec<&[u32]> = next_tokens.iter().map(|t| t.as_slice()).collect();
             let step_caches: Vec<&SeqCache> = next_caches.iter().map(|&s| &caches[s]).collect();
-            let (l, _, c) = self.decoder.forward(&seqs, &step_caches, false)?;
+            let (l, c) = self.decoder.decode_step(&seqs, &step_caches)?;
             last = l;
             caches = c;
             active = next_active;

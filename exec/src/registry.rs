@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use murakkab_catalog::{Architecture, ModelStatus, MurakkabHome, Task, find_model};
+use murakkab_catalog::{Architecture, ModelCard, ModelStatus, MurakkabHome, Task, find_model};
 
 use crate::bert_encoder::BertEncoder;
 use crate::device::ComputeDevice;
@@ -35,34 +35,23 @@ impl ModelRegistry {
     }
 
     /// The sentence encoder `id`, loading it on first use.
-    ///
-    /// Loading holds the registry's lock, so two queries asking at once load it once.
     pub fn encoder(&self, home: &MurakkabHome, id: &str) -> Result<Arc<BertEncoder>, ModelError> {
-        let key = (home.root().to_path_buf(), id.to_string());
-        let mut loaded = self.encoders.lock().map_err(|_| ModelError::Load {
-            id: id.to_string(),
-            detail: "the model registry was poisoned by an earlier panic".into(),
-        })?;
-        if let Some(encoder) = loaded.get(&key) {
-            return Ok(Arc::clone(encoder));
-        }
-        let card = find_model(home, id)?;
-        if card.architecture != Architecture::Bert || !card.can(Task::Embed) {
-            return Err(ModelError::Unsupported {
-                id: id.to_string(),
-                reason: format!(
-                    "it is a {} model and cannot produce embeddings",
-                    card.architecture.name()
-                ),
-            });
-        }
-        if card.status(home) != ModelStatus::Pulled {
-            return Err(ModelError::NotPulled { id: id.to_string() });
-        }
-        let device = ComputeDevice::Cpu.candle()?;
-        let encoder = Arc::new(BertEncoder::load(id, &home.model_dir(id), &device)?);
-        loaded.insert(key, Arc::clone(&encoder));
-        Ok(encoder)
+        let check = |card: &ModelCard| {
+            if card.architecture != Architecture::Bert || !card.can(Task::Embed) {
+                return Err(ModelError::Unsupported {
+                    id: id.to_string(),
+                    reason: format!(
+                        "it is a {} model and cannot produce embeddings",
+                        card.architecture.name()
+                    ),
+                });
+            }
+            Ok(())
+        };
+        load_once(&self.encoders, home, id, check, |_| {
+            let device = ComputeDevice::Cpu.candle()?;
+            BertEncoder::load(id, &home.model_dir(id), &device)
+        })
     }
 
     /// The language model `id` (a GGUF decoder), loading it on first use. Models up to 1B
@@ -73,45 +62,58 @@ impl ModelRegistry {
         home: &MurakkabHome,
         id: &str,
     ) -> Result<Arc<LanguageModel>, ModelError> {
-        let key = (home.root().to_path_buf(), id.to_string());
-        let mut loaded = self.language_models.lock().map_err(|_| ModelError::Load {
-            id: id.to_string(),
-            detail: "the model registry was poisoned by an earlier panic".into(),
-        })?;
-        if let Some(model) = loaded.get(&key) {
-            return Ok(Arc::clone(model));
-        }
-        let card = find_model(home, id)?;
-        if !matches!(card.architecture, Architecture::Llama | Architecture::Qwen2) {
-            return Err(ModelError::Unsupported {
-                id: id.to_string(),
-                reason: format!(
-                    "architecture {} cannot generate or score labels here; supported: llama, qwen2",
-                    card.architecture.name()
-                ),
-            });
-        }
-        if card.status(home) != ModelStatus::Pulled {
-            return Err(ModelError::NotPulled { id: id.to_string() });
-        }
-        let mode = if card.parameters > 0 && card.parameters <= 1_000_000_000 {
-            WeightMode::Dequantized
-        } else {
-            WeightMode::Quantized
+        let check = |card: &ModelCard| {
+            if !matches!(card.architecture, Architecture::Llama | Architecture::Qwen2) {
+                return Err(ModelError::Unsupported {
+                    id: id.to_string(),
+                    reason: format!(
+                        "architecture {} cannot generate or score labels here; supported: llama, qwen2",
+                        card.architecture.name()
+                    ),
+                });
+            }
+            Ok(())
         };
-        let device = ComputeDevice::Cpu.candle()?;
-        let file =
-            card.files.first().map(|f| f.name.clone()).unwrap_or_else(|| "model.gguf".into());
-        let model = Arc::new(LanguageModel::load(
-            id,
-            &home.model_dir(id).join(file),
-            &card.eos_tokens,
-            &device,
-            mode,
-        )?);
-        loaded.insert(key, Arc::clone(&model));
-        Ok(model)
+        load_once(&self.language_models, home, id, check, |card| {
+            let mode = if card.parameters > 0 && card.parameters <= 1_000_000_000 {
+                WeightMode::Both
+            } else {
+                WeightMode::Quantized
+            };
+            let device = ComputeDevice::Cpu.candle()?;
+            let file =
+                card.files.first().map(|f| f.name.clone()).unwrap_or_else(|| "model.gguf".into());
+            LanguageModel::load(id, &home.model_dir(id).join(file), &card.eos_tokens, &device, mode)
+        })
     }
+}
+
+/// Returns the model cached under `(home, id)`, or checks the card's kind with `check` (first,
+/// for a clearer error than "not pulled"), requires the files to be pulled, and loads it with
+/// `load`. The lock is held while loading, so concurrent first uses load once.
+fn load_once<T>(
+    cache: &Mutex<HashMap<Key, Arc<T>>>,
+    home: &MurakkabHome,
+    id: &str,
+    check: impl FnOnce(&ModelCard) -> Result<(), ModelError>,
+    load: impl FnOnce(&ModelCard) -> Result<T, ModelError>,
+) -> Result<Arc<T>, ModelError> {
+    let key = (home.root().to_path_buf(), id.to_string());
+    let mut loaded = cache.lock().map_err(|_| ModelError::Load {
+        id: id.to_string(),
+        detail: "the model registry was poisoned by an earlier panic".into(),
+    })?;
+    if let Some(model) = loaded.get(&key) {
+        return Ok(Arc::clone(model));
+    }
+    let card = find_model(home, id)?;
+    check(&card)?;
+    if card.status(home) != ModelStatus::Pulled {
+        return Err(ModelError::NotPulled { id: id.to_string() });
+    }
+    let model = Arc::new(load(&card)?);
+    loaded.insert(key, Arc::clone(&model));
+    Ok(model)
 }
 
 #[cfg(test)]
