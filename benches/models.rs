@@ -43,6 +43,28 @@ fn median_secs<F: FnMut()>(runs: usize, mut f: F) -> f64 {
     times[times.len() / 2].as_secs_f64()
 }
 
+/// Resident and peak resident memory of this process in MB (Linux `/proc/self/status`).
+fn memory_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn report_load(id: &str, before: f64) {
+    let (rss, peak) = memory_mb();
+    println!(
+        "{id}: loaded, resident +{:.0} MB (process {rss:.0} MB, peak {peak:.0} MB)",
+        rss - before
+    );
+}
+
 fn pulled(home: &MurakkabHome, id: &str) -> bool {
     let ok = find_model(home, id).map(|c| c.status(home) == ModelStatus::Pulled).unwrap_or(false);
     if !ok {
@@ -65,7 +87,9 @@ fn long_prompt(model: &LanguageModel, texts: &[String], tokens: usize) -> Vec<u3
 }
 
 fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
+    let before = memory_mb().0;
     let model = ModelRegistry::global().language_model(home, id).unwrap();
+    report_load(id, before);
     let empty = model.prefix_cache(&[]).unwrap();
     let prompt = long_prompt(&model, texts, 250);
     let d = model.decoder();
@@ -133,6 +157,8 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
         rows.len(),
         prefix_tokens.len()
     );
+    let (rss, peak) = memory_mb();
+    println!("{id}: after its runs: process {rss:.0} MB, peak {peak:.0} MB");
 }
 
 fn main() {
@@ -141,7 +167,9 @@ fn main() {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!("model benchmarks, threads: {threads}");
     if pulled(&home, "all-minilm-l6-v2") {
+        let before = memory_mb().0;
         let enc = ModelRegistry::global().encoder(&home, "all-minilm-l6-v2").unwrap();
+        report_load("all-minilm-l6-v2", before);
         let batch: Vec<&str> = texts.iter().take(64).map(|s| s.as_str()).collect();
         let s = median_secs(5, || {
             enc.embed(&batch).unwrap();
