@@ -34,7 +34,8 @@ impl SessionBuilder {
         self
     }
 
-    /// Threads for query and model execution (default: all cores).
+    /// Threads for query execution: DataFusion's partitions (default: all cores). Model kernels
+    /// follow `RAYON_NUM_THREADS` until the model runtime takes this setting.
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads.max(1));
         self

@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, env = "MURAKKAB_HOME", value_name = "DIR", global = true)]
     pub home: Option<PathBuf>,
 
-    /// Threads for query and model execution (default: all cores).
+    /// Threads for query execution (default: all cores). Model kernels follow RAYON_NUM_THREADS.
     #[arg(long, value_name = "N", global = true)]
     pub threads: Option<usize>,
 
