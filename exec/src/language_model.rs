@@ -149,9 +149,16 @@ impl LanguageModel {
                 reason: "every label needs at least one token".into(),
             });
         }
-        let mut out = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(ROW_BATCH) {
-            out.extend(self.score_chunk(prefix, chunk, labels)?);
+        // Rows of similar length share a pass, so little of each pass is padding; results go
+        // back to input order.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].len());
+        let mut out = vec![Vec::new(); rows.len()];
+        for chunk in order.chunks(ROW_BATCH) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
+            for (&i, scores) in chunk.iter().zip(self.score_chunk(prefix, &batch, labels)?) {
+                out[i] = scores;
+            }
         }
         Ok(out)
     }
