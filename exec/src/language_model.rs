@@ -23,7 +23,8 @@ const ROW_BATCH: usize = 16;
 pub enum Sampling {
     /// Always the most likely token.
     Greedy,
-    /// Sample at `temperature` from a generator seeded with `seed` (per row: seed + row index).
+    /// Sample at `temperature` from a generator seeded with `seed` and the row's prompt tokens, so
+    /// a prompt gives the same text for the same seed whatever it is batched with.
     Seeded {
         /// Softmax temperature (> 0).
         temperature: f64,
@@ -223,9 +224,16 @@ impl LanguageModel {
         prompts: &[Vec<u32>],
         options: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
-        let mut out = Vec::with_capacity(prompts.len());
-        for (c, chunk) in prompts.chunks(ROW_BATCH).enumerate() {
-            out.extend(self.generate_chunk(prefix, chunk, options, c * ROW_BATCH)?);
+        // As in scoring: prompts of similar length share a pass. Each row's sampler is seeded from
+        // its own prompt, so the output does not depend on the grouping.
+        let mut order: Vec<usize> = (0..prompts.len()).collect();
+        order.sort_by_key(|&i| prompts[i].len());
+        let mut out = vec![Vec::new(); prompts.len()];
+        for chunk in order.chunks(ROW_BATCH) {
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+            for (&i, tokens) in chunk.iter().zip(self.generate_chunk(prefix, &batch, options)?) {
+                out[i] = tokens;
+            }
         }
         Ok(out)
     }
@@ -235,7 +243,6 @@ impl LanguageModel {
         prefix: &SeqCache,
         prompts: &[Vec<u32>],
         options: &GenerateOptions,
-        first_row: usize,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
         let mut outputs = vec![Vec::new(); prompts.len()];
         if options.max_tokens == 0 {
@@ -245,10 +252,11 @@ impl LanguageModel {
         let (mut last, _, mut caches) =
             self.decoder.forward(&seqs, &vec![prefix; seqs.len()], false)?;
         let mut active: Vec<usize> = (0..prompts.len()).collect();
-        let mut rngs: Vec<u64> = (0..prompts.len())
-            .map(|i| match options.sampling {
+        let mut rngs: Vec<u64> = prompts
+            .iter()
+            .map(|p| match options.sampling {
                 Sampling::Seeded { seed, .. } => {
-                    splitmix(seed.wrapping_add((first_row + i) as u64))
+                    p.iter().fold(splitmix(seed), |h, &t| splitmix(h ^ u64::from(t)))
                 }
                 Sampling::Greedy => 0,
             })
