@@ -22,7 +22,27 @@ pub fn user_message(err: &DataFusionError) -> String {
         }
     }
     let line = parts.join(": ");
-    line.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    let line =
+        line.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    match file_path_hint(&line) {
+        Some(hint) => format!("{line}; {hint}"),
+        None => line,
+    }
+}
+
+/// DataFusion reports a file path in `FROM` that it could not read as a missing table; say what
+/// a path needs instead.
+fn file_path_hint(message: &str) -> Option<String> {
+    let start = message.find("table '")? + "table '".len();
+    let rest = &message[start..];
+    let name = &rest[..rest.find("' not found")?];
+    let name = name.strip_prefix("datafusion.public.").unwrap_or(name);
+    if !(name.contains('/') || name.contains('.')) {
+        return None;
+    }
+    Some(format!(
+        "if '{name}' is a file, check that it exists and ends in .parquet, .csv, .json or .arrow"
+    ))
 }
 
 fn describe(err: &DataFusionError) -> String {
@@ -52,6 +72,15 @@ fn describe(err: &DataFusionError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_that_is_not_a_table_gets_a_hint() {
+        let err = DataFusionError::Plan("table 'datafusion.public.data/x.txt' not found".into());
+        let msg = user_message(&err);
+        assert!(msg.ends_with("if 'data/x.txt' is a file, check that it exists and ends in .parquet, .csv, .json or .arrow"), "{msg}");
+        let plain = DataFusionError::Plan("table 'datafusion.public.reviews' not found".into());
+        assert!(!user_message(&plain).contains("if '"));
+    }
 
     #[test]
     fn context_chain_is_one_line() {
