@@ -122,7 +122,9 @@ impl Manifest {
     fn write(&self, output: &Path) -> Result<()> {
         let json =
             serde_json::to_vec_pretty(self).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        write_atomically(output, MANIFEST_FILE, |file| file.write_all(&json))
+        write_atomically(output, MANIFEST_FILE, |file| {
+            file.write_all(&json).map_err(DataFusionError::IoError)
+        })
     }
 }
 
@@ -277,22 +279,14 @@ fn finish_part(
 ) -> Result<()> {
     let name = format!("part-{:05}.parquet", manifest.parts.len());
     let rows: usize = pending.iter().map(|b| b.num_rows()).sum();
-    let mut failure: Option<DataFusionError> = None;
     write_atomically(output, &name, |file| {
-        let result = (|| {
-            let mut writer = ArrowWriter::try_new(&mut *file, Arc::clone(schema), None)?;
-            for batch in pending.iter() {
-                writer.write(batch)?;
-            }
-            writer.close()?;
-            Ok::<(), DataFusionError>(())
-        })();
-        result.map_err(|e| {
-            failure = Some(e);
-            std::io::Error::other("parquet write failed")
-        })
-    })
-    .map_err(|e| failure.take().unwrap_or(e))?;
+        let mut writer = ArrowWriter::try_new(file, Arc::clone(schema), None)?;
+        for batch in pending.iter() {
+            writer.write(batch)?;
+        }
+        writer.close()?;
+        Ok(())
+    })?;
     pending.clear();
     let bytes = fs::metadata(output.join(&name)).map(|m| m.len()).unwrap_or(0);
     manifest.parts.push(PartInfo { file: name, rows: rows as u64, bytes });
@@ -305,21 +299,25 @@ fn finish_part(
 fn write_atomically(
     dir: &Path,
     name: &str,
-    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+    write: impl FnOnce(&mut File) -> Result<()>,
 ) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(name);
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        write(&mut file)?;
-        file.sync_all()?;
-        fs::rename(&tmp, &target)?;
-        File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
+    let context = || format!("writing '{}'", target.display());
+    let result = File::create(&tmp)
+        .map_err(|e| io_error(e, context()))
+        .and_then(|mut file| {
+            write(&mut file)?;
+            file.sync_all().map_err(|e| io_error(e, context()))
+        })
+        .and_then(|()| fs::rename(&tmp, &target).map_err(|e| io_error(e, context())))
+        .and_then(|()| {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(e, context()))
+        });
+    if result.is_err() {
         let _ = fs::remove_file(&tmp);
-        io_error(e, format!("writing '{}'", target.display()))
-    })
+    }
+    result
 }
 
 fn io_error(err: std::io::Error, context: String) -> DataFusionError {

@@ -237,16 +237,10 @@ fn checked_path(name: &str, path: &Path) -> Result<String> {
     })
 }
 
-/// Read options filter files by extension; for a single file, accept whatever it is named.
-fn extension_of<'a>(path: &'a str, default: &'a str) -> &'a str {
-    let p = Path::new(path);
-    if p.is_file() {
-        return match p.extension().and_then(|e| e.to_str()) {
-            Some(_) => &path[path.rfind('.').unwrap_or(path.len())..],
-            None => "",
-        };
-    }
-    default
+/// Read options filter files by extension: a directory keeps the format's files, a single file
+/// is read whatever it is named (an empty extension matches every name).
+fn extension_of<'a>(path: &str, default: &'a str) -> &'a str {
+    if Path::new(path).is_file() { "" } else { default }
 }
 
 /// Whether a single file's first non-blank byte is `[` (a JSON array rather than NDJSON).

@@ -88,6 +88,18 @@ fn syntax_error_and_missing_file_exit_1() {
 }
 
 #[test]
+fn an_unreadable_path_in_from_gets_a_hint() {
+    let home = tempfile::tempdir().unwrap();
+    let out = murakkab(home.path(), &["-c", "SELECT * FROM 'nope.csv'"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("if 'nope.csv' is a file, check that it exists and ends in .parquet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn bad_option_value_names_the_key() {
     let home = tempfile::tempdir().unwrap();
     let out = murakkab(home.path(), &["-c", "SET murakkab.objective = 'fast'"]);

@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use crate::batching::in_length_order;
 use crate::error::ModelError;
 
 /// Texts per forward pass: large enough to keep the matrix units busy, small enough that the
@@ -113,20 +114,20 @@ impl BertEncoder {
     /// Embeds `texts`. Texts are grouped by length so a batch carries little padding; the result
     /// is in input order. An empty string is valid input.
     pub fn embed(&self, texts: &[&str]) -> Result<Embeddings, ModelError> {
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        // Sort by byte length as a cheap proxy for token length.
-        order.sort_by_key(|&i| texts[i].len());
-        let mut vectors = vec![Vec::new(); texts.len()];
         let (mut truncated, mut tokens) = (0, 0);
-        for chunk in order.chunks(MAX_BATCH) {
-            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
-            let (out, t, n) = self.embed_batch(&batch)?;
-            truncated += t;
-            tokens += n;
-            for (slot, v) in chunk.iter().zip(out) {
-                vectors[*slot] = v;
-            }
-        }
+        // Byte length is a cheap proxy for token length.
+        let vectors = in_length_order(
+            texts.len(),
+            MAX_BATCH,
+            |i| texts[i].len(),
+            |chunk| {
+                let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+                let (out, t, n) = self.embed_batch(&batch)?;
+                truncated += t;
+                tokens += n;
+                Ok::<_, ModelError>(out)
+            },
+        )?;
         Ok(Embeddings { vectors, truncated, tokens })
     }
 
@@ -159,14 +160,6 @@ impl BertEncoder {
         let normalized = mean.broadcast_div(&norms)?;
         Ok((normalized.to_vec2::<f32>()?, truncated, tokens))
     }
-}
-
-/// Cosine similarity of two vectors (dot product when both are unit length).
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb).max(f32::MIN_POSITIVE)
 }
 
 #[cfg(test)]

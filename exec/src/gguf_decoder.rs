@@ -187,7 +187,7 @@ impl DecoderConfig {
             .ok()
             .and_then(|v| v.to_vec().ok().map(|v| v.len()))
             .unwrap_or(0);
-        Ok(Self {
+        let config = Self {
             n_layer: md_usize(ct, &format!("{a}.block_count"))?,
             n_head,
             n_kv_head: md_usize(ct, &format!("{a}.attention.head_count_kv")).unwrap_or(n_head),
@@ -201,7 +201,32 @@ impl DecoderConfig {
             ),
             neox_rope,
             architecture,
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects shapes the forward pass cannot run (a malformed or hand-made file), so they fail
+    /// at load with a message instead of a division by zero or a shape panic mid-query.
+    fn validate(&self) -> Result<(), ModelError> {
+        let problem = if self.n_head == 0 || self.n_kv_head == 0 || self.n_layer == 0 {
+            Some("head, key/value head and block counts must be positive".to_string())
+        } else if !self.n_head.is_multiple_of(self.n_kv_head) {
+            Some(format!(
+                "{} heads are not a multiple of {} key/value heads",
+                self.n_head, self.n_kv_head
+            ))
+        } else if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            Some(format!("head width {} must be even and positive for RoPE", self.head_dim))
+        } else if self.context_length == 0 {
+            Some("the context length must be positive".to_string())
+        } else {
+            None
+        };
+        match problem {
+            Some(detail) => Err(ModelError::Load { id: String::new(), detail }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -368,24 +393,17 @@ impl GgufDecoder {
         for (layer, block) in self.blocks.iter().enumerate() {
             let residual = x.clone();
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.rms_eps as f32)?;
-            let q = block
-                .wq
-                .forward(&h, pass)?
-                .reshape((b, t, c.n_head, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = block
-                .wk
-                .forward(&h, pass)?
-                .reshape((b, t, c.n_kv_head, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = block
-                .wv
-                .forward(&h, pass)?
-                .reshape((b, t, c.n_kv_head, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            // Projection to `[B, heads, T, head_dim]`.
+            let heads = |linear: &Linear, n: usize| -> candle_core::Result<Tensor> {
+                linear
+                    .forward(&h, pass)?
+                    .reshape((b, t, n, c.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = heads(&block.wq, c.n_head)?;
+            let k = heads(&block.wk, c.n_kv_head)?;
+            let v = heads(&block.wv, c.n_kv_head)?;
             let (q, k) = if c.neox_rope {
                 (
                     candle_nn::rotary_emb::rope(&q, &cos, &sin)?,

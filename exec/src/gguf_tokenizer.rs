@@ -63,7 +63,7 @@ fn as_u32(v: &Value) -> Option<u32> {
 }
 
 /// GPT-2's map from bytes to printable characters, in which byte-level vocabularies are spelled.
-fn bytes_to_unicode() -> HashMap<u8, char> {
+pub(crate) fn bytes_to_unicode() -> HashMap<u8, char> {
     let mut printable: Vec<u32> = (u32::from('!')..=u32::from('~')).collect();
     printable.extend(u32::from('¡')..=u32::from('¬'));
     printable.extend(u32::from('®')..=u32::from('ÿ'));
@@ -154,18 +154,20 @@ pub fn tokenizer_from_gguf(content: &Content) -> Result<Tokenizer, ModelError> {
         .and_then(|v| v.to_vec().ok())
         .map(|v| v.iter().map(|t| as_u32(t).unwrap_or(1)).collect())
         .unwrap_or_default();
-    let specials: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(t, ty)| **ty == TOKEN_TYPE_CONTROL && in_alphabet(t))
-        .map(|(t, _)| AddedToken::from(t.clone(), true).normalized(false))
-        .collect();
-    let users: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(t, ty)| **ty == TOKEN_TYPE_USER && in_alphabet(t))
-        .map(|(t, _)| AddedToken::from(t.clone(), false).normalized(false))
-        .collect();
+    // Control tokens are special (never split, skipped when decoding); user tokens are plain.
+    let (mut specials, mut users) = (Vec::new(), Vec::new());
+    for (token, ty) in tokens.iter().zip(&types) {
+        if !in_alphabet(token) {
+            continue;
+        }
+        match *ty {
+            TOKEN_TYPE_CONTROL => {
+                specials.push(AddedToken::from(token.clone(), true).normalized(false))
+            }
+            TOKEN_TYPE_USER => users.push(AddedToken::from(token.clone(), false).normalized(false)),
+            _ => {}
+        }
+    }
     tokenizer.add_special_tokens(specials).map_err(|e| load_err(e.to_string()))?;
     if !users.is_empty() {
         tokenizer.add_tokens(users).map_err(|e| load_err(e.to_string()))?;

@@ -8,9 +8,10 @@
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{Device, IndexOp};
+use candle_core::{Device, IndexOp, Tensor};
 use tokenizers::Tokenizer;
 
+use crate::batching::in_length_order;
 use crate::error::ModelError;
 use crate::gguf_decoder::{GgufDecoder, SeqCache, WeightMode};
 use crate::gguf_tokenizer::tokenizer_from_gguf;
@@ -82,6 +83,17 @@ impl LanguageModel {
         })?;
         let tokenizer = tokenizer_from_gguf(&content)?;
         let decoder = GgufDecoder::load(&content, &mut file, device, mode).map_err(with_id)?;
+        // Every id the tokenizer can produce must index the model's embedding and output rows.
+        let tokenizer_vocab = tokenizer.get_vocab_size(true);
+        if tokenizer_vocab > decoder.config().vocab {
+            return Err(ModelError::Load {
+                id: id.to_string(),
+                detail: format!(
+                    "the tokenizer has {tokenizer_vocab} tokens but the model only {} embeddings",
+                    decoder.config().vocab
+                ),
+            });
+        }
         let stop_ids = stop_tokens.iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
         Ok(Self { id: id.to_string(), decoder, tokenizer, stop_ids })
     }
@@ -150,27 +162,23 @@ impl LanguageModel {
                 reason: "every label needs at least one token".into(),
             });
         }
-        // Rows of similar length share a pass, so little of each pass is padding; results go
-        // back to input order.
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| rows[i].len());
-        let mut out = vec![Vec::new(); rows.len()];
-        for chunk in order.chunks(ROW_BATCH) {
-            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
-            for (&i, scores) in chunk.iter().zip(self.score_chunk(prefix, &batch, labels)?) {
-                out[i] = scores;
-            }
-        }
-        Ok(out)
+        in_length_order(
+            rows.len(),
+            ROW_BATCH,
+            |i| rows[i].len(),
+            |chunk| {
+                let batch: Vec<&[u32]> = chunk.iter().map(|&i| rows[i].as_slice()).collect();
+                self.score_chunk(prefix, &batch, labels)
+            },
+        )
     }
 
     fn score_chunk(
         &self,
         prefix: &SeqCache,
-        rows: &[Vec<u32>],
+        rows: &[&[u32]],
         labels: &[Vec<u32>],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let rows: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
         if rows.iter().any(|r| r.is_empty()) {
             return Err(ModelError::Unsupported {
                 id: self.id.clone(),
@@ -178,7 +186,7 @@ impl LanguageModel {
             });
         }
         let caches = vec![prefix; rows.len()];
-        let (last, _, row_caches) = self.decoder.forward(&rows, &caches, false)?;
+        let (last, _, row_caches) = self.decoder.forward(rows, &caches, false)?;
         let first = self.decoder.log_probs(&last)?; // [R, vocab]
         let first = first.to_vec2::<f32>()?;
         // log p(label) = log p(first token) + sum of later tokens' log-probs.
@@ -197,20 +205,25 @@ impl LanguageModel {
                     owners.push((r, k));
                 }
             }
-            let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1);
             let (_, all, _) = self.decoder.forward(&seqs, &seq_caches, true)?;
             let all = all.ok_or_else(|| ModelError::Unsupported {
                 id: self.id.clone(),
                 reason: "no hidden states".into(),
             })?;
-            for (n, &(r, k)) in owners.iter().enumerate() {
-                let l = &labels[k];
-                let hidden = all.i(n)?.narrow(0, 0, l.len() - 1)?;
-                let lp = self.decoder.log_probs(&hidden)?.to_vec2::<f32>()?;
-                for (j, row) in lp.iter().enumerate() {
-                    scores[r][k] += row[l[j + 1] as usize];
+            // Every position that predicts a later label token, through the output head at once.
+            let hidden: Vec<Tensor> = owners
+                .iter()
+                .enumerate()
+                .map(|(n, &(_, k))| all.i(n)?.narrow(0, 0, labels[k].len() - 1))
+                .collect::<candle_core::Result<_>>()?;
+            let lp = self.decoder.log_probs(&Tensor::cat(&hidden, 0)?)?.to_vec2::<f32>()?;
+            let mut position = lp.iter();
+            for &(r, k) in &owners {
+                for &token in &labels[k][1..] {
+                    if let Some(row) = position.next() {
+                        scores[r][k] += row[token as usize];
+                    }
                 }
-                debug_assert!(l.len() - 1 <= t);
             }
         }
         Ok(scores.into_iter().map(|s| softmax(&s)).collect())
@@ -224,33 +237,30 @@ impl LanguageModel {
         prompts: &[Vec<u32>],
         options: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
-        // As in scoring: prompts of similar length share a pass. Each row's sampler is seeded from
-        // its own prompt, so the output does not depend on the grouping.
-        let mut order: Vec<usize> = (0..prompts.len()).collect();
-        order.sort_by_key(|&i| prompts[i].len());
-        let mut out = vec![Vec::new(); prompts.len()];
-        for chunk in order.chunks(ROW_BATCH) {
-            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
-            for (&i, tokens) in chunk.iter().zip(self.generate_chunk(prefix, &batch, options)?) {
-                out[i] = tokens;
-            }
-        }
-        Ok(out)
+        // Each row's sampler is seeded from its own prompt, so the grouping changes no output.
+        in_length_order(
+            prompts.len(),
+            ROW_BATCH,
+            |i| prompts[i].len(),
+            |chunk| {
+                let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+                self.generate_chunk(prefix, &batch, options)
+            },
+        )
     }
 
     fn generate_chunk(
         &self,
         prefix: &SeqCache,
-        prompts: &[Vec<u32>],
+        prompts: &[&[u32]],
         options: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
         let mut outputs = vec![Vec::new(); prompts.len()];
         if options.max_tokens == 0 {
             return Ok(outputs);
         }
-        let seqs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
         let (mut last, _, mut caches) =
-            self.decoder.forward(&seqs, &vec![prefix; seqs.len()], false)?;
+            self.decoder.forward(prompts, &vec![prefix; prompts.len()], false)?;
         let mut active: Vec<usize> = (0..prompts.len()).collect();
         let mut rngs: Vec<u64> = prompts
             .iter()

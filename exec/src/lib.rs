@@ -6,6 +6,7 @@
 //! session shares the same weights. Nothing here downloads anything; a model that is not pulled
 //! is an error that says which `murakkab models pull` to run.
 
+mod batching;
 mod bert_encoder;
 mod device;
 mod error;
@@ -15,7 +16,7 @@ mod language_model;
 mod registry;
 pub mod tiny_models;
 
-pub use bert_encoder::{BertEncoder, Embeddings, cosine};
+pub use bert_encoder::{BertEncoder, Embeddings};
 pub use device::ComputeDevice;
 pub use error::ModelError;
 pub use gguf_decoder::{DecoderConfig, GgufDecoder, SeqCache, WeightMode};

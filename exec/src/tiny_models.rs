@@ -10,6 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::bert::{BertModel, Config};
 
 use crate::error::ModelError;
+use crate::gguf_tokenizer::bytes_to_unicode;
 
 const WORDS: &[&str] = &[
     "a", "man", "is", "eating", "food", "piece", "of", "bread", "the", "cat", "sat", "on", "mat",
@@ -54,19 +55,6 @@ pub fn write_tiny_bert(dir: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// GPT-2's printable spelling of byte `b`.
-fn byte_char(b: u8) -> char {
-    let printable = |c: u32| {
-        (0x21..=0x7e).contains(&c) || (0xa1..=0xac).contains(&c) || (0xae..=0xff).contains(&c)
-    };
-    let c = u32::from(b);
-    if printable(c) {
-        return char::from_u32(c).unwrap_or('?');
-    }
-    let offset = (0..c).filter(|x| !printable(*x)).count() as u32;
-    char::from_u32(256 + offset).unwrap_or('?')
-}
-
 /// Writes a GGUF decoder (`llama` or `qwen2`) with random weights: 2 blocks, width 64, 4 query
 /// and 2 key/value heads, a 128-token context, and a byte-level BPE vocabulary of the 256 bytes,
 /// a few merges and `<|im_end|>` (the stop token, id 262). Weights are stored as `dtype`.
@@ -79,7 +67,8 @@ pub fn write_tiny_gguf(
     let device = Device::Cpu;
     let (dim, n_head, n_kv, ffn, n_layer) = (64usize, 4usize, 2usize, 128usize, 2usize);
     let head_dim = dim / n_head;
-    let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
+    let spell = bytes_to_unicode();
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| spell[&b].to_string()).collect();
     let merges = ["t h", "th e", "Ġ a", "Ġ th", "Ġthe", "i n"];
     for m in merges {
         tokens.push(m.replace(' ', ""));

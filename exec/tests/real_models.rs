@@ -6,7 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use murakkab_catalog::{ModelStatus, MurakkabHome, find_model};
-use murakkab_exec::{ModelRegistry, cosine};
+use murakkab_exec::ModelRegistry;
+
+/// Cosine similarity of two vectors.
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b)).max(f32::MIN_POSITIVE)
+}
 
 /// The home if `id` is pulled there; otherwise `None` (or a panic when real models are required).
 fn home_with(id: &str) -> Option<MurakkabHome> {
