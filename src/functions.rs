@@ -1,7 +1,5 @@
 //! Listing the functions a session can call, for the shell's `\functions` and for users.
 
-use std::collections::HashSet;
-
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::Documentation;
 
@@ -62,17 +60,19 @@ fn info(
 
 /// Every function of `state`, Murakkab's first, then by name.
 pub(crate) fn list(state: &SessionState) -> Vec<FunctionInfo> {
-    let ours: HashSet<String> =
-        murakkab_udfs::scalar_functions().iter().map(|f| f.name().to_string()).collect();
+    // Murakkab's functions are the ones documented in its section.
+    let ours = |doc: Option<&Documentation>| {
+        doc.is_some_and(|d| d.doc_section.label == murakkab_udfs::DOC_SECTION)
+    };
     let mut out: Vec<FunctionInfo> = Vec::new();
     for (name, f) in state.scalar_functions() {
-        out.push(info(name, FunctionKind::Scalar, ours.contains(name), f.documentation()));
+        out.push(info(name, FunctionKind::Scalar, ours(f.documentation()), f.documentation()));
     }
     for (name, f) in state.aggregate_functions() {
-        out.push(info(name, FunctionKind::Aggregate, ours.contains(name), f.documentation()));
+        out.push(info(name, FunctionKind::Aggregate, ours(f.documentation()), f.documentation()));
     }
     for (name, f) in state.window_functions() {
-        out.push(info(name, FunctionKind::Window, ours.contains(name), f.documentation()));
+        out.push(info(name, FunctionKind::Window, ours(f.documentation()), f.documentation()));
     }
     // Aliases are registered under several names; list each once under its own name.
     out.retain(|f| {

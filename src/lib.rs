@@ -43,6 +43,9 @@ pub use error::user_message;
 pub use functions::{FunctionInfo, FunctionKind};
 pub use murakkab_catalog as catalog;
 pub use murakkab_compiler::{MurakkabOptions, Objective, OnError, Priority};
+pub use murakkab_udfs::{
+    AiBackend, AiWarning, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue,
+};
 pub use session::{Session, SessionBuilder};
 
 /// The error type of every fallible call: DataFusion's, so Murakkab and DataFusion errors compose.

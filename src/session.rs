@@ -12,18 +12,32 @@ use datafusion::prelude::{CsvReadOptions, DataFrame, JsonReadOptions, ParquetRea
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::dialect::dialect_from_str;
 use murakkab_catalog::MurakkabHome;
-use murakkab_compiler::{MurakkabOptions, Priority};
+use murakkab_compiler::{MurakkabOptions, Priority, make_arguments_positional};
+use murakkab_udfs::{AiBackend, AiWarning, AiWarnings};
 
 use crate::functions::{self, FunctionInfo};
 use crate::session_state;
 
 /// Options fixed for the life of a session. Built with [`Session::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionBuilder {
     pub(crate) home: Option<PathBuf>,
     pub(crate) threads: Option<usize>,
     pub(crate) memory_limit: Option<usize>,
     pub(crate) priority: Priority,
+    pub(crate) ai_backend: Option<Arc<dyn AiBackend>>,
+}
+
+impl std::fmt::Debug for SessionBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionBuilder")
+            .field("home", &self.home)
+            .field("threads", &self.threads)
+            .field("memory_limit", &self.memory_limit)
+            .field("priority", &self.priority)
+            .field("ai_backend", &self.ai_backend)
+            .finish()
+    }
 }
 
 impl SessionBuilder {
@@ -54,11 +68,20 @@ impl SessionBuilder {
         self
     }
 
+    /// Runs the AI functions on `backend` instead of the in-process models (default). For
+    /// tests, and for serving models some other way; the functions' prompts, types, NULL
+    /// handling and warnings stay the same.
+    pub fn ai_backend(mut self, backend: Arc<dyn AiBackend>) -> Self {
+        self.ai_backend = Some(backend);
+        self
+    }
+
     /// Assembles the session. Nothing is loaded or written until a query needs it.
     pub async fn build(self) -> Result<Session> {
         let home = self.home.clone().map(MurakkabHome::at).unwrap_or_else(MurakkabHome::from_env);
-        let ctx = session_state::new_context(&self)?;
-        Ok(Session { ctx, home })
+        let warnings = Arc::new(AiWarnings::default());
+        let ctx = session_state::new_context(&self, &home, &warnings)?;
+        Ok(Session { ctx, home, warnings })
     }
 }
 
@@ -70,6 +93,7 @@ impl SessionBuilder {
 pub struct Session {
     ctx: SessionContext,
     home: MurakkabHome,
+    warnings: Arc<AiWarnings>,
 }
 
 impl std::fmt::Debug for Session {
@@ -94,6 +118,7 @@ impl Session {
             threads: None,
             memory_limit: None,
             priority: Priority::default(),
+            ai_backend: None,
         }
     }
 
@@ -115,7 +140,22 @@ impl Session {
     /// Plans one SQL statement. Statements such as `CREATE`, `SET` and `COPY` take effect when
     /// the returned frame is collected; queries run when it is collected or streamed.
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
-        self.ctx.sql(sql).await
+        let mut statements = self.parse_statements(sql)?;
+        if statements.len() != 1 {
+            return Err(DataFusionError::Plan(format!(
+                "Session::sql runs exactly one statement, got {}; use parse_statements and \
+                 execute for several",
+                statements.len()
+            )));
+        }
+        self.execute(statements.remove(0)).await
+    }
+
+    /// Row-level problems of the AI functions since the last call (rows that became NULL, prompts
+    /// cut to fit the context), cleared as they are returned. The shell prints them after each
+    /// result.
+    pub fn take_warnings(&self) -> Vec<AiWarning> {
+        self.warnings.take()
     }
 
     /// Splits SQL text into statements with the session's dialect, so each can be run and
@@ -136,8 +176,15 @@ impl Session {
     }
 
     /// Plans one parsed statement; see [`Session::sql`].
-    pub async fn execute(&self, statement: Statement) -> Result<DataFrame> {
-        let plan = self.ctx.state().statement_to_plan(statement).await?;
+    pub async fn execute(&self, mut statement: Statement) -> Result<DataFrame> {
+        let state = self.ctx.state();
+        let parameters = |name: &str| {
+            let scalar = state.scalar_functions().get(name).map(|f| f.signature().clone());
+            let aggregate = || state.aggregate_functions().get(name).map(|f| f.signature().clone());
+            scalar.or_else(aggregate).and_then(|s| s.parameter_names)
+        };
+        make_arguments_positional(&mut statement, &parameters)?;
+        let plan = state.statement_to_plan(statement).await?;
         self.ctx.execute_logical_plan(plan).await
     }
 

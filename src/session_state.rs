@@ -4,17 +4,27 @@
 //! so the pipeline can be read top to bottom in one file. Other modules never build a
 //! `SessionState` of their own.
 
+use std::sync::Arc;
+
 use datafusion::error::Result;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
+use murakkab_catalog::MurakkabHome;
 use murakkab_compiler::MurakkabOptions;
+use murakkab_exec::ModelRuntime;
+use murakkab_udfs::{AiContext, AiWarnings};
 
 use crate::session::SessionBuilder;
 
-/// Builds the context for a session from its fixed options.
-pub(crate) fn new_context(options: &SessionBuilder) -> Result<SessionContext> {
+/// Builds the context for a session from its fixed options. The AI functions run their models
+/// from `home` and count row-level warnings into `warnings`.
+pub(crate) fn new_context(
+    options: &SessionBuilder,
+    home: &MurakkabHome,
+    warnings: &Arc<AiWarnings>,
+) -> Result<SessionContext> {
     let threads = options
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -45,10 +55,18 @@ pub(crate) fn new_context(options: &SessionBuilder) -> Result<SessionContext> {
         // as DataFusion plans it (the plain_sql benchmark holds us to that).
         .with_default_features();
     // Murakkab's SQL functions, registered after DataFusion's so a name clash resolves to ours.
+    // They run models in-process through the executor's runtime (the shared model registry).
+    let ai = Arc::new(AiContext {
+        backend: options
+            .ai_backend
+            .clone()
+            .unwrap_or_else(|| Arc::new(ModelRuntime::new(home.clone()))),
+        warnings: Arc::clone(warnings),
+    });
     builder
         .scalar_functions()
         .get_or_insert_with(Vec::new)
-        .extend(murakkab_udfs::scalar_functions());
+        .extend(murakkab_udfs::scalar_functions(&ai));
 
     // Querying a file path directly (`SELECT * FROM 'data.parquet'`) resolves through the URL
     // table catalog; it reads only what the query names.

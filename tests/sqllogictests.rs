@@ -2,9 +2,16 @@
 //!
 //! SQL behaviour is pinned in these files rather than in Rust, so changing a test needs no
 //! recompile. Values print as Arrow displays them, NULL as `NULL`, an empty string as `(empty)`.
+//!
+//! Files in `tests/sql/` get a fresh temporary home holding the tiny random-weight models
+//! `tiny-llama` and `tiny-bert`. Files in `tests/sql/real/` run against the real models pulled
+//! into `$MURAKKAB_HOME` (`murakkab models pull --default`); without them they are skipped with
+//! a message, unless `MURAKKAB_REQUIRE_REAL_MODELS=1`, which makes that a failure (CI sets it).
 
 // Test helpers unwrap: a panic here is a test failure with its message.
 #![allow(clippy::unwrap_used)]
+// The runner reports skipped real-model files on stderr.
+#![allow(clippy::print_stderr)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +20,13 @@ use async_trait::async_trait;
 use murakkab::arrow::array::{Array, RecordBatch};
 use murakkab::arrow::datatypes::DataType;
 use murakkab::arrow::util::display::{ArrayFormatter, FormatOptions};
+use murakkab::catalog::{ModelStatus, MurakkabHome};
 use murakkab::{Error, Session};
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType, Runner};
 
 struct SltSession {
     session: Session,
-    _home: tempfile::TempDir,
+    _home: Option<tempfile::TempDir>,
 }
 
 fn column_type(t: &DataType) -> DefaultColumnType {
@@ -92,9 +100,8 @@ impl AsyncDB for SltSession {
     }
 }
 
-fn slt_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("sql");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+fn slt_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "slt"))
@@ -103,20 +110,57 @@ fn slt_files() -> Vec<PathBuf> {
     files
 }
 
+/// The models `tests/sql/real/*.slt` use.
+const REAL_MODELS: [&str; 2] = ["all-minilm-l6-v2", "smollm2-135m-instruct"];
+
+fn real_models_pulled() -> bool {
+    let home = MurakkabHome::from_env();
+    REAL_MODELS.iter().all(|id| {
+        murakkab::catalog::find_model(&home, id)
+            .is_ok_and(|card| card.status(&home) == ModelStatus::Pulled)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_logic_tests() {
-    let files = slt_files();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("sql");
+    let files = slt_files(&dir);
     assert!(!files.is_empty(), "no .slt files found");
     let mut failures = Vec::new();
     for file in &files {
         let mut runner = Runner::new(|| async {
             let home = tempfile::tempdir().map_err(Error::IoError)?;
+            murakkab_exec::tiny_models::install_tiny_models(&MurakkabHome::at(home.path()))
+                .map_err(|e| Error::External(Box::new(e)))?;
             let session = Session::builder().home(home.path()).threads(2).build().await?;
-            Ok(SltSession { session, _home: home })
+            Ok(SltSession { session, _home: Some(home) })
         });
         if let Err(e) = runner.run_file_async(file).await {
             failures.push(format!("{}:\n{e}", file.display()));
         }
+    }
+    let real = slt_files(&dir.join("real"));
+    if real_models_pulled() {
+        for file in &real {
+            let mut runner = Runner::new(|| async {
+                let session = Session::builder().threads(2).build().await?;
+                Ok(SltSession { session, _home: None })
+            });
+            if let Err(e) = runner.run_file_async(file).await {
+                failures.push(format!("{}:\n{e}", file.display()));
+            }
+        }
+    } else if std::env::var("MURAKKAB_REQUIRE_REAL_MODELS").as_deref() == Ok("1") {
+        failures.push(format!(
+            "{} real-model .slt files need {REAL_MODELS:?} pulled into $MURAKKAB_HOME",
+            real.len()
+        ));
+    } else {
+        eprintln!(
+            "skipping {} real-model .slt files: run `murakkab models pull {}`",
+            real.len(),
+            REAL_MODELS.join(" ")
+        );
     }
     assert!(
         failures.is_empty(),

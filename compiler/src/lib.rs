@@ -1,10 +1,13 @@
 //! The Murakkab compiler: the SQL front end's own pieces.
 //!
 //! Today it holds the typed `murakkab.*` session options ([`MurakkabOptions`]), which every
-//! later stage reads. Lifting `ai_*` calls out of ordinary expressions into AI logical nodes
+//! later stage reads, and the rewrite that makes named arguments positional
+//! ([`make_arguments_positional`]). Lifting `ai_*` calls out of ordinary expressions into AI logical nodes
 //! lands here too, so that the optimizer sees AI work as plan nodes it can reorder, swap and
 //! cascade rather than as opaque functions.
 
+mod named_arguments;
 mod options;
 
+pub use named_arguments::make_arguments_positional;
 pub use options::{MurakkabOptions, Objective, OnError, Priority};

@@ -6,12 +6,14 @@
 //! every row) is computed once and its cache shared by all rows.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, IndexOp, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::batching::in_length_order;
+use crate::constrained_json::TokenClasses;
 use crate::error::ModelError;
 use crate::gguf_decoder::{GgufDecoder, SeqCache, WeightMode};
 use crate::gguf_tokenizer::tokenizer_from_gguf;
@@ -49,6 +51,10 @@ pub struct LanguageModel {
     decoder: GgufDecoder,
     tokenizer: Tokenizer,
     stop_ids: Vec<u32>,
+    /// Each token's text, built on first use (constrained decoding needs it).
+    vocabulary: OnceLock<Vec<String>>,
+    /// Tokens grouped by their role in JSON values, built on first use.
+    json_classes: OnceLock<TokenClasses>,
 }
 
 impl std::fmt::Debug for LanguageModel {
@@ -95,7 +101,14 @@ impl LanguageModel {
             });
         }
         let stop_ids = stop_tokens.iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
-        Ok(Self { id: id.to_string(), decoder, tokenizer, stop_ids })
+        Ok(Self {
+            id: id.to_string(),
+            decoder,
+            tokenizer,
+            stop_ids,
+            vocabulary: OnceLock::new(),
+            json_classes: OnceLock::new(),
+        })
     }
 
     /// The model id.
@@ -121,6 +134,24 @@ impl LanguageModel {
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
         self.tokenizer.decode(ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// The text of every token id, in id order (empty for special tokens).
+    pub fn vocabulary_texts(&self) -> &[String] {
+        self.vocabulary.get_or_init(|| {
+            (0..self.decoder.config().vocab as u32)
+                .map(|id| self.tokenizer.decode(&[id], true).unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// The vocabulary grouped for constrained JSON values.
+    pub(crate) fn json_token_classes(&self) -> Result<&TokenClasses, ModelError> {
+        if let Some(classes) = self.json_classes.get() {
+            return Ok(classes);
+        }
+        let classes = TokenClasses::of(self)?;
+        Ok(self.json_classes.get_or_init(|| classes))
     }
 
     /// `ids` cut to at most `budget` tokens by removing the middle, keeping the start (the

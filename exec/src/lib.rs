@@ -6,8 +6,10 @@
 //! session shares the same weights. Nothing here downloads anything; a model that is not pulled
 //! is an error that says which `murakkab models pull` to run.
 
+mod ai_runtime;
 mod batching;
 mod bert_encoder;
+mod constrained_json;
 mod device;
 mod error;
 mod gguf_decoder;
@@ -16,6 +18,7 @@ mod language_model;
 mod registry;
 pub mod tiny_models;
 
+pub use ai_runtime::ModelRuntime;
 pub use bert_encoder::{BertEncoder, Embeddings};
 pub use device::ComputeDevice;
 pub use error::ModelError;

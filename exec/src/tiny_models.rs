@@ -56,7 +56,7 @@ pub fn write_tiny_bert(dir: &Path) -> Result<(), ModelError> {
 }
 
 /// Writes a GGUF decoder (`llama` or `qwen2`) with random weights: 2 blocks, width 64, 4 query
-/// and 2 key/value heads, a 128-token context, and a byte-level BPE vocabulary of the 256 bytes,
+/// and 2 key/value heads, a 512-token context, and a byte-level BPE vocabulary of the 256 bytes,
 /// a few merges and `<|im_end|>` (the stop token, id 262). Weights are stored as `dtype`.
 pub fn write_tiny_gguf(
     path: &Path,
@@ -88,7 +88,7 @@ pub fn write_tiny_gguf(
         (format!("{a}.embedding_length"), Value::U32(dim as u32)),
         (format!("{a}.attention.head_count"), Value::U32(n_head as u32)),
         (format!("{a}.attention.head_count_kv"), Value::U32(n_kv as u32)),
-        (format!("{a}.context_length"), Value::U32(128)),
+        (format!("{a}.context_length"), Value::U32(512)),
         (format!("{a}.rope.freq_base"), Value::F32(10_000.0)),
         (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         ("tokenizer.ggml.model".into(), s("gpt2")),
@@ -149,5 +149,33 @@ pub fn write_tiny_gguf(
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut file, &meta_refs, &tensor_refs)?;
+    Ok(())
+}
+
+/// Installs two tiny random-weight models as local cards under `home`: `tiny-llama` (a `llama`
+/// GGUF that can generate and score labels, 512-token context) and `tiny-bert` (a 32-wide
+/// encoder, 16-token context). Tests use them to run the AI functions end to end in
+/// milliseconds through the same loading code as real models.
+pub fn install_tiny_models(home: &murakkab_catalog::MurakkabHome) -> Result<(), ModelError> {
+    let llama = home.model_dir("tiny-llama");
+    std::fs::create_dir_all(&llama).map_err(io)?;
+    write_tiny_gguf(&llama.join("model.gguf"), "llama", GgmlDType::F32, 11)?;
+    std::fs::write(
+        llama.join(murakkab_catalog::CARD_FILE),
+        r#"{"id": "tiny-llama", "architecture": "llama", "tasks": ["generate", "score_labels"],
+            "files": [{"name": "model.gguf"}], "context_length": 512,
+            "eos_tokens": ["<|im_end|>"]}"#,
+    )
+    .map_err(io)?;
+    let bert = home.model_dir("tiny-bert");
+    std::fs::create_dir_all(&bert).map_err(io)?;
+    write_tiny_bert(&bert)?;
+    std::fs::write(
+        bert.join(murakkab_catalog::CARD_FILE),
+        r#"{"id": "tiny-bert", "architecture": "bert", "embedding_dim": 32,
+            "files": [{"name": "model.safetensors"}, {"name": "tokenizer.json"},
+                      {"name": "config.json"}]}"#,
+    )
+    .map_err(io)?;
     Ok(())
 }

@@ -8,8 +8,7 @@ use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::{exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, DocSection, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature,
-    Volatility,
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 
 /// Cosine similarity of two numeric vectors (`LIST`, `LARGE LIST` or fixed-size lists of numbers,
@@ -37,7 +36,7 @@ const NAME: &str = "cosine_similarity";
 
 static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     Documentation::builder(
-        DocSection { include: true, label: "AI Functions", description: None },
+        crate::docs::SECTION,
         "Cosine similarity of two numeric vectors, between -1 and 1. Works on lists of numbers \
          and on ai_embed output. NULL or zero vectors give NULL.",
         "cosine_similarity(v1, v2)",

@@ -1,18 +1,50 @@
-//! The AI SQL functions of Murakkab: names, signatures, argument checks, return types and
-//! documentation, one file per function.
+//! The AI SQL functions of Murakkab: names, signatures, argument checks, return types, prompts
+//! and documentation, one file per function.
 //!
-//! Functions here describe *what* a call means; running a model is the executor's job. That split
-//! is what lets the compiler lift AI calls into plan nodes the optimizer can rewrite.
+//! Functions here describe *what* a call means; running a model is a backend's job
+//! ([`AiBackend`], implemented by the executor crate). That split keeps prompts and types in one
+//! readable place and lets the compiler lift AI calls into plan nodes the optimizer can rewrite.
 
+mod ai_classify;
+mod ai_complete;
+mod ai_embed;
+mod ai_extract;
+mod ai_filter;
+mod ai_similarity;
+mod args;
+mod backend;
 mod cosine_similarity;
+mod docs;
+pub mod prompts;
+mod warnings;
 
 use std::sync::Arc;
 
 use datafusion::logical_expr::ScalarUDF;
 
+pub use ai_classify::AiClassify;
+pub use ai_complete::{AiComplete, DEFAULT_MAX_TOKENS};
+pub use ai_embed::{AiEmbed, vector_type};
+pub use ai_extract::AiExtract;
+pub use ai_filter::AiFilter;
+pub use ai_similarity::AiSimilarity;
+pub use args::AiContext;
+pub use backend::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue};
 pub use cosine_similarity::CosineSimilarity;
+pub use docs::DOC_SECTION;
+pub use warnings::{AiWarning, AiWarnings};
 
-/// Every scalar function this crate provides, ready to register in a session.
-pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
-    vec![Arc::new(ScalarUDF::from(CosineSimilarity::new()))]
+/// Every scalar function this crate provides, ready to register in a session whose models run
+/// on `context`'s backend.
+pub fn scalar_functions(context: &Arc<AiContext>) -> Vec<Arc<ScalarUDF>> {
+    let c = || Arc::clone(context);
+    vec![
+        Arc::new(ScalarUDF::from(CosineSimilarity::new())),
+        Arc::new(ScalarUDF::from(AiComplete::new(c()))),
+        Arc::new(ScalarUDF::from(AiFilter::new(c()))),
+        Arc::new(ScalarUDF::from(AiClassify::new(c()))),
+        Arc::new(ScalarUDF::from(AiEmbed::new(c()))),
+        Arc::new(ScalarUDF::from(AiSimilarity::new(c()))),
+        Arc::new(ScalarUDF::from(AiExtract::new(c()))),
+    ]
 }

@@ -34,6 +34,7 @@ async fn run_statement(
     options: &ExecOptions,
 ) -> Result<()> {
     let started = Instant::now();
+    session.take_warnings();
     let work = async {
         let frame = session.execute(statement).await?;
         let schema = Arc::new(frame.schema().as_arrow().clone());
@@ -57,6 +58,11 @@ async fn run_statement(
             format!("{rows} row{}", if rows == 1 { "" } else { "s" })
         };
         writeln!(stdout, "{what} in {:.3}s", elapsed.as_secs_f64()).map_err(Error::IoError)?;
+    }
+    drop(stdout);
+    // Rows the AI functions could not answer became NULL; say so after the result.
+    for warning in session.take_warnings() {
+        eprintln!("warning: {warning}");
     }
     Ok(())
 }

@@ -1,0 +1,281 @@
+//! The backend the AI SQL functions run on: real models from the registry, in-process.
+//!
+//! It turns a function's [`ChatBatch`] into the model's chat format, fits every prompt into the
+//! context (cutting the row's part in the middle and counting it), computes the shared
+//! instruction once per batch, and isolates failures: when a batch fails, its rows are retried
+//! one by one so a single bad row becomes NULL instead of failing its neighbours.
+
+use std::sync::Mutex;
+
+use murakkab_catalog::{ModelCard, ModelStatus, MurakkabHome, Task, all_models, find_model};
+use murakkab_udfs::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue};
+
+use crate::error::ModelError;
+use crate::language_model::{GenerateOptions, LanguageModel, Sampling};
+use crate::registry::ModelRegistry;
+
+/// Models tried, in order, when a call says `model => 'auto'` (until the optimizer chooses):
+/// the cheapest capable model that is pulled.
+const PREFERRED_LANGUAGE_MODELS: &[&str] =
+    &["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"];
+const PREFERRED_ENCODERS: &[&str] = &["all-minilm-l6-v2"];
+
+/// One forward pass at a time in the process: on a CPU, two concurrent passes only fight over
+/// the same cores and caches. (The batching executor replaces this with a scheduler.)
+static DEVICE: Mutex<()> = Mutex::new(());
+
+/// Runs the AI functions' model calls on the models under one home directory.
+#[derive(Debug, Clone)]
+pub struct ModelRuntime {
+    home: MurakkabHome,
+}
+
+impl ModelRuntime {
+    /// A runtime over the models pulled into `home`.
+    pub fn new(home: MurakkabHome) -> Self {
+        Self { home }
+    }
+
+    fn language_model(&self, id: &str) -> Result<std::sync::Arc<LanguageModel>, String> {
+        ModelRegistry::global().language_model(&self.home, id).map_err(|e| e.to_string())
+    }
+
+    fn card(&self, id: &str) -> Result<ModelCard, String> {
+        find_model(&self.home, id).map_err(|e| e.to_string())
+    }
+
+    /// The prompt prefix (chat header + shared instruction) and each row's remainder, as tokens.
+    fn tokenize(
+        &self,
+        lm: &LanguageModel,
+        card: &ModelCard,
+        batch: &ChatBatch,
+        answer_start: &str,
+    ) -> Result<(Vec<u32>, Vec<Vec<u32>>), String> {
+        let chatml = card.chat_template.as_deref() == Some("chatml");
+        let prefix = if chatml {
+            // No system turn: on UCI sentiment it changed smollm2's accuracy by under a point.
+            format!("<|im_start|>user\n{}", batch.shared)
+        } else {
+            batch.shared.clone()
+        };
+        let prefix = lm.encode(&prefix).map_err(|e| e.to_string())?;
+        let rows = batch
+            .rows
+            .iter()
+            .map(|r| {
+                let text = if chatml {
+                    format!("{r}<|im_end|>\n<|im_start|>assistant\n{answer_start}")
+                } else {
+                    format!("{r}\n{answer_start}")
+                };
+                lm.encode(&text).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((prefix, rows))
+    }
+
+    /// Cuts each row to `budget` tokens; returns how many were cut.
+    fn fit(lm: &LanguageModel, rows: &mut [Vec<u32>], budget: usize) -> usize {
+        let mut truncated = 0;
+        for row in rows.iter_mut() {
+            let (fitted, cut) = lm.fit_to_context(row, budget);
+            if cut {
+                truncated += 1;
+                *row = fitted;
+            }
+        }
+        truncated
+    }
+
+    fn context_of(lm: &LanguageModel, card: &ModelCard) -> usize {
+        let model = lm.decoder().config().context_length;
+        if card.context_length > 0 { card.context_length.min(model) } else { model }
+    }
+}
+
+/// Runs `batch` over all rows; if it fails, runs each row alone so only the failing rows fail.
+fn isolate_failures<T>(
+    rows: usize,
+    mut batch: impl FnMut(&[usize]) -> Result<Vec<T>, ModelError>,
+) -> Vec<Result<T, String>> {
+    let all: Vec<usize> = (0..rows).collect();
+    match batch(&all) {
+        Ok(values) => values.into_iter().map(Ok).collect(),
+        Err(_) if rows > 1 => all
+            .iter()
+            .map(|&i| {
+                batch(&[i]).map_err(|e| e.to_string()).and_then(|mut v| {
+                    v.pop().ok_or_else(|| "the model returned no result".to_string())
+                })
+            })
+            .collect(),
+        Err(e) => vec![Err(e.to_string())],
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    // A panic elsewhere while holding the lock leaves no state behind to protect.
+    DEVICE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AiBackend for ModelRuntime {
+    fn resolve_model(&self, requested: Option<&str>, task: Task) -> Result<ModelCard, String> {
+        let requested = requested.map(str::trim).filter(|r| !r.eq_ignore_ascii_case("auto"));
+        let (cards, _) = all_models(&self.home);
+        let capable: Vec<&ModelCard> = cards.iter().filter(|c| c.can(task)).collect();
+        if let Some(id) = requested {
+            let card = self.card(id)?;
+            if !card.can(task) {
+                let names: Vec<&str> = capable.iter().map(|c| c.id.as_str()).collect();
+                return Err(format!(
+                    "model '{id}' cannot {}; models that can: {}",
+                    task_phrase(task),
+                    names.join(", ")
+                ));
+            }
+            return Ok(card);
+        }
+        let preferred =
+            if task == Task::Embed { PREFERRED_ENCODERS } else { PREFERRED_LANGUAGE_MODELS };
+        let pulled = |c: &ModelCard| c.status(&self.home) == ModelStatus::Pulled;
+        preferred
+            .iter()
+            .filter_map(|id| capable.iter().find(|c| c.id == *id))
+            .find(|c| pulled(c))
+            .or_else(|| capable.iter().find(|c| pulled(c)))
+            .or_else(|| preferred.iter().find_map(|id| capable.iter().find(|c| c.id == *id)))
+            .map(|c| (*c).clone())
+            .ok_or_else(|| format!("no model can {}", task_phrase(task)))
+    }
+
+    fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
+        let encoder =
+            ModelRegistry::global().encoder(&self.home, model).map_err(|e| e.to_string())?;
+        let _device = lock();
+        let mut truncated = 0;
+        let rows = isolate_failures(texts.len(), |rows| {
+            let batch: Vec<&str> = rows.iter().map(|&i| texts[i]).collect();
+            let out = encoder.embed(&batch)?;
+            truncated += out.truncated;
+            Ok(out.vectors)
+        });
+        Ok(BatchOutput { rows, truncated })
+    }
+
+    fn score_labels(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        labels: &[String],
+    ) -> Result<BatchOutput<Vec<f32>>, String> {
+        let lm = self.language_model(model)?;
+        let card = self.card(model)?;
+        let (prefix, mut rows) = self.tokenize(&lm, &card, batch, "")?;
+        let labels = labels
+            .iter()
+            .map(|l| lm.encode(l).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let longest_label = labels.iter().map(Vec::len).max().unwrap_or(1);
+        let budget = Self::context_of(&lm, &card)
+            .checked_sub(prefix.len() + longest_label)
+            .filter(|b| *b >= 8)
+            .ok_or_else(|| {
+                format!("the instruction and labels leave no room for the text in model '{model}'")
+            })?;
+        let truncated = Self::fit(&lm, &mut rows, budget);
+        let _device = lock();
+        let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
+        let rows = isolate_failures(rows.len(), |chunk| {
+            let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
+            lm.score_labels(&cache, &part, &labels)
+        });
+        Ok(BatchOutput { rows, truncated })
+    }
+
+    fn complete(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        options: &CompletionOptions,
+    ) -> Result<BatchOutput<String>, String> {
+        let lm = self.language_model(model)?;
+        let card = self.card(model)?;
+        let (prefix, mut rows) = self.tokenize(&lm, &card, batch, "")?;
+        let context = Self::context_of(&lm, &card);
+        // Leave room for the answer, but never less than a quarter of the context for the prompt.
+        let max_tokens = options.max_tokens.min(context.saturating_sub(prefix.len()) * 3 / 4);
+        let budget = context
+            .checked_sub(prefix.len() + max_tokens)
+            .filter(|b| *b >= 8)
+            .ok_or_else(|| format!("the prompt leaves no room to answer in model '{model}'"))?;
+        let truncated = Self::fit(&lm, &mut rows, budget);
+        let sampling = if options.temperature > 0.0 {
+            Sampling::Seeded { temperature: options.temperature, seed: options.seed }
+        } else {
+            Sampling::Greedy
+        };
+        let generate = GenerateOptions { max_tokens, sampling };
+        let _device = lock();
+        let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
+        let rows = isolate_failures(rows.len(), |chunk| {
+            let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
+            lm.generate(&cache, &part, &generate)?
+                .iter()
+                .map(|ids| lm.decode(ids).map(|t| t.trim().to_string()))
+                .collect()
+        });
+        Ok(BatchOutput { rows, truncated })
+    }
+
+    fn extract(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        fields: &[(String, FieldType)],
+    ) -> Result<BatchOutput<Vec<Option<FieldValue>>>, String> {
+        let lm = self.language_model(model)?;
+        let card = self.card(model)?;
+        let (prefix, mut rows) = self.tokenize(&lm, &card, batch, "")?;
+        let reserve = crate::constrained_json::tokens_needed(fields);
+        let budget = Self::context_of(&lm, &card)
+            .checked_sub(prefix.len() + reserve)
+            .filter(|b| *b >= 8)
+            .ok_or_else(|| {
+                format!("the field list leaves no room for the text in model '{model}'")
+            })?;
+        let truncated = Self::fit(&lm, &mut rows, budget);
+        let _device = lock();
+        let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                crate::constrained_json::extract(&lm, &cache, row, fields)
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        Ok(BatchOutput { rows, truncated })
+    }
+
+    fn count_tokens(&self, model: &str, text: &str) -> Result<usize, String> {
+        let lm = self.language_model(model)?;
+        lm.encode(text).map(|ids| ids.len()).map_err(|e| e.to_string())
+    }
+
+    fn context_length(&self, model: &str) -> Result<usize, String> {
+        let lm = self.language_model(model)?;
+        Ok(Self::context_of(&lm, &self.card(model)?))
+    }
+
+    fn home(&self) -> &MurakkabHome {
+        &self.home
+    }
+}
+
+fn task_phrase(task: Task) -> &'static str {
+    match task {
+        Task::Generate => "generate text",
+        Task::ScoreLabels => "score labels",
+        Task::Embed => "produce embeddings",
+    }
+}

@@ -1,0 +1,132 @@
+//! `ai_filter(text, condition [, model])`: does the condition hold for the text.
+//!
+//! Scored, never parsed: the model's probabilities of answering `yes` and `no` are compared, so
+//! the answer is always a boolean and never depends on free text the model might produce.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{Array, BooleanBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::error::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
+};
+use murakkab_catalog::Task;
+
+use crate::args::{self, AiContext, Kind, Param, optional, required};
+use crate::docs::ai_doc;
+use crate::prompts;
+
+const NAME: &str = "ai_filter";
+const PARAMS: &[Param] = &[
+    required("text", Kind::Text),
+    required("condition", Kind::Text),
+    optional("model", Kind::ConstText),
+];
+
+static DOC: LazyLock<Documentation> = LazyLock::new(|| {
+    ai_doc(
+        "True when the condition holds for the text, judged by a language model that scores the \
+         answers yes and no (it never parses free text). NULL text or condition: NULL.",
+        "ai_filter(text, condition [, model => 'auto'])",
+        "> SELECT review FROM reviews WHERE ai_filter(review, 'the review is positive');\n\
+         +----------------------------------+\n\
+         | review                           |\n\
+         +----------------------------------+\n\
+         | Great battery life, works well.  |\n\
+         +----------------------------------+",
+        &[
+            ("text", "The text to judge."),
+            ("condition", "A statement about the text, e.g. 'the review is positive'."),
+            ("model", "'auto' (default) or a model id that can score labels (see \\models)."),
+        ],
+    )
+});
+
+/// The `ai_filter` function.
+#[derive(Debug)]
+pub struct AiFilter {
+    signature: Signature,
+    context: Arc<AiContext>,
+}
+
+impl AiFilter {
+    /// The function over `context`'s backend.
+    pub fn new(context: Arc<AiContext>) -> Self {
+        Self { signature: args::signature(PARAMS), context }
+    }
+}
+
+args::impl_eq_by_context!(AiFilter);
+
+impl ScalarUDFImpl for AiFilter {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        args::coerce(NAME, PARAMS, arg_types)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        args::check_constants(NAME, PARAMS, args.scalar_arguments)?;
+        let model = args::literal_text(args.scalar_arguments, 2);
+        args::check_model(NAME, &self.context, model.as_deref(), Task::ScoreLabels)?;
+        Ok(Arc::new(Field::new(NAME, DataType::Boolean, true)))
+    }
+
+    fn invoke_with_args(&self, call: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = call.number_rows;
+        let texts = args::texts(&call.args, 0, rows)?;
+        let conditions = args::texts(&call.args, 1, rows)?;
+        let model = args::const_text(&call.args, 2);
+        let keys = (0..rows)
+            .map(|i| {
+                (!texts.is_null(i) && !conditions.is_null(i))
+                    .then(|| (texts.value(i), conditions.value(i)))
+            })
+            .collect();
+        let labels: Vec<String> = prompts::FILTER_LABELS.iter().map(|l| l.to_string()).collect();
+        let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
+            let card = self.context.backend.resolve_model(model.as_deref(), Task::ScoreLabels)?;
+            // The condition is part of the shared instruction: one scoring call per condition.
+            let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+            for (slot, &r) in reps.iter().enumerate() {
+                groups.entry(conditions.value(r)).or_default().push(slot);
+            }
+            let mut out: Vec<Result<bool, String>> = vec![Err(String::new()); reps.len()];
+            let mut truncated = 0;
+            for (condition, slots) in groups {
+                let batch: Vec<&str> = slots.iter().map(|&s| texts.value(reps[s])).collect();
+                let scored = self.context.backend.score_labels(
+                    &card.id,
+                    &prompts::filter(&batch, condition),
+                    &labels,
+                )?;
+                truncated += scored.truncated;
+                for (&slot, probs) in slots.iter().zip(scored.rows) {
+                    out[slot] = probs.map(|p| p[0] >= p[1]);
+                }
+            }
+            Ok(crate::backend::BatchOutput { rows: out, truncated })
+        })?;
+        let mut out = BooleanBuilder::with_capacity(rows);
+        for v in values {
+            out.append_option(v);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOC)
+    }
+}

@@ -1,0 +1,114 @@
+//! The interface between the AI functions and whatever runs the models.
+//!
+//! The functions in this crate decide *what* to ask (prompts, labels, output types); a backend
+//! decides *how* (which weights, batching, chat formatting, token budgets). The executor crate
+//! provides the real backend; keeping the seam here keeps the dependency direction of DESIGN.md
+//! (udfs never depend on exec) and lets tests substitute a backend that misbehaves on purpose.
+
+use std::fmt::Debug;
+
+use murakkab_catalog::{ModelCard, MurakkabHome, Task};
+
+/// A batch of chat prompts that share a beginning.
+///
+/// Each row's user message is `shared + rows[i]`; the backend wraps it in the model's chat
+/// template and computes `shared` once for the whole batch (prefix sharing). `shared` should end
+/// at a line break so the split does not change tokenisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatBatch {
+    /// The start of every row's user message: the instruction.
+    pub shared: String,
+    /// The rest of each row's user message: the row's text in its delimited block, the question.
+    pub rows: Vec<String>,
+}
+
+/// What a backend returns for a batch: one outcome per row, in row order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutput<T> {
+    /// `Err` holds why this row has no usable value; other rows are unaffected.
+    pub rows: Vec<Result<T, String>>,
+    /// Rows whose prompt was longer than the context and was cut in the middle to fit.
+    pub truncated: usize,
+}
+
+/// Limits for free generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionOptions {
+    /// Most new tokens per row.
+    pub max_tokens: usize,
+    /// 0 for greedy decoding; above 0, seeded sampling at this temperature.
+    pub temperature: f64,
+    /// Seed for sampling; the same seed and prompt give the same text.
+    pub seed: u64,
+}
+
+/// The type of one field `ai_extract` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    /// Free text.
+    Text,
+    /// A whole number (64-bit).
+    Integer,
+    /// A decimal number.
+    Float,
+    /// true or false.
+    Boolean,
+}
+
+/// One typed value produced by `ai_extract`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// A text field.
+    Text(String),
+    /// An integer field.
+    Integer(i64),
+    /// A decimal field.
+    Float(f64),
+    /// A boolean field.
+    Boolean(bool),
+}
+
+/// Runs models for the AI functions. Calls block the calling thread until the batch is done.
+pub trait AiBackend: Send + Sync + Debug {
+    /// The card of the model to use for `task`: `requested` is a model id, or `None` / `auto`
+    /// for the default. Unknown ids and models that cannot do `task` are errors that list the
+    /// alternatives.
+    fn resolve_model(&self, requested: Option<&str>, task: Task) -> Result<ModelCard, String>;
+
+    /// Unit-length embedding vectors of `texts`.
+    fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String>;
+
+    /// For each row, the probability of each label as the start of the answer.
+    fn score_labels(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        labels: &[String],
+    ) -> Result<BatchOutput<Vec<f32>>, String>;
+
+    /// The generated answer of each row.
+    fn complete(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        options: &CompletionOptions,
+    ) -> Result<BatchOutput<String>, String>;
+
+    /// One value (or NULL) per field for each row, generated under a constraint so every value
+    /// has its field's type.
+    fn extract(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        fields: &[(String, FieldType)],
+    ) -> Result<BatchOutput<Vec<Option<FieldValue>>>, String>;
+
+    /// Tokens of `text` for `model` (to plan chunking).
+    fn count_tokens(&self, model: &str, text: &str) -> Result<usize, String>;
+
+    /// Tokens of context `model` can attend to.
+    fn context_length(&self, model: &str) -> Result<usize, String>;
+
+    /// The home directory (for persisted embeddings).
+    fn home(&self) -> &MurakkabHome;
+}
