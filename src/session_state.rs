@@ -67,6 +67,10 @@ pub(crate) fn new_context(
         .scalar_functions()
         .get_or_insert_with(Vec::new)
         .extend(murakkab_udfs::scalar_functions(&ai));
+    builder
+        .aggregate_functions()
+        .get_or_insert_with(Vec::new)
+        .extend(murakkab_udfs::aggregate_functions(&ai));
 
     // Querying a file path directly (`SELECT * FROM 'data.parquet'`) resolves through the URL
     // table catalog; it reads only what the query names.

@@ -182,3 +182,27 @@ fn models_list_shows_the_catalog() {
     assert!(text.contains("all-minilm-l6-v2,embed,22M,F32,91 MB,no"), "{text}");
     assert!(text.contains("smollm2-135m-instruct"), "{text}");
 }
+
+#[test]
+fn ai_warnings_are_printed_after_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    murakkab_exec::tiny_models::install_tiny_models(&murakkab::catalog::MurakkabHome::at(
+        dir.path(),
+    ))
+    .unwrap();
+    let out = murakkab(
+        dir.path(),
+        &[
+            "-c",
+            "SELECT ai_filter(repeat('the cat sat on the mat. ', 400), 'mentions a cat', model => 'tiny-llama') IS NOT NULL AS answered",
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "answered\ntrue\n");
+    assert_eq!(
+        stderr(&out),
+        "warning: ai_filter: 1 row: prompt longer than the model's context, cut in the middle\n"
+    );
+}

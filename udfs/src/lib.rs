@@ -11,6 +11,7 @@ mod ai_embed;
 mod ai_extract;
 mod ai_filter;
 mod ai_similarity;
+mod ai_summarize_agg;
 mod args;
 mod backend;
 mod cosine_similarity;
@@ -20,7 +21,7 @@ mod warnings;
 
 use std::sync::Arc;
 
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 pub use ai_classify::AiClassify;
 pub use ai_complete::{AiComplete, DEFAULT_MAX_TOKENS};
@@ -28,6 +29,7 @@ pub use ai_embed::{AiEmbed, vector_type};
 pub use ai_extract::AiExtract;
 pub use ai_filter::AiFilter;
 pub use ai_similarity::AiSimilarity;
+pub use ai_summarize_agg::AiSummarizeAgg;
 pub use args::AiContext;
 pub use backend::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue};
 pub use cosine_similarity::CosineSimilarity;
@@ -47,4 +49,9 @@ pub fn scalar_functions(context: &Arc<AiContext>) -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::from(AiSimilarity::new(c()))),
         Arc::new(ScalarUDF::from(AiExtract::new(c()))),
     ]
+}
+
+/// Every aggregate function this crate provides (`ai_summarize_agg`).
+pub fn aggregate_functions(context: &Arc<AiContext>) -> Vec<Arc<AggregateUDF>> {
+    vec![Arc::new(AggregateUDF::from(AiSummarizeAgg::new(Arc::clone(context))))]
 }

@@ -1,0 +1,234 @@
+//! The AI functions' contracts, checked against a scripted backend that misbehaves on purpose:
+//! failed rows become NULL with a warning (or an error under `on_error = 'fail'`), identical
+//! inputs are computed once, an empty input never reaches the backend, and a large group is
+//! summarised by map-reduce.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use murakkab::arrow::array::{Array, AsArray};
+use murakkab::catalog::{ModelCard, MurakkabHome, Task, builtin_models};
+use murakkab::{
+    AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue, Session,
+};
+
+/// Answers by rules on the row text: rows containing "bad" fail, rows containing "long" are
+/// reported as truncated. Counts every row it is asked about.
+#[derive(Debug)]
+struct Scripted {
+    home: MurakkabHome,
+    rows_seen: AtomicUsize,
+    complete_calls: AtomicUsize,
+}
+
+impl Scripted {
+    fn new(home: &std::path::Path) -> Arc<Self> {
+        Arc::new(Self {
+            home: MurakkabHome::at(home),
+            rows_seen: AtomicUsize::new(0),
+            complete_calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn answer<T>(&self, batch: &ChatBatch, f: impl Fn(&str) -> T) -> BatchOutput<T> {
+        self.rows_seen.fetch_add(batch.rows.len(), Ordering::SeqCst);
+        BatchOutput {
+            truncated: batch.rows.iter().filter(|r| r.contains("long")).count(),
+            rows: batch
+                .rows
+                .iter()
+                .map(|r| if r.contains("bad") { Err("garbage output".into()) } else { Ok(f(r)) })
+                .collect(),
+        }
+    }
+}
+
+impl AiBackend for Scripted {
+    fn resolve_model(&self, requested: Option<&str>, task: Task) -> Result<ModelCard, String> {
+        let id = match (requested, task) {
+            (Some(id), _) if id != "auto" => id,
+            (_, Task::Embed) => "all-minilm-l6-v2",
+            _ => "smollm2-135m-instruct",
+        };
+        builtin_models().into_iter().find(|c| c.id == id).ok_or(format!("unknown model '{id}'"))
+    }
+
+    fn embed(&self, _model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
+        let batch = ChatBatch {
+            shared: String::new(),
+            rows: texts.iter().map(|t| t.to_string()).collect(),
+        };
+        Ok(self.answer(&batch, |t| {
+            let mut v = vec![0.0; 384];
+            v[t.len() % 384] = 1.0;
+            v
+        }))
+    }
+
+    fn score_labels(
+        &self,
+        _model: &str,
+        batch: &ChatBatch,
+        labels: &[String],
+    ) -> Result<BatchOutput<Vec<f32>>, String> {
+        Ok(self.answer(batch, |_| {
+            let mut p = vec![0.0; labels.len()];
+            p[0] = 1.0;
+            p
+        }))
+    }
+
+    fn complete(
+        &self,
+        _model: &str,
+        batch: &ChatBatch,
+        _options: &CompletionOptions,
+    ) -> Result<BatchOutput<String>, String> {
+        self.complete_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self.answer(batch, |r| format!("summary of {} chars", r.len())))
+    }
+
+    fn extract(
+        &self,
+        _model: &str,
+        batch: &ChatBatch,
+        fields: &[(String, FieldType)],
+    ) -> Result<BatchOutput<Vec<Option<FieldValue>>>, String> {
+        Ok(self.answer(batch, |_| {
+            fields
+                .iter()
+                .map(|(_, t)| match t {
+                    FieldType::Integer => Some(FieldValue::Integer(7)),
+                    _ => None,
+                })
+                .collect()
+        }))
+    }
+
+    fn count_tokens(&self, _model: &str, text: &str) -> Result<usize, String> {
+        Ok(text.split_whitespace().count())
+    }
+
+    fn context_length(&self, _model: &str) -> Result<usize, String> {
+        Ok(400)
+    }
+
+    fn home(&self) -> &MurakkabHome {
+        &self.home
+    }
+}
+
+async fn session(backend: &Arc<Scripted>, home: &std::path::Path) -> Session {
+    let backend: Arc<dyn AiBackend> = Arc::clone(backend) as Arc<dyn AiBackend>;
+    Session::builder().home(home).threads(1).ai_backend(backend).build().await.unwrap()
+}
+
+#[tokio::test]
+async fn failed_rows_become_null_with_a_warning_and_neighbours_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    let batches = db
+        .sql("SELECT ai_complete(t) AS a FROM (VALUES ('good'), ('bad row'), ('long text'), (NULL)) AS v(t)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let a = batches[0].column(0).as_string::<i32>();
+    assert_eq!(a.value(0), "summary of 4 chars");
+    assert!(a.is_null(1), "the failing row is NULL");
+    assert!(!a.is_null(2), "a truncated prompt still has an answer");
+    assert!(a.is_null(3), "NULL in, NULL out");
+    let warnings: Vec<String> = db.take_warnings().iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "ai_complete: 1 row: no usable model output, NULL (first: row 2: garbage output)",
+            "ai_complete: 1 row: prompt longer than the model's context, cut in the middle",
+        ]
+    );
+    assert!(db.take_warnings().is_empty(), "taking warnings clears them");
+}
+
+#[tokio::test]
+async fn on_error_fail_turns_a_failed_row_into_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    db.sql("SET murakkab.on_error = 'fail'").await.unwrap().collect().await.unwrap();
+    let err = db
+        .sql("SELECT ai_filter(t, 'is fine') FROM (VALUES ('good'), ('bad')) AS v(t)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "ai_filter: 1 row(s) failed (row 2: garbage output); set murakkab.on_error = 'null'"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn identical_inputs_are_computed_once_and_empty_inputs_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    db.sql("SELECT ai_classify(t, ['a', 'b']) FROM (VALUES ('x'), ('x'), ('y'), ('x')) AS v(t)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 2);
+    db.sql("SELECT ai_classify(t, ['a', 'b']) FROM (VALUES ('x')) AS v(t) WHERE false")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn extract_fills_typed_fields_and_leaves_unknown_ones_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    let batches = db
+        .sql(r#"SELECT ai_extract('x', '{"n": "int", "s": "text"}')['n'] AS n, ai_extract('x', '{"n": "int", "s": "text"}')['s'] AS s"#)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let n = batches[0].column(0).as_primitive::<murakkab::arrow::datatypes::Int64Type>();
+    assert_eq!(n.value(0), 7);
+    assert!(batches[0].column(1).is_null(0));
+}
+
+#[tokio::test]
+async fn a_large_group_is_summarised_by_map_reduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    // 200 texts of 12 words against a 400-token context: several chunks, then a reduce step.
+    let batches = db
+        .sql("SELECT ai_summarize_agg('one two three four five six seven eight nine ten eleven ' || v) FROM generate_series(1, 200) AS s(v)")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let summary = batches[0].column(0).as_string::<i32>().value(0).to_string();
+    assert!(summary.starts_with("summary of"), "{summary}");
+    let calls = backend.complete_calls.load(Ordering::SeqCst);
+    assert!(calls >= 2, "map and reduce need at least two generation calls, made {calls}");
+    assert!(backend.rows_seen.load(Ordering::SeqCst) > 2, "the map step has several chunks");
+}
