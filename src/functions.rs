@@ -12,6 +12,8 @@ pub enum FunctionKind {
     Aggregate,
     /// One value per row over a window.
     Window,
+    /// A table, used in FROM.
+    Table,
 }
 
 impl FunctionKind {
@@ -21,6 +23,7 @@ impl FunctionKind {
             Self::Scalar => "scalar",
             Self::Aggregate => "aggregate",
             Self::Window => "window",
+            Self::Table => "table",
         }
     }
 }
@@ -74,6 +77,11 @@ pub(crate) fn list(state: &SessionState) -> Vec<FunctionInfo> {
     for (name, f) in state.window_functions() {
         out.push(info(name, FunctionKind::Window, ours(f.documentation()), f.documentation()));
     }
+    for (name, doc) in murakkab_udfs::table_function_docs() {
+        if state.table_functions().contains_key(name) {
+            out.push(info(name, FunctionKind::Table, true, Some(doc)));
+        }
+    }
     // Aliases are registered under several names; list each once under its own name.
     out.retain(|f| {
         let canonical = match f.kind {
@@ -86,6 +94,7 @@ pub(crate) fn list(state: &SessionState) -> Vec<FunctionInfo> {
             FunctionKind::Window => {
                 state.window_functions().get(&f.name).map(|u| u.name() == f.name)
             }
+            FunctionKind::Table => None,
         };
         canonical.unwrap_or(true)
     });

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use datafusion::catalog::TableFunction;
 use datafusion::error::Result;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -71,6 +72,12 @@ pub(crate) fn new_context(
         .aggregate_functions()
         .get_or_insert_with(Vec::new)
         .extend(murakkab_udfs::aggregate_functions(&ai));
+    for (name, function) in murakkab_udfs::table_functions(&ai) {
+        builder
+            .table_functions()
+            .get_or_insert_with(Default::default)
+            .insert(name.to_string(), Arc::new(TableFunction::new(name.to_string(), function)));
+    }
 
     // Querying a file path directly (`SELECT * FROM 'data.parquet'`) resolves through the URL
     // table catalog; it reads only what the query names.

@@ -102,7 +102,17 @@ async fn functions_list_puts_murakkab_first_with_docs() {
     let functions = db.functions();
     let ours: Vec<&str> =
         functions.iter().take_while(|f| f.murakkab).map(|f| f.name.as_str()).collect();
-    for name in ["ai_classify", "ai_complete", "ai_embed", "ai_extract", "ai_filter"] {
+    for name in [
+        "ai_classify",
+        "ai_complete",
+        "ai_embed",
+        "ai_extract",
+        "ai_filter",
+        "ai_search",
+        "ai_similarity",
+        "ai_summarize_agg",
+        "cosine_similarity",
+    ] {
         assert!(ours.contains(&name), "{name} missing from {ours:?}");
     }
     for f in functions.iter().filter(|f| f.murakkab) {

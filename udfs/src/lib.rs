@@ -10,12 +10,14 @@ mod ai_complete;
 mod ai_embed;
 mod ai_extract;
 mod ai_filter;
+mod ai_search;
 mod ai_similarity;
 mod ai_summarize_agg;
 mod args;
 mod backend;
 mod cosine_similarity;
 mod docs;
+mod embedding_store;
 pub mod prompts;
 mod warnings;
 
@@ -28,6 +30,7 @@ pub use ai_complete::{AiComplete, DEFAULT_MAX_TOKENS};
 pub use ai_embed::{AiEmbed, vector_type};
 pub use ai_extract::AiExtract;
 pub use ai_filter::AiFilter;
+pub use ai_search::AiSearch;
 pub use ai_similarity::AiSimilarity;
 pub use ai_summarize_agg::AiSummarizeAgg;
 pub use args::AiContext;
@@ -54,4 +57,17 @@ pub fn scalar_functions(context: &Arc<AiContext>) -> Vec<Arc<ScalarUDF>> {
 /// Every aggregate function this crate provides (`ai_summarize_agg`).
 pub fn aggregate_functions(context: &Arc<AiContext>) -> Vec<Arc<AggregateUDF>> {
     vec![Arc::new(AggregateUDF::from(AiSummarizeAgg::new(Arc::clone(context))))]
+}
+
+/// The documentation of each table function, by SQL name.
+pub fn table_function_docs() -> Vec<(&'static str, &'static datafusion::logical_expr::Documentation)>
+{
+    vec![("ai_search", &ai_search::DOC)]
+}
+
+/// Every table function this crate provides, by SQL name (`ai_search`).
+pub fn table_functions(
+    context: &Arc<AiContext>,
+) -> Vec<(&'static str, Arc<dyn datafusion::catalog::TableFunctionImpl>)> {
+    vec![("ai_search", Arc::new(AiSearch::new(Arc::clone(context))))]
 }
