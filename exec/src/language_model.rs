@@ -181,6 +181,13 @@ impl LanguageModel {
 
     /// For each row, the probability of each label (normalised over the labels) after
     /// `prefix + row`. Labels are token sequences; each must be non-empty.
+    ///
+    /// Each label is scored up to the token that tells it apart from every other label (all of
+    /// it when labels share a start, e.g. "very good" / "very bad"): that is the model's choice
+    /// between the labels. Tokens after it only measure how the model would spell the rest,
+    /// and they penalise a label whose spelling the tokenizer splits differently from the
+    /// model's habit (qwen2.5-coder-0.5b chose "entertainment" when generating, but its
+    /// full-spelling score lost to "business").
     pub fn score_labels(
         &self,
         prefix: &SeqCache,
@@ -193,13 +200,14 @@ impl LanguageModel {
                 reason: "every label needs at least one token".into(),
             });
         }
+        let labels = distinguishing_prefixes(labels);
         in_length_order(
             rows.len(),
             ROW_BATCH,
             |i| rows[i].len(),
             |chunk| {
                 let batch: Vec<&[u32]> = chunk.iter().map(|&i| rows[i].as_slice()).collect();
-                self.score_chunk(prefix, &batch, labels)
+                self.score_chunk(prefix, &batch, &labels)
             },
         )
     }
@@ -331,6 +339,24 @@ impl LanguageModel {
     }
 }
 
+/// Each label cut after its first token that no other label shares at the same position.
+fn distinguishing_prefixes(labels: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(k, label)| {
+            let shared = labels
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != k)
+                .map(|(_, other)| label.iter().zip(other).take_while(|(a, b)| a == b).count())
+                .max()
+                .unwrap_or(0);
+            label[..(shared + 1).min(label.len())].to_vec()
+        })
+        .collect()
+}
+
 fn softmax(logps: &[f32]) -> Vec<f32> {
     let max = logps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = logps.iter().map(|l| (l - max).exp()).collect();
@@ -374,5 +400,19 @@ fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
             }
             (probs.len() - 1) as u32
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_cut_after_the_token_that_tells_them_apart() {
+        let labels = vec![vec![1, 2, 3], vec![1, 2, 4, 5], vec![7, 8], vec![1]];
+        assert_eq!(
+            distinguishing_prefixes(&labels),
+            vec![vec![1, 2, 3], vec![1, 2, 4], vec![7], vec![1]]
+        );
     }
 }

@@ -168,6 +168,7 @@ impl SummarizeAccumulator {
             let merged = crate::backend::ChatBatch {
                 shared: batches.first().map(|b| b.shared.clone()).unwrap_or_default(),
                 rows: batches.into_iter().flat_map(|b| b.rows).collect(),
+                calibration_row: None,
             };
             let out = backend.complete(&self.model, &merged, &options)?;
             self.context.warnings.record(

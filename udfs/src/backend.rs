@@ -20,6 +20,11 @@ pub struct ChatBatch {
     pub shared: String,
     /// The rest of each row's user message: the row's text in its delimited block, the question.
     pub rows: Vec<String>,
+    /// For label scoring: a row with no content (an empty text block). When set, each row's
+    /// label probabilities are divided by this row's and renormalised (contextual calibration,
+    /// Zhao et al. 2021), so a label the model prefers whatever the text says does not win
+    /// by default.
+    pub calibration_row: Option<String>,
 }
 
 /// What a backend returns for a batch: one outcome per row, in row order.

@@ -20,7 +20,7 @@ pub struct PromptVersion {
 /// `ai_filter`: a yes/no judgement scored on the labels `yes` and `no`.
 pub const FILTER: PromptVersion = PromptVersion { function: "ai_filter", version: 2 };
 /// `ai_classify`: the most likely of the given labels.
-pub const CLASSIFY: PromptVersion = PromptVersion { function: "ai_classify", version: 2 };
+pub const CLASSIFY: PromptVersion = PromptVersion { function: "ai_classify", version: 3 };
 /// `ai_extract`: typed fields as JSON.
 pub const EXTRACT: PromptVersion = PromptVersion { function: "ai_extract", version: 1 };
 /// `ai_summarize_agg`: a summary of several texts.
@@ -57,6 +57,7 @@ pub fn filter(texts: &[&str], condition: &str) -> ChatBatch {
             fence(condition)
         ),
         rows: texts.iter().map(|t| block(t)).collect(),
+        calibration_row: None,
     }
 }
 
@@ -64,6 +65,9 @@ pub fn filter(texts: &[&str], condition: &str) -> ChatBatch {
 ///
 /// Question first, text after: 0.875 on UCI sentiment with smollm2-135m, against 0.585 with
 /// the question after the text (the model then answered the first label for every row).
+/// Calibrated on an empty text: qwen2.5-coder-0.5b on 101 BBC articles went from 0.34 (it
+/// answered "business", the first label, for most) to 0.54; smollm2 on UCI stayed at 0.883.
+/// (`ai_filter` is not calibrated: on UCI it lost 5 points.)
 pub fn classify(texts: &[&str], labels: &[String]) -> ChatBatch {
     let list = labels.iter().map(|l| fence(l)).collect::<Vec<_>>().join(", ");
     let answer = if labels.iter().all(|l| !l.trim().contains(' ')) {
@@ -74,6 +78,7 @@ pub fn classify(texts: &[&str], labels: &[String]) -> ChatBatch {
     ChatBatch {
         shared: format!("Classify the text as one of: {list}. {answer}\n\n"),
         rows: texts.iter().map(|t| block(t)).collect(),
+        calibration_row: Some(block("")),
     }
 }
 
@@ -90,6 +95,7 @@ pub fn extract(texts: &[&str], fields: &[(String, FieldType)]) -> ChatBatch {
              {described}\nAnswer with one JSON object.\n"
         ),
         rows: texts.iter().map(|t| block(t)).collect(),
+        calibration_row: None,
     }
 }
 
@@ -110,12 +116,17 @@ pub fn summarize(texts: &[String]) -> ChatBatch {
                  Say what they have in common and note clear differences.\n"
             .into(),
         rows: vec![format!("<texts>\n{body}</texts>")],
+        calibration_row: None,
     }
 }
 
 /// Prompts for `ai_complete(prompt)`: the user's prompt is the whole message.
 pub fn complete(prompts: &[&str]) -> ChatBatch {
-    ChatBatch { shared: String::new(), rows: prompts.iter().map(|p| p.to_string()).collect() }
+    ChatBatch {
+        shared: String::new(),
+        rows: prompts.iter().map(|p| p.to_string()).collect(),
+        calibration_row: None,
+    }
 }
 
 #[cfg(test)]
