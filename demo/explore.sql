@@ -10,9 +10,32 @@ FROM sentences
 GROUP BY source
 ORDER BY source;
 
--- The shortest positive and negative reviews.
-SELECT label, text
-FROM (SELECT label, text, row_number() OVER (PARTITION BY label ORDER BY length(text), id) AS r
-      FROM sentences)
-WHERE r <= 3
-ORDER BY label, r;
+-- A sample of 150 sentences (every 20th) for the model queries below.
+CREATE TABLE sample AS SELECT * FROM sentences WHERE id % 20 = 7;
+
+-- Zero-shot sentiment with smollm2-135m-instruct: labels are scored, never parsed from text.
+-- Accuracy against the human labels, per source.
+SELECT source,
+       count(*) AS rows,
+       round(avg(CASE WHEN ai_classify(text, ['positive', 'negative'])
+                      = CASE WHEN label = 1 THEN 'positive' ELSE 'negative' END
+                 THEN 1.0 ELSE 0.0 END), 3) AS accuracy
+FROM sample
+GROUP BY source
+ORDER BY source;
+
+-- Semantic search with all-minilm-l6-v2 over all 3,000 sentences (embeddings are computed once
+-- and kept under MURAKKAB_HOME; run it again and it answers at once).
+SELECT id, source, text, round(score, 3) AS score
+FROM ai_search('sentences', 'text', 'the battery does not last', 5);
+
+-- Typed fields out of free text, generated under a JSON constraint.
+SELECT ai_extract('The Acme X2 phone costs $199.99 and is in stock.',
+                  '{"product": "text", "price": "float", "in_stock": "bool"}') AS extracted;
+
+-- One summary per source, over every sentence of the sample (map-reduce over the context).
+SELECT source, ai_summarize_agg(text) AS summary
+FROM sample
+WHERE label = 0
+GROUP BY source
+ORDER BY source;

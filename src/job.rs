@@ -25,8 +25,11 @@ use sha2::{Digest, Sha256};
 
 use crate::Session;
 
-/// The manifest's file name inside the output directory.
-pub const MANIFEST_FILE: &str = "_manifest.json";
+/// The manifest's path inside the output directory. It sits in a subdirectory because a
+/// directory read as a table (`SELECT * FROM 'out.parquet/'`) takes its file format from the
+/// first file listed, in no fixed order, and skips subdirectories: a JSON file beside the parts
+/// made some reads fail as "not valid JSON".
+pub const MANIFEST_FILE: &str = "_murakkab/manifest.json";
 /// The manifest format written by this version.
 pub const MANIFEST_FORMAT: &str = "murakkab-job/1";
 
@@ -122,9 +125,14 @@ impl Manifest {
     fn write(&self, output: &Path) -> Result<()> {
         let json =
             serde_json::to_vec_pretty(self).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        write_atomically(output, MANIFEST_FILE, |file| {
-            file.write_all(&json).map_err(DataFusionError::IoError)
-        })
+        let path = output.join(MANIFEST_FILE);
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(DataFusionError::Internal(format!("bad manifest path {}", path.display())));
+        };
+        fs::create_dir_all(dir)
+            .map_err(|e| io_error(e, format!("creating '{}'", dir.display())))?;
+        write_atomically(dir, name, |file| file.write_all(&json).map_err(DataFusionError::IoError))
     }
 }
 

@@ -132,9 +132,10 @@ fn run_writes_parts_and_a_manifest() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("wrote 1250 rows in 3 parts"), "{}", stderr(&out));
 
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap())
-            .unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(output.join(murakkab::job::MANIFEST_FILE)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(manifest["status"], "complete");
     assert_eq!(manifest["total_rows"], 1250);
     let parts: Vec<u64> =

@@ -321,6 +321,11 @@ impl LanguageModel {
                     continue;
                 }
                 outputs[row].push(token);
+                if let Some(keep) = repetition_loop(&outputs[row]) {
+                    // A block repeated back to back: small models rarely leave such a loop.
+                    outputs[row].truncate(keep);
+                    continue;
+                }
                 next_active.push(row);
                 next_tokens.push([token]);
                 next_caches.push(slot);
@@ -337,6 +342,19 @@ impl LanguageModel {
         }
         Ok(outputs)
     }
+}
+
+/// Shortest and longest token blocks checked for back-to-back repetition.
+const LOOP_BLOCK: std::ops::RangeInclusive<usize> = 6..=64;
+
+/// If `tokens` ends with the same block twice in a row (a generation loop), the length that
+/// keeps one copy of it.
+fn repetition_loop(tokens: &[u32]) -> Option<usize> {
+    let n = tokens.len();
+    LOOP_BLOCK
+        .take_while(|&len| 2 * len <= n)
+        .find(|&len| tokens[n - len..] == tokens[n - 2 * len..n - len])
+        .map(|len| n - len)
 }
 
 /// Each label cut after its first token that no other label shares at the same position.
@@ -406,6 +424,17 @@ fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_repeated_back_to_back_is_a_loop() {
+        let block = [5, 6, 7, 8, 9, 10, 11];
+        let mut tokens = vec![1, 2, 3];
+        tokens.extend(block);
+        assert_eq!(repetition_loop(&tokens), None);
+        tokens.extend(block);
+        assert_eq!(repetition_loop(&tokens), Some(10));
+        assert_eq!(repetition_loop(&[4, 4, 4, 4, 4]), None, "short runs are not loops");
+    }
 
     #[test]
     fn labels_are_cut_after_the_token_that_tells_them_apart() {
