@@ -35,6 +35,7 @@ use murakkab_catalog::Task;
 
 use crate::args::AiContext;
 use crate::embedding_store::{self, TextKey};
+use crate::vector_math::{dot, top_k};
 
 const NAME: &str = "ai_search";
 const USAGE: &str = "ai_search('table', 'column', 'query', k [, 'model'])";
@@ -270,7 +271,7 @@ impl SearchSpec {
             .ok_or_else(|| {
                 DataFusionError::Execution(format!("{NAME}: the query could not be embedded"))
             })?;
-        let mut scored: Vec<(u32, f64)> = texts
+        let scored: Vec<(u32, f64)> = texts
             .iter()
             .enumerate()
             .filter_map(|(row, text)| {
@@ -278,13 +279,7 @@ impl SearchSpec {
                 Some((row as u32, dot(v, &query)))
             })
             .collect();
-        let k = self.k.min(scored.len());
-        let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if k < scored.len() {
-            scored.select_nth_unstable_by(k, order);
-            scored.truncate(k);
-        }
-        scored.sort_by(order);
+        let scored = top_k(scored, self.k);
         let rows = UInt32Array::from(scored.iter().map(|(r, _)| *r).collect::<Vec<_>>());
         let top = take_record_batch(&batch, &rows)?;
         let mut columns: Vec<ArrayRef> = top.columns().to_vec();
@@ -292,19 +287,6 @@ impl SearchSpec {
             .push(Arc::new(Float64Array::from(scored.iter().map(|(_, s)| *s).collect::<Vec<_>>())));
         Ok(RecordBatch::try_new(Arc::clone(out_schema), columns)?)
     }
-}
-
-/// Dot product in f32 lanes (the compiler vectorises this loop), summed in f64.
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
 }
 
 /// The table `ai_search(...)` stands for.

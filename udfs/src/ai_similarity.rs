@@ -98,7 +98,9 @@ impl ScalarUDFImpl for AiSimilarity {
         let mut out = Float64Builder::with_capacity(rows);
         for i in 0..rows {
             match (&vectors[2 * i], &vectors[2 * i + 1]) {
-                (Some(x), Some(y)) if x.len() == y.len() => out.append_value(cosine(x, y)),
+                (Some(x), Some(y)) if x.len() == y.len() => {
+                    out.append_value(crate::vector_math::cosine(x, y))
+                }
                 _ => out.append_null(),
             }
         }
@@ -108,15 +110,4 @@ impl ScalarUDFImpl for AiSimilarity {
     fn documentation(&self) -> Option<&Documentation> {
         Some(&DOC)
     }
-}
-
-/// Cosine of two vectors (embeddings are unit length, but do not rely on it).
-pub(crate) fn cosine(x: &[f32], y: &[f32]) -> f64 {
-    let (mut dot, mut nx, mut ny) = (0.0f64, 0.0f64, 0.0f64);
-    for (&p, &q) in x.iter().zip(y) {
-        dot += f64::from(p) * f64::from(q);
-        nx += f64::from(p) * f64::from(p);
-        ny += f64::from(q) * f64::from(q);
-    }
-    if nx == 0.0 || ny == 0.0 { 0.0 } else { dot / (nx.sqrt() * ny.sqrt()) }
 }

@@ -19,6 +19,7 @@ mod cosine_similarity;
 mod docs;
 mod embedding_store;
 pub mod prompts;
+pub mod vector_math;
 mod warnings;
 
 use std::sync::Arc;
