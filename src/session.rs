@@ -26,6 +26,7 @@ pub struct SessionBuilder {
     pub(crate) memory_limit: Option<usize>,
     pub(crate) priority: Priority,
     pub(crate) ai_backend: Option<Arc<dyn AiBackend>>,
+    pub(crate) result_cache: bool,
 }
 
 impl std::fmt::Debug for SessionBuilder {
@@ -36,6 +37,7 @@ impl std::fmt::Debug for SessionBuilder {
             .field("memory_limit", &self.memory_limit)
             .field("priority", &self.priority)
             .field("ai_backend", &self.ai_backend)
+            .field("result_cache", &self.result_cache)
             .finish()
     }
 }
@@ -73,6 +75,14 @@ impl SessionBuilder {
     /// handling and warnings stay the same.
     pub fn ai_backend(mut self, backend: Arc<dyn AiBackend>) -> Self {
         self.ai_backend = Some(backend);
+        self
+    }
+
+    /// Whether model answers are kept in the persistent result cache under the home directory
+    /// (default: yes). With it, running the same query twice makes no model calls the second
+    /// time; turn it off to measure the models themselves.
+    pub fn result_cache(mut self, enabled: bool) -> Self {
+        self.result_cache = enabled;
         self
     }
 
@@ -119,6 +129,7 @@ impl Session {
             memory_limit: None,
             priority: Priority::default(),
             ai_backend: None,
+            result_cache: true,
         }
     }
 

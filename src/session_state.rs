@@ -14,10 +14,18 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use murakkab_catalog::MurakkabHome;
 use murakkab_compiler::MurakkabOptions;
-use murakkab_exec::ModelRuntime;
-use murakkab_udfs::{AiContext, AiWarnings};
+use murakkab_exec::{CachedBackend, ModelRuntime};
+use murakkab_udfs::{AiBackend, AiContext, AiWarnings};
 
 use crate::session::SessionBuilder;
+
+/// The backend the AI functions run on: the in-process models (or the one the embedder gave),
+/// behind the persistent result cache unless it is turned off.
+fn ai_backend(options: &SessionBuilder, home: &MurakkabHome) -> Arc<dyn AiBackend> {
+    let inner =
+        options.ai_backend.clone().unwrap_or_else(|| Arc::new(ModelRuntime::new(home.clone())));
+    if options.result_cache { Arc::new(CachedBackend::new(inner, home)) } else { inner }
+}
 
 /// Builds the context for a session from its fixed options. The AI functions run their models
 /// from `home` and count row-level warnings into `warnings`.
@@ -57,13 +65,8 @@ pub(crate) fn new_context(
         .with_default_features();
     // Murakkab's SQL functions, registered after DataFusion's so a name clash resolves to ours.
     // They run models in-process through the executor's runtime (the shared model registry).
-    let ai = Arc::new(AiContext {
-        backend: options
-            .ai_backend
-            .clone()
-            .unwrap_or_else(|| Arc::new(ModelRuntime::new(home.clone()))),
-        warnings: Arc::clone(warnings),
-    });
+    let ai =
+        Arc::new(AiContext { backend: ai_backend(options, home), warnings: Arc::clone(warnings) });
     builder
         .scalar_functions()
         .get_or_insert_with(Vec::new)

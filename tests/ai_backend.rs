@@ -233,3 +233,31 @@ async fn a_large_group_is_summarised_by_map_reduce() {
     assert!(calls >= 2, "map and reduce need at least two generation calls, made {calls}");
     assert!(backend.rows_seen.load(Ordering::SeqCst) > 2, "the map step has several chunks");
 }
+
+#[tokio::test]
+async fn the_same_query_twice_makes_no_model_calls_the_second_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let query = "SELECT ai_classify(t, ['a', 'b']), ai_complete(t), ai_embed(t), \
+                 ai_extract(t, '{\"n\": \"int\"}') FROM (VALUES ('x'), ('y'), ('bad')) AS v(t)";
+    let db = session(&backend, dir.path()).await;
+    db.sql(query).await.unwrap().collect().await.unwrap();
+    let first = backend.rows_seen.load(Ordering::SeqCst);
+    assert_eq!(first, 12, "four functions over three rows");
+    // A new session on the same home: the answers come from disk. Only the failing row (never
+    // cached) is asked again, once per function.
+    let db = session(&backend, dir.path()).await;
+    db.sql(query).await.unwrap().collect().await.unwrap();
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst) - first, 4);
+    // Without the cache every row goes to the model again.
+    let backend_dyn: Arc<dyn AiBackend> = Arc::clone(&backend) as Arc<dyn AiBackend>;
+    let db = Session::builder()
+        .home(dir.path())
+        .ai_backend(backend_dyn)
+        .result_cache(false)
+        .build()
+        .await
+        .unwrap();
+    db.sql(query).await.unwrap().collect().await.unwrap();
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst) - first, 16);
+}

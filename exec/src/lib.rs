@@ -16,6 +16,7 @@ mod gguf_decoder;
 mod gguf_tokenizer;
 mod language_model;
 mod registry;
+mod result_cache;
 pub mod tiny_models;
 
 pub use ai_runtime::ModelRuntime;
@@ -26,3 +27,4 @@ pub use gguf_decoder::{DecoderConfig, GgufDecoder, SeqCache, WeightMode};
 pub use gguf_tokenizer::tokenizer_from_gguf;
 pub use language_model::{GenerateOptions, LanguageModel, Sampling};
 pub use registry::ModelRegistry;
+pub use result_cache::{CacheStats, CachedBackend};

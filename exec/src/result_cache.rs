@@ -1,0 +1,361 @@
+//! The persistent result cache: a model's answer for an exact request is computed once.
+//!
+//! Content-addressed under `MURAKKAB_HOME/cache/results`: the key is a SHA-256 of the model's
+//! identity (its file hashes, or size and modification time for a local file without one), the
+//! operation and its parameters (labels, generation limits, extraction fields), and the full
+//! prompt text (instruction, row and, for calibrated scoring, the reference row), so a changed
+//! prompt template, model file or parameter is a different key by construction. Each entry is
+//! one file written to a temporary name and renamed, holding its value and a SHA-256 of it:
+//! concurrent writers race harmlessly (same content), and a torn or corrupted entry fails its
+//! checksum and is recomputed, never returned. Only usable answers are stored; failures are
+//! retried next time.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use murakkab_catalog::{ModelCard, MurakkabHome, Task, find_model};
+use murakkab_udfs::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// Bumped when the entry format or key recipe changes.
+const FORMAT: &str = "murakkab-result/1";
+
+/// Hits and misses since the cache was created.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Rows answered from the cache.
+    pub hits: AtomicU64,
+    /// Rows sent to the model.
+    pub misses: AtomicU64,
+}
+
+/// An [`AiBackend`] that answers repeated requests from disk and sends only new ones on.
+#[derive(Debug)]
+pub struct CachedBackend {
+    inner: Arc<dyn AiBackend>,
+    dir: PathBuf,
+    stats: CacheStats,
+}
+
+impl CachedBackend {
+    /// Caches `inner`'s answers under `home`'s cache directory.
+    pub fn new(inner: Arc<dyn AiBackend>, home: &MurakkabHome) -> Self {
+        Self { inner, dir: home.cache_dir().join("results"), stats: CacheStats::default() }
+    }
+
+    /// Hits and misses so far.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// What identifies the weights of `model`.
+    fn model_identity(&self, model: &str) -> String {
+        let home = self.inner.home();
+        let Ok(card) = find_model(home, model) else { return model.to_string() };
+        let dir = home.model_dir(model);
+        card.files
+            .iter()
+            .map(|f| match &f.sha256 {
+                Some(sha) => format!("{}={sha}", f.name),
+                None => {
+                    let meta = std::fs::metadata(dir.join(&f.name)).ok();
+                    let size = meta.as_ref().map_or(0, |m| m.len());
+                    let mtime = meta
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    format!("{}:{size}:{mtime}", f.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    fn key(&self, identity: &str, operation: &str, parameters: &str, parts: &[&str]) -> String {
+        let mut h = Sha256::new();
+        for piece in [FORMAT, identity, operation, parameters].iter().chain(parts) {
+            h.update((piece.len() as u64).to_le_bytes());
+            h.update(piece.as_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(&key[..2]).join(&key[2..])
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let bytes = std::fs::read(self.path(key)).ok()?;
+        let (body, checksum) = bytes.split_at(bytes.len().checked_sub(32)?);
+        if Sha256::digest(body).as_slice() != checksum {
+            return None;
+        }
+        serde_json::from_slice(body).ok()
+    }
+
+    fn put<T: Serialize>(&self, key: &str, value: &T) {
+        // A failed write only costs a recomputation later.
+        let _ = (|| -> std::io::Result<()> {
+            let path = self.path(key);
+            let Some(dir) = path.parent() else { return Ok(()) };
+            std::fs::create_dir_all(dir)?;
+            let mut body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+            let checksum = Sha256::digest(&body);
+            body.extend_from_slice(&checksum);
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::File::create(&tmp)?.write_all(&body)?;
+            std::fs::rename(&tmp, &path)
+        })();
+    }
+
+    /// Answers the rows of `batch` from the cache and sends the rest to `compute` as one
+    /// smaller batch (same instruction), storing what comes back.
+    fn through<T: Serialize + DeserializeOwned + Clone>(
+        &self,
+        model: &str,
+        operation: &str,
+        parameters: &str,
+        batch: &ChatBatch,
+        compute: impl FnOnce(&ChatBatch) -> Result<BatchOutput<T>, String>,
+    ) -> Result<BatchOutput<T>, String> {
+        let identity = self.model_identity(model);
+        let calibration = batch.calibration_row.as_deref().unwrap_or("");
+        let keys: Vec<String> = batch
+            .rows
+            .iter()
+            .map(|row| {
+                self.key(&identity, operation, parameters, &[&batch.shared, row, calibration])
+            })
+            .collect();
+        let mut rows: Vec<Option<Result<T, String>>> =
+            keys.iter().map(|k| self.get::<T>(k).map(Ok)).collect();
+        let missing: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_none()).collect();
+        self.stats.hits.fetch_add((rows.len() - missing.len()) as u64, Ordering::Relaxed);
+        self.stats.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+        let mut truncated = 0;
+        if !missing.is_empty() {
+            let sub = ChatBatch {
+                shared: batch.shared.clone(),
+                rows: missing.iter().map(|&i| batch.rows[i].clone()).collect(),
+                calibration_row: batch.calibration_row.clone(),
+            };
+            let out = compute(&sub)?;
+            truncated = out.truncated;
+            for (&i, value) in missing.iter().zip(out.rows) {
+                if let Ok(v) = &value {
+                    self.put(&keys[i], v);
+                }
+                rows[i] = Some(value);
+            }
+        }
+        Ok(BatchOutput {
+            rows: rows
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err("the model returned no result".into())))
+                .collect(),
+            truncated,
+        })
+    }
+}
+
+/// `FieldValue` as stored in the cache.
+#[derive(Serialize, serde::Deserialize, Clone)]
+enum StoredValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Boolean(bool),
+}
+
+fn to_stored(values: &[Option<FieldValue>]) -> Vec<Option<StoredValue>> {
+    values
+        .iter()
+        .map(|v| {
+            v.as_ref().map(|v| match v {
+                FieldValue::Text(s) => StoredValue::Text(s.clone()),
+                FieldValue::Integer(i) => StoredValue::Integer(*i),
+                FieldValue::Float(f) => StoredValue::Float(*f),
+                FieldValue::Boolean(b) => StoredValue::Boolean(*b),
+            })
+        })
+        .collect()
+}
+
+fn from_stored(values: Vec<Option<StoredValue>>) -> Vec<Option<FieldValue>> {
+    values
+        .into_iter()
+        .map(|v| {
+            v.map(|v| match v {
+                StoredValue::Text(s) => FieldValue::Text(s),
+                StoredValue::Integer(i) => FieldValue::Integer(i),
+                StoredValue::Float(f) => FieldValue::Float(f),
+                StoredValue::Boolean(b) => FieldValue::Boolean(b),
+            })
+        })
+        .collect()
+}
+
+impl AiBackend for CachedBackend {
+    fn resolve_model(&self, requested: Option<&str>, task: Task) -> Result<ModelCard, String> {
+        self.inner.resolve_model(requested, task)
+    }
+
+    fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
+        let batch = ChatBatch {
+            shared: String::new(),
+            rows: texts.iter().map(|t| t.to_string()).collect(),
+            calibration_row: None,
+        };
+        self.through(model, "embed", "", &batch, |b| {
+            let texts: Vec<&str> = b.rows.iter().map(String::as_str).collect();
+            self.inner.embed(model, &texts)
+        })
+    }
+
+    fn score_labels(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        labels: &[String],
+    ) -> Result<BatchOutput<Vec<f32>>, String> {
+        let parameters = serde_json::to_string(labels).unwrap_or_default();
+        self.through(model, "score_labels", &parameters, batch, |b| {
+            self.inner.score_labels(model, b, labels)
+        })
+    }
+
+    fn complete(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        options: &CompletionOptions,
+    ) -> Result<BatchOutput<String>, String> {
+        let parameters = format!("{}/{}/{}", options.max_tokens, options.temperature, options.seed);
+        self.through(model, "complete", &parameters, batch, |b| {
+            self.inner.complete(model, b, options)
+        })
+    }
+
+    fn extract(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        fields: &[(String, FieldType)],
+    ) -> Result<BatchOutput<Vec<Option<FieldValue>>>, String> {
+        let parameters = format!("{fields:?}");
+        let out = self.through(model, "extract", &parameters, batch, |b| {
+            let out = self.inner.extract(model, b, fields)?;
+            Ok(BatchOutput {
+                rows: out.rows.into_iter().map(|r| r.map(|v| to_stored(&v))).collect(),
+                truncated: out.truncated,
+            })
+        })?;
+        Ok(BatchOutput {
+            rows: out.rows.into_iter().map(|r| r.map(from_stored)).collect(),
+            truncated: out.truncated,
+        })
+    }
+
+    fn count_tokens(&self, model: &str, text: &str) -> Result<usize, String> {
+        self.inner.count_tokens(model, text)
+    }
+
+    fn context_length(&self, model: &str) -> Result<usize, String> {
+        self.inner.context_length(model)
+    }
+
+    fn home(&self) -> &MurakkabHome {
+        self.inner.home()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Embeds each text as `[len]` and counts the texts it was asked for.
+    #[derive(Debug)]
+    struct Counting {
+        home: MurakkabHome,
+        asked: AtomicU64,
+    }
+
+    impl AiBackend for Counting {
+        fn resolve_model(&self, _: Option<&str>, _: Task) -> Result<ModelCard, String> {
+            Err("unused".into())
+        }
+        fn embed(&self, _: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
+            self.asked.fetch_add(texts.len() as u64, Ordering::SeqCst);
+            Ok(BatchOutput {
+                rows: texts.iter().map(|t| Ok(vec![t.len() as f32])).collect(),
+                truncated: 0,
+            })
+        }
+        fn score_labels(
+            &self,
+            _: &str,
+            _: &ChatBatch,
+            _: &[String],
+        ) -> Result<BatchOutput<Vec<f32>>, String> {
+            Err("unused".into())
+        }
+        fn complete(
+            &self,
+            _: &str,
+            _: &ChatBatch,
+            _: &CompletionOptions,
+        ) -> Result<BatchOutput<String>, String> {
+            Err("unused".into())
+        }
+        fn extract(
+            &self,
+            _: &str,
+            _: &ChatBatch,
+            _: &[(String, FieldType)],
+        ) -> Result<BatchOutput<Vec<Option<FieldValue>>>, String> {
+            Err("unused".into())
+        }
+        fn count_tokens(&self, _: &str, _: &str) -> Result<usize, String> {
+            Ok(0)
+        }
+        fn context_length(&self, _: &str) -> Result<usize, String> {
+            Ok(0)
+        }
+        fn home(&self) -> &MurakkabHome {
+            &self.home
+        }
+    }
+
+    #[test]
+    fn repeats_come_from_disk_and_a_corrupt_entry_is_recomputed() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(dir.path());
+        let inner = Arc::new(Counting { home: home.clone(), asked: AtomicU64::new(0) });
+        let cache = CachedBackend::new(Arc::clone(&inner) as Arc<dyn AiBackend>, &home);
+        let first = cache.embed("m", &["a", "bb"]).unwrap();
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 2);
+        let again = cache.embed("m", &["bb", "a"]).unwrap();
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 2, "both answered from the cache");
+        assert_eq!(again.rows[0], first.rows[1]);
+        assert_eq!(cache.embed("other-model", &["a"]).unwrap().rows.len(), 1);
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 3, "another model is another key");
+
+        // Flip a byte in every stored entry: each fails its checksum and is recomputed.
+        for shard in std::fs::read_dir(home.cache_dir().join("results")).unwrap() {
+            for entry in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+                let path = entry.unwrap().path();
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[0] ^= 0x20;
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        let healed = cache.embed("m", &["a"]).unwrap();
+        assert_eq!(healed.rows[0], Ok(vec![1.0]));
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 4);
+        assert_eq!(cache.stats().hits.load(Ordering::SeqCst), 2);
+    }
+}
