@@ -13,8 +13,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use murakkab_catalog::MurakkabHome;
-use murakkab_compiler::MurakkabOptions;
-use murakkab_exec::{CachedBackend, ModelRuntime};
+use murakkab_compiler::{LiftAiCalls, MurakkabOptions};
+use murakkab_exec::{CachedBackend, ModelRuntime, MurakkabQueryPlanner};
 use murakkab_udfs::{AiBackend, AiContext, AiWarnings};
 
 use crate::session::SessionBuilder;
@@ -60,9 +60,17 @@ pub(crate) fn new_context(
         .with_runtime_env(runtime.build_arc()?)
         // DataFusion's file formats (CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON|ARROW),
         // built-in functions, and its analyzer, logical and physical optimizer rules, unchanged
-        // and in DataFusion's order: Murakkab adds no rules yet, so plain SQL is planned exactly
-        // as DataFusion plans it (the plain_sql benchmark holds us to that).
-        .with_default_features();
+        // and in DataFusion's order. Murakkab's one rule below touches only plans with AI
+        // calls, so plain SQL is planned exactly as DataFusion plans it (the plain_sql
+        // benchmark holds us to that).
+        .with_default_features()
+        // AI calls in projections and filters are lifted into AiMap nodes, after DataFusion's
+        // rules in each optimizer pass: by then cheap filters sit as low as they can, and the
+        // AiMap lets filters on its input's columns keep moving below it (fewer model calls).
+        .with_optimizer_rule(Arc::new(LiftAiCalls))
+        // DataFusion's physical planner, plus the planner for Murakkab's nodes (AiMap ->
+        // AiMapExec, which streams chunks to the model).
+        .with_query_planner(Arc::new(MurakkabQueryPlanner));
     // Murakkab's SQL functions, registered after DataFusion's so a name clash resolves to ours.
     // They run models in-process through the executor's runtime (the shared model registry).
     let ai =

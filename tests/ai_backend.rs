@@ -261,3 +261,82 @@ async fn the_same_query_twice_makes_no_model_calls_the_second_time() {
     db.sql(query).await.unwrap().collect().await.unwrap();
     assert_eq!(backend.rows_seen.load(Ordering::SeqCst) - first, 16);
 }
+
+async fn explain(db: &Session, sql: &str) -> String {
+    let batches = db.sql(&format!("EXPLAIN {sql}")).await.unwrap().collect().await.unwrap();
+    let plans = batches[0].column(1).as_string::<i32>();
+    (0..plans.len()).map(|i| plans.value(i)).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn ai_calls_become_ai_map_nodes_below_which_cheap_filters_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    db.sql("CREATE TABLE t (id INT, body TEXT) AS VALUES (1, 'a'), (5, 'b')")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let plan = explain(
+        &db,
+        "SELECT id, ai_classify(body, ['x', 'y']) AS label FROM t \
+         WHERE id > 3 AND ai_filter(body, 'is fine')",
+    )
+    .await;
+    let lines: Vec<&str> = plan.lines().map(str::trim).collect();
+    let position = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {plan}"))
+    };
+    // Top to bottom: the classify map, the AI filter over its map, the cheap filter below both.
+    assert!(position("AiMap: ai_classify") < position("Filter: __ai_0"));
+    assert!(position("Filter: __ai_0") < position("AiMap: ai_filter"));
+    assert!(position("AiMap: ai_filter") < position("Filter: t.id > Int32(3)"));
+    assert!(plan.contains("AiMapExec: chunk_rows=16"), "{plan}");
+    // Nested calls are lifted one level at a time; the names of output columns are kept.
+    let batches = db
+        .sql("SELECT ai_complete(ai_complete(body)) AS twice, upper(ai_complete(body)) FROM t ORDER BY 1")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let schema = batches[0].schema();
+    assert_eq!(schema.field(0).name(), "twice");
+    assert_eq!(schema.field(1).name(), "upper(ai_complete(t.body))");
+    assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "summary of 18 chars");
+}
+
+#[tokio::test]
+async fn limit_stops_the_model_after_a_chunk_or_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    let rows = db
+        .sql("SELECT ai_complete('row ' || v) FROM generate_series(1, 2000) AS s(v) LIMIT 5")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    let asked = backend.rows_seen.load(Ordering::SeqCst);
+    // The map is one row in, one row out, so the limit moves below it: 5 rows asked (measured).
+    assert!(asked <= 16, "LIMIT 5 over 2,000 rows asked the model about {asked} rows");
+    let rows = db
+        .sql("SELECT v FROM generate_series(1, 2000) AS s(v) WHERE ai_filter('row ' || v, 'ok') LIMIT 3")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    let asked = backend.rows_seen.load(Ordering::SeqCst) - asked;
+    // Every row passes here, so the first chunk of 16 satisfies the limit (16 asked, measured);
+    // a second partition may have one more chunk in flight.
+    assert!(asked <= 32, "LIMIT 3 over an AI filter asked the model about {asked} rows");
+}

@@ -60,7 +60,8 @@ async fn accuracy_on_labeled_data() {
         eprintln!("skipping the quality test: {why}");
         return;
     }
-    let db = Session::builder().threads(2).build().await.unwrap();
+    // No result cache: every answer comes from the model, so a rerun measures the model again.
+    let db = Session::builder().threads(2).result_cache(false).build().await.unwrap();
     for (name, path) in [("uci", DATA[0]), ("bbc", DATA[1]), ("spam", DATA[2])] {
         db.sql(&format!("CREATE EXTERNAL TABLE {name}_all STORED AS JSON LOCATION '{path}'"))
             .await

@@ -6,8 +6,12 @@
 //! lands here too, so that the optimizer sees AI work as plan nodes it can reorder, swap and
 //! cascade rather than as opaque functions.
 
+mod ai_map;
+mod lift_ai_calls;
 mod named_arguments;
 mod options;
 
+pub use ai_map::AiMap;
+pub use lift_ai_calls::{LiftAiCalls, MODEL_FUNCTIONS};
 pub use named_arguments::make_arguments_positional;
 pub use options::{MurakkabOptions, Objective, OnError, Priority};

@@ -6,6 +6,7 @@
 //! session shares the same weights. Nothing here downloads anything; a model that is not pulled
 //! is an error that says which `murakkab models pull` to run.
 
+mod ai_map_exec;
 mod ai_runtime;
 mod batching;
 mod bert_encoder;
@@ -15,10 +16,12 @@ mod error;
 mod gguf_decoder;
 mod gguf_tokenizer;
 mod language_model;
+mod planner;
 mod registry;
 mod result_cache;
 pub mod tiny_models;
 
+pub use ai_map_exec::{AiMapExec, CHUNK_ROWS};
 pub use ai_runtime::ModelRuntime;
 pub use bert_encoder::{BertEncoder, Embeddings};
 pub use device::ComputeDevice;
@@ -26,5 +29,6 @@ pub use error::ModelError;
 pub use gguf_decoder::{DecoderConfig, GgufDecoder, SeqCache, WeightMode};
 pub use gguf_tokenizer::tokenizer_from_gguf;
 pub use language_model::{GenerateOptions, LanguageModel, Sampling};
+pub use planner::{AiExtensionPlanner, MurakkabQueryPlanner};
 pub use registry::ModelRegistry;
 pub use result_cache::{CacheStats, CachedBackend};

@@ -1,0 +1,97 @@
+//! `AiMap`: the logical node an AI call is lifted into.
+//!
+//! `AiMap` passes its input's rows through and appends one column per AI call (named
+//! `__ai_<n>`). The expressions that used the calls read those columns instead. As a node of its
+//! own, the AI work is visible to EXPLAIN and to rules, and its physical operator owns how the
+//! model is driven (chunking, streaming, metrics).
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::{DFSchema, DFSchemaRef, Result};
+use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, UserDefinedLogicalNodeCore};
+
+/// Input rows plus one column per AI call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AiMap {
+    /// The rows the calls read.
+    pub input: LogicalPlan,
+    /// The calls, each aliased to the column it produces.
+    pub calls: Vec<Expr>,
+    schema: DFSchemaRef,
+}
+
+impl AiMap {
+    /// A map of `calls` (each an `Expr::Alias` around an AI function call) over `input`.
+    pub fn try_new(input: LogicalPlan, calls: Vec<Expr>) -> Result<Self> {
+        let mut fields: Vec<_> =
+            input.schema().iter().map(|(q, f)| (q.cloned(), Arc::clone(f))).collect();
+        for call in &calls {
+            let (qualifier, field) = call.to_field(input.schema())?;
+            fields.push((qualifier, field));
+        }
+        let schema = DFSchema::new_with_metadata(fields, input.schema().metadata().clone())?;
+        Ok(Self { input, calls, schema: Arc::new(schema) })
+    }
+
+    /// The names of the columns the calls produce.
+    pub fn output_names(&self) -> Vec<String> {
+        self.calls.iter().map(|c| c.schema_name().to_string()).collect()
+    }
+}
+
+impl PartialOrd for AiMap {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.input.partial_cmp(&other.input) {
+            Some(Ordering::Equal) => self.calls.partial_cmp(&other.calls),
+            ordering => ordering,
+        }
+    }
+}
+
+impl UserDefinedLogicalNodeCore for AiMap {
+    fn name(&self) -> &str {
+        "AiMap"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        self.calls.clone()
+    }
+
+    /// Filters on the input's columns may move below the map (fewer rows reach the model);
+    /// filters on the calls' results may not.
+    fn prevent_predicate_push_down_columns(&self) -> std::collections::HashSet<String> {
+        self.output_names().into_iter().collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "AiMap: ")?;
+        for (i, call) in self.calls.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{call}")?;
+        }
+        Ok(())
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        let input = inputs.pop().ok_or_else(|| {
+            datafusion::common::DataFusionError::Internal("AiMap needs one input".into())
+        })?;
+        Self::try_new(input, exprs)
+    }
+}

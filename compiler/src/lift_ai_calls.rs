@@ -1,0 +1,163 @@
+//! The rule that lifts AI calls out of projections and filters into [`AiMap`] nodes.
+//!
+//! Before:
+//! ```text
+//! Projection: t.id, ai_classify(t.body, [a, b]) AS label
+//!   Filter: t.id > 3 AND ai_filter(t.body, 'x')
+//!     TableScan: t
+//! ```
+//! After:
+//! ```text
+//! Projection: t.id, __ai_1 AS label
+//!   AiMap: ai_classify(t.body, [a, b]) AS __ai_1
+//!     Projection: t.id, t.body            (the filter's own columns, the AI column dropped)
+//!       Filter: __ai_0
+//!         AiMap: ai_filter(t.body, 'x') AS __ai_0
+//!           Filter: t.id > 3              (pushed below by DataFusion: fewer model calls)
+//!             TableScan: t
+//! ```
+//! Only calls whose arguments hold no other AI call are lifted in one pass; a nested call is
+//! lifted by the next pass of the optimizer's fixed-point loop, into a map above the first. Calls
+//! in join conditions, aggregates, sorts and window functions are left in place: they still run,
+//! as plain functions (not streamed in chunks).
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, Result};
+use datafusion::logical_expr::{Expr, Extension, Filter, LogicalPlan, Projection};
+use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+
+use crate::ai_map::AiMap;
+
+/// The scalar functions that call a model and are lifted.
+pub const MODEL_FUNCTIONS: &[&str] =
+    &["ai_complete", "ai_filter", "ai_classify", "ai_extract", "ai_embed", "ai_similarity"];
+
+fn is_model_call(e: &Expr) -> bool {
+    matches!(e, Expr::ScalarFunction(f) if MODEL_FUNCTIONS.contains(&f.name()))
+}
+
+fn contains_model_call(e: &Expr) -> bool {
+    e.exists(|x| Ok(is_model_call(x))).unwrap_or(false)
+}
+
+/// Lifts AI calls into `AiMap` nodes.
+#[derive(Debug, Default)]
+pub struct LiftAiCalls;
+
+/// Replaces the innermost AI calls in `exprs` by columns, returning the calls (aliased).
+fn extract_calls(exprs: Vec<Expr>, next_id: &mut usize) -> Result<(Vec<Expr>, Vec<Expr>)> {
+    let mut calls: Vec<Expr> = Vec::new();
+    let mut out = Vec::with_capacity(exprs.len());
+    for expr in exprs {
+        let rewritten = expr
+            .transform_up(|e| {
+                if is_model_call(&e) {
+                    let Expr::ScalarFunction(f) = &e else { return Ok(Transformed::no(e)) };
+                    if f.args.iter().any(contains_model_call) {
+                        return Ok(Transformed::no(e));
+                    }
+                    // The same call twice in one node is computed once.
+                    let existing = calls.iter().find_map(|c| match c {
+                        Expr::Alias(a) if *a.expr == e => Some(a.name.clone()),
+                        _ => None,
+                    });
+                    let name = existing.unwrap_or_else(|| {
+                        let name = format!("__ai_{next_id}");
+                        *next_id += 1;
+                        calls.push(e.clone().alias(name.clone()));
+                        name
+                    });
+                    return Ok(Transformed::new(
+                        Expr::Column(Column::from_name(name)),
+                        true,
+                        TreeNodeRecursion::Jump,
+                    ));
+                }
+                Ok(Transformed::no(e))
+            })?
+            .data;
+        out.push(rewritten);
+    }
+    Ok((out, calls))
+}
+
+/// The first unused `__ai_<n>` number in `plan`'s subtree.
+fn first_free_id(plan: &LogicalPlan) -> usize {
+    let mut next = 0;
+    let _ = plan.apply(|p| {
+        for (_, field) in p.schema().iter() {
+            if let Some(n) =
+                field.name().strip_prefix("__ai_").and_then(|n| n.parse::<usize>().ok())
+            {
+                next = next.max(n + 1);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    next
+}
+
+impl OptimizerRule for LiftAiCalls {
+    fn name(&self) -> &str {
+        "murakkab_lift_ai_calls"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::BottomUp)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        match plan {
+            LogicalPlan::Projection(p) if p.expr.iter().any(contains_model_call) => {
+                let mut next_id = first_free_id(&p.input);
+                let original_names: Vec<String> =
+                    p.expr.iter().map(|e| e.schema_name().to_string()).collect();
+                let (exprs, calls) = extract_calls(p.expr.clone(), &mut next_id)?;
+                let map = AiMap::try_new(Arc::unwrap_or_clone(p.input), calls)?;
+                let input = LogicalPlan::Extension(Extension { node: Arc::new(map) });
+                // Keep every output column's name: a rewritten expression is aliased back.
+                let exprs = exprs
+                    .into_iter()
+                    .zip(original_names)
+                    .map(|(e, name)| match e {
+                        Expr::Alias(_) => e,
+                        e if e.schema_name().to_string() == name => e,
+                        e => e.alias(name),
+                    })
+                    .collect();
+                let projection = Projection::try_new(exprs, Arc::new(input))?;
+                Ok(Transformed::yes(LogicalPlan::Projection(projection)))
+            }
+            LogicalPlan::Filter(f) if contains_model_call(&f.predicate) => {
+                let mut next_id = first_free_id(&f.input);
+                let input_schema = Arc::clone(f.input.schema());
+                let (mut predicate, calls) =
+                    extract_calls(vec![f.predicate.clone()], &mut next_id)?;
+                let map = AiMap::try_new(Arc::unwrap_or_clone(f.input), calls)?;
+                let filter = Filter::try_new(
+                    predicate.remove(0),
+                    Arc::new(LogicalPlan::Extension(Extension { node: Arc::new(map) })),
+                )?;
+                // The filter's output is its input's columns: drop the AI columns again.
+                let columns = input_schema
+                    .iter()
+                    .map(|(q, field)| Expr::Column(Column::new(q.cloned(), field.name())))
+                    .collect();
+                let projection =
+                    Projection::try_new(columns, Arc::new(LogicalPlan::Filter(filter)))?;
+                Ok(Transformed::yes(LogicalPlan::Projection(projection)))
+            }
+            other => Ok(Transformed::no(other)),
+        }
+    }
+}

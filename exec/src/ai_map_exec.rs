@@ -1,0 +1,174 @@
+//! `AiMapExec`: the physical operator of an [`AiMap`] node.
+//!
+//! It streams: each input batch is cut into chunks of [`CHUNK_ROWS`] rows, the AI calls are
+//! evaluated on one chunk at a time and the chunk goes out with its new columns before the next
+//! is started. So the first rows reach the user after one chunk, a satisfied `LIMIT` (or a
+//! dropped stream) stops the model after at most one more chunk, and memory stays bounded by
+//! one input batch. EXPLAIN ANALYZE shows rows, chunks (model batches) and the model time.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, exec_err};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::StreamExt;
+
+/// Rows per model chunk: the decoder's row batch, so chunking costs no batching.
+pub const CHUNK_ROWS: usize = 16;
+
+/// Appends the AI calls' columns to every input row, a chunk at a time.
+#[derive(Debug)]
+pub struct AiMapExec {
+    input: Arc<dyn ExecutionPlan>,
+    calls: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl AiMapExec {
+    /// The operator over `input`; each call produces the column of the given name.
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        calls: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    ) -> Result<Self> {
+        let input_schema = input.schema();
+        let mut fields: Vec<Field> =
+            input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        for (expr, name) in &calls {
+            let field = expr.return_field(&input_schema)?;
+            fields.push(field.as_ref().clone().with_name(name));
+        }
+        let schema = Arc::new(Schema::new_with_metadata(fields, input_schema.metadata().clone()));
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            input.output_partitioning().clone(),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            input,
+            calls,
+            schema,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+impl DisplayAs for AiMapExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "AiMapExec: chunk_rows={CHUNK_ROWS}, calls=[")?;
+        for (i, (expr, name)) in self.calls.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{expr} AS {name}")?;
+        }
+        write!(f, "]")
+    }
+}
+
+/// Evaluates the calls on one chunk and appends their columns.
+fn map_chunk(
+    chunk: &RecordBatch,
+    calls: &[(Arc<dyn PhysicalExpr>, String)],
+    schema: &SchemaRef,
+    baseline: &BaselineMetrics,
+    model_batches: &Count,
+) -> Result<RecordBatch> {
+    let timer = baseline.elapsed_compute().timer();
+    let mut columns = chunk.columns().to_vec();
+    for (expr, _) in calls {
+        columns.push(expr.evaluate(chunk)?.into_array(chunk.num_rows())?);
+        model_batches.add(1);
+    }
+    timer.done();
+    baseline.record_output(chunk.num_rows());
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+impl ExecutionPlan for AiMapExec {
+    fn name(&self) -> &'static str {
+        "AiMapExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for (expr, _) in &self.calls {
+            if f(expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(input) = children.pop() else {
+            return exec_err!("AiMapExec needs one input");
+        };
+        Ok(Arc::new(AiMapExec::try_new(input, self.calls.clone())?))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let calls = self.calls.clone();
+        let schema = Arc::clone(&self.schema);
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let model_batches = MetricBuilder::new(&self.metrics).counter("model_batches", partition);
+        let out_schema = Arc::clone(&schema);
+        // Each input batch becomes a stream of chunks; `flat_map` pulls them one at a time, so
+        // nothing past the chunk being consumed is computed.
+        let stream = input.flat_map(move |batch| {
+            let calls = calls.clone();
+            let schema = Arc::clone(&schema);
+            let baseline = baseline.clone();
+            let model_batches = model_batches.clone();
+            let chunks: Vec<Result<RecordBatch>> = match batch {
+                Err(e) => vec![Err(e)],
+                Ok(batch) => (0..batch.num_rows())
+                    .step_by(CHUNK_ROWS)
+                    .map(|start| Ok(batch.slice(start, CHUNK_ROWS.min(batch.num_rows() - start))))
+                    .collect(),
+            };
+            futures::stream::iter(chunks).map(move |chunk| {
+                chunk.and_then(|c| map_chunk(&c, &calls, &schema, &baseline, &model_batches))
+            })
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}

@@ -1,0 +1,70 @@
+//! Physical planning of Murakkab's logical nodes: an `ExtensionPlanner` for [`AiMap`] and the
+//! `QueryPlanner` that installs it into DataFusion's default physical planner.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::common::Result;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use murakkab_compiler::AiMap;
+
+use crate::ai_map_exec::AiMapExec;
+
+/// Plans `AiMap` as [`AiMapExec`].
+#[derive(Debug, Default)]
+pub struct AiExtensionPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for AiExtensionPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn datafusion::catalog::Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(map) = node.as_any().downcast_ref::<AiMap>() else { return Ok(None) };
+        let (Some(logical_input), Some(input)) = (logical_inputs.first(), physical_inputs.first())
+        else {
+            return Ok(None);
+        };
+        let mut calls = Vec::with_capacity(map.calls.len());
+        for call in &map.calls {
+            let (expr, name) = match call {
+                Expr::Alias(a) => (a.expr.as_ref(), a.name.clone()),
+                other => (other, other.schema_name().to_string()),
+            };
+            let physical = planner.create_physical_expr(
+                expr,
+                logical_input.schema(),
+                session,
+                planning_ctx,
+            )?;
+            calls.push((physical, name));
+        }
+        Ok(Some(Arc::new(AiMapExec::try_new(Arc::clone(input), calls)?)))
+    }
+}
+
+/// DataFusion's physical planner with Murakkab's extension planners.
+#[derive(Debug, Default)]
+pub struct MurakkabQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for MurakkabQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn datafusion::catalog::Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let planner =
+            DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(AiExtensionPlanner)]);
+        planner.create_physical_plan(logical_plan, session_state).await
+    }
+}
