@@ -25,6 +25,9 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::StreamExt;
+use murakkab_compiler::{MurakkabOptions, Priority};
+
+use crate::scheduler::with_priority;
 
 /// Rows per model chunk: the decoder's row batch, so chunking costs no batching.
 pub const CHUNK_ROWS: usize = 16;
@@ -89,11 +92,14 @@ fn map_chunk(
     schema: &SchemaRef,
     baseline: &BaselineMetrics,
     model_batches: &Count,
+    priority: Priority,
 ) -> Result<RecordBatch> {
     let timer = baseline.elapsed_compute().timer();
     let mut columns = chunk.columns().to_vec();
     for (expr, _) in calls {
-        columns.push(expr.evaluate(chunk)?.into_array(chunk.num_rows())?);
+        // The model calls inside take their turn on the device in the session's class.
+        let values = with_priority(priority, || expr.evaluate(chunk))?;
+        columns.push(values.into_array(chunk.num_rows())?);
         model_batches.add(1);
     }
     timer.done();
@@ -141,6 +147,13 @@ impl ExecutionPlan for AiMapExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
+        let priority = context
+            .session_config()
+            .options()
+            .extensions
+            .get::<MurakkabOptions>()
+            .map(|o| o.priority)
+            .unwrap_or_default();
         let input = self.input.execute(partition, context)?;
         let calls = self.calls.clone();
         let schema = Arc::clone(&self.schema);
@@ -162,7 +175,9 @@ impl ExecutionPlan for AiMapExec {
                     .collect(),
             };
             futures::stream::iter(chunks).map(move |chunk| {
-                chunk.and_then(|c| map_chunk(&c, &calls, &schema, &baseline, &model_batches))
+                chunk.and_then(|c| {
+                    map_chunk(&c, &calls, &schema, &baseline, &model_batches, priority)
+                })
             })
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))

@@ -5,8 +5,6 @@
 //! instruction once per batch, and isolates failures: when a batch fails, its rows are retried
 //! one by one so a single bad row becomes NULL instead of failing its neighbours.
 
-use std::sync::Mutex;
-
 use murakkab_catalog::{ModelCard, ModelStatus, MurakkabHome, Task, all_models, find_model};
 use murakkab_udfs::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue};
 
@@ -19,10 +17,6 @@ use crate::registry::ModelRegistry;
 const PREFERRED_LANGUAGE_MODELS: &[&str] =
     &["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"];
 const PREFERRED_ENCODERS: &[&str] = &["all-minilm-l6-v2"];
-
-/// One forward pass at a time in the process: on a CPU, two concurrent passes only fight over
-/// the same cores and caches. (The batching executor replaces this with a scheduler.)
-static DEVICE: Mutex<()> = Mutex::new(());
 
 /// Runs the AI functions' model calls on the models under one home directory.
 #[derive(Debug, Clone)]
@@ -114,11 +108,6 @@ fn isolate_failures<T>(
     }
 }
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    // A panic elsewhere while holding the lock leaves no state behind to protect.
-    DEVICE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl AiBackend for ModelRuntime {
     fn resolve_model(&self, requested: Option<&str>, task: Task) -> Result<ModelCard, String> {
         let requested = requested.map(str::trim).filter(|r| !r.eq_ignore_ascii_case("auto"));
@@ -152,7 +141,7 @@ impl AiBackend for ModelRuntime {
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         let encoder =
             ModelRegistry::global().encoder(&self.home, model).map_err(|e| e.to_string())?;
-        let _device = lock();
+        let _device = crate::scheduler::device_turn();
         let mut truncated = 0;
         let rows = isolate_failures(texts.len(), |rows| {
             let batch: Vec<&str> = rows.iter().map(|&i| texts[i]).collect();
@@ -184,7 +173,7 @@ impl AiBackend for ModelRuntime {
                 format!("the instruction and labels leave no room for the text in model '{model}'")
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
-        let _device = lock();
+        let _device = crate::scheduler::device_turn();
         let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
         let mut rows = isolate_failures(rows.len(), |chunk| {
             let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
@@ -230,7 +219,7 @@ impl AiBackend for ModelRuntime {
             Sampling::Greedy
         };
         let generate = GenerateOptions { max_tokens, sampling };
-        let _device = lock();
+        let _device = crate::scheduler::device_turn();
         let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
         let rows = isolate_failures(rows.len(), |chunk| {
             let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
@@ -259,7 +248,7 @@ impl AiBackend for ModelRuntime {
                 format!("the field list leaves no room for the text in model '{model}'")
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
-        let _device = lock();
+        let _device = crate::scheduler::device_turn();
         let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
         let rows = rows
             .iter()

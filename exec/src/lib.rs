@@ -19,6 +19,7 @@ mod language_model;
 mod planner;
 mod registry;
 mod result_cache;
+mod scheduler;
 pub mod tiny_models;
 
 pub use ai_map_exec::{AiMapExec, CHUNK_ROWS};
@@ -32,3 +33,4 @@ pub use language_model::{GenerateOptions, LanguageModel, Sampling};
 pub use planner::{AiExtensionPlanner, MurakkabQueryPlanner};
 pub use registry::ModelRegistry;
 pub use result_cache::{CacheStats, CachedBackend};
+pub use scheduler::with_priority;
