@@ -31,6 +31,9 @@ use crate::scheduler::with_priority;
 
 /// Rows per model chunk: the decoder's row batch, so chunking costs no batching.
 pub const CHUNK_ROWS: usize = 16;
+/// Rows per model chunk at batch priority: smaller, so an interactive call waits less for the
+/// batch chunk that holds the device.
+pub const BATCH_CHUNK_ROWS: usize = 8;
 
 /// Appends the AI calls' columns to every input row, a chunk at a time.
 #[derive(Debug)]
@@ -154,6 +157,7 @@ impl ExecutionPlan for AiMapExec {
             .get::<MurakkabOptions>()
             .map(|o| o.priority)
             .unwrap_or_default();
+        let chunk_rows = if priority == Priority::Batch { BATCH_CHUNK_ROWS } else { CHUNK_ROWS };
         let input = self.input.execute(partition, context)?;
         let calls = self.calls.clone();
         let schema = Arc::clone(&self.schema);
@@ -170,8 +174,8 @@ impl ExecutionPlan for AiMapExec {
             let chunks: Vec<Result<RecordBatch>> = match batch {
                 Err(e) => vec![Err(e)],
                 Ok(batch) => (0..batch.num_rows())
-                    .step_by(CHUNK_ROWS)
-                    .map(|start| Ok(batch.slice(start, CHUNK_ROWS.min(batch.num_rows() - start))))
+                    .step_by(chunk_rows)
+                    .map(|start| Ok(batch.slice(start, chunk_rows.min(batch.num_rows() - start))))
                     .collect(),
             };
             futures::stream::iter(chunks).map(move |chunk| {

@@ -5,10 +5,13 @@
 //! instruction once per batch, and isolates failures: when a batch fails, its rows are retried
 //! one by one so a single bad row becomes NULL instead of failing its neighbours.
 
+use std::sync::{Arc, Mutex};
+
 use murakkab_catalog::{ModelCard, ModelStatus, MurakkabHome, Task, all_models, find_model};
 use murakkab_udfs::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue};
 
 use crate::error::ModelError;
+use crate::gguf_decoder::SeqCache;
 use crate::language_model::{GenerateOptions, LanguageModel, Sampling};
 use crate::registry::ModelRegistry;
 
@@ -19,19 +22,67 @@ const PREFERRED_LANGUAGE_MODELS: &[&str] =
 const PREFERRED_ENCODERS: &[&str] = &["all-minilm-l6-v2"];
 
 /// Runs the AI functions' model calls on the models under one home directory.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ModelRuntime {
     home: MurakkabHome,
+    /// Key/value caches of recent shared instructions, so a chunk of rows does not recompute
+    /// its instruction (small chunks keep interactive latency low; this keeps them cheap).
+    prefixes: Mutex<RecentMap<(String, Vec<u32>), Arc<SeqCache>>>,
+    /// Label probabilities of recent calibration rows, by model, prompt tokens and labels.
+    priors: Mutex<RecentMap<(String, Vec<u32>, Vec<Vec<u32>>), Vec<f32>>>,
+}
+
+/// Most entries each recent-results map keeps.
+const RECENT: usize = 32;
+
+/// A small map that forgets its oldest entry when full.
+#[derive(Debug)]
+struct RecentMap<K, V> {
+    entries: std::collections::VecDeque<(K, V)>,
+}
+
+impl<K: PartialEq, V: Clone> RecentMap<K, V> {
+    fn new() -> Self {
+        Self { entries: std::collections::VecDeque::new() }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.entries.len() >= RECENT {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((key, value));
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps hold only finished values; a panic elsewhere leaves them consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ModelRuntime {
     /// A runtime over the models pulled into `home`.
     pub fn new(home: MurakkabHome) -> Self {
-        Self { home }
+        Self { home, prefixes: Mutex::new(RecentMap::new()), priors: Mutex::new(RecentMap::new()) }
     }
 
     fn language_model(&self, id: &str) -> Result<std::sync::Arc<LanguageModel>, String> {
         ModelRegistry::global().language_model(&self.home, id).map_err(|e| e.to_string())
+    }
+
+    /// The cache after `prefix`, computed once per model and instruction (call with the device).
+    fn prefix_cache(&self, lm: &LanguageModel, prefix: &[u32]) -> Result<Arc<SeqCache>, String> {
+        let key = (lm.id().to_string(), prefix.to_vec());
+        let cached = locked(&self.prefixes).get(&key);
+        if let Some(cache) = cached {
+            return Ok(cache);
+        }
+        let cache = Arc::new(lm.prefix_cache(prefix).map_err(|e| e.to_string())?);
+        locked(&self.prefixes).insert(key, Arc::clone(&cache));
+        Ok(cache)
     }
 
     fn card(&self, id: &str) -> Result<ModelCard, String> {
@@ -174,7 +225,7 @@ impl AiBackend for ModelRuntime {
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
         let _device = crate::scheduler::device_turn();
-        let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
+        let cache = self.prefix_cache(&lm, &prefix)?;
         let mut rows = isolate_failures(rows.len(), |chunk| {
             let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
             lm.score_labels(&cache, &part, &labels)
@@ -185,12 +236,26 @@ impl AiBackend for ModelRuntime {
                 rows: vec![content_free.clone()],
                 calibration_row: None,
             };
-            let (_, free) = self.tokenize(&lm, &card, &free, "")?;
-            let prior = lm.score_labels(&cache, &free, &labels).map_err(|e| e.to_string())?;
-            if let Some(prior) = prior.first() {
-                for probs in rows.iter_mut().flatten() {
-                    calibrate(probs, prior);
+            let (_, mut free) = self.tokenize(&lm, &card, &free, "")?;
+            let free = free.pop().unwrap_or_default();
+            let key = (lm.id().to_string(), [prefix.as_slice(), &free].concat(), labels.clone());
+            // Look up first and release the lock: a `match` on the guard would hold it in the
+            // arms, and the insert below would deadlock.
+            let cached = locked(&self.priors).get(&key);
+            let prior = match cached {
+                Some(prior) => prior,
+                None => {
+                    let prior = lm
+                        .score_labels(&cache, std::slice::from_ref(&free), &labels)
+                        .map_err(|e| e.to_string())?
+                        .pop()
+                        .unwrap_or_default();
+                    locked(&self.priors).insert(key, prior.clone());
+                    prior
                 }
+            };
+            for probs in rows.iter_mut().flatten() {
+                calibrate(probs, &prior);
             }
         }
         Ok(BatchOutput { rows, truncated })
@@ -220,7 +285,7 @@ impl AiBackend for ModelRuntime {
         };
         let generate = GenerateOptions { max_tokens, sampling };
         let _device = crate::scheduler::device_turn();
-        let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
+        let cache = self.prefix_cache(&lm, &prefix)?;
         let rows = isolate_failures(rows.len(), |chunk| {
             let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
             lm.generate(&cache, &part, &generate)?
@@ -249,7 +314,7 @@ impl AiBackend for ModelRuntime {
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
         let _device = crate::scheduler::device_turn();
-        let cache = lm.prefix_cache(&prefix).map_err(|e| e.to_string())?;
+        let cache = self.prefix_cache(&lm, &prefix)?;
         let rows = rows
             .iter()
             .map(|row| {
