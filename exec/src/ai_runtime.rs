@@ -27,10 +27,15 @@ pub struct ModelRuntime {
     home: MurakkabHome,
     /// Key/value caches of recent shared instructions, so a chunk of rows does not recompute
     /// its instruction (small chunks keep interactive latency low; this keeps them cheap).
-    prefixes: Mutex<RecentMap<(String, Vec<u32>), Arc<SeqCache>>>,
+    prefixes: Mutex<RecentMap<PrefixKey, Arc<SeqCache>>>,
     /// Label probabilities of recent calibration rows, by model, prompt tokens and labels.
-    priors: Mutex<RecentMap<(String, Vec<u32>, Vec<Vec<u32>>), Vec<f32>>>,
+    priors: Mutex<RecentMap<PriorKey, Vec<f32>>>,
 }
+
+/// Model id and instruction tokens.
+type PrefixKey = (String, Vec<u32>);
+/// Model id, calibration prompt tokens and label tokens.
+type PriorKey = (String, Vec<u32>, Vec<Vec<u32>>);
 
 /// Most entries each recent-results map keeps.
 const RECENT: usize = 32;
