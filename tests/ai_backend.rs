@@ -21,6 +21,8 @@ struct Scripted {
     home: MurakkabHome,
     rows_seen: AtomicUsize,
     complete_calls: AtomicUsize,
+    /// Time each row takes, like a model would.
+    per_row: std::time::Duration,
 }
 
 impl Scripted {
@@ -29,11 +31,22 @@ impl Scripted {
             home: MurakkabHome::at(home),
             rows_seen: AtomicUsize::new(0),
             complete_calls: AtomicUsize::new(0),
+            per_row: std::time::Duration::ZERO,
+        })
+    }
+
+    fn slow(home: &std::path::Path, per_row: std::time::Duration) -> Arc<Self> {
+        Arc::new(Self {
+            home: MurakkabHome::at(home),
+            rows_seen: AtomicUsize::new(0),
+            complete_calls: AtomicUsize::new(0),
+            per_row,
         })
     }
 
     fn answer<T>(&self, batch: &ChatBatch, f: impl Fn(&str) -> T) -> BatchOutput<T> {
         self.rows_seen.fetch_add(batch.rows.len(), Ordering::SeqCst);
+        std::thread::sleep(self.per_row * batch.rows.len() as u32);
         BatchOutput {
             truncated: batch.rows.iter().filter(|r| r.contains("long")).count(),
             rows: batch
@@ -339,4 +352,31 @@ async fn limit_stops_the_model_after_a_chunk_or_two() {
     // Every row passes here, so the first chunk of 16 satisfies the limit (16 asked, measured);
     // a second partition may have one more chunk in flight.
     assert!(asked <= 32, "LIMIT 3 over an AI filter asked the model about {asked} rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_stops_the_model_work() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    // 10 ms per row: a 16-row chunk takes 160 ms; the whole query would take 20 s.
+    let backend = Scripted::slow(dir.path(), std::time::Duration::from_millis(10));
+    let db = session(&backend, dir.path()).await;
+    let mut stream = db
+        .sql("SELECT ai_complete('row ' || v) FROM generate_series(1, 2000) AS s(v)")
+        .await
+        .unwrap()
+        .execute_stream()
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    let dropped = std::time::Instant::now();
+    drop(stream);
+    // Work already running finishes (one chunk per partition); nothing new starts after that.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after_settling = backend.rows_seen.load(Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst), after_settling, "work continued");
+    assert!(after_settling <= 4 * 16, "{after_settling} rows asked before the drop settled");
+    assert!(dropped.elapsed() < std::time::Duration::from_secs(3));
 }
