@@ -380,3 +380,17 @@ async fn dropping_the_stream_stops_the_model_work() {
     assert!(after_settling <= 4 * 16, "{after_settling} rows asked before the drop settled");
     assert!(dropped.elapsed() < std::time::Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn explain_analyze_reports_the_ai_operators_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    let query = "SELECT ai_complete(t) FROM (VALUES ('a'), ('b'), ('c')) AS v(t)";
+    db.sql(query).await.unwrap().collect().await.unwrap();
+    let analyzed = explain(&db, &format!("ANALYZE {query}")).await;
+    let line = analyzed.lines().find(|l| l.contains("AiMapExec")).unwrap_or_default();
+    for metric in ["output_rows=3", "model_batches=1", "cache_hits=3", "tokens_out=0"] {
+        assert!(line.contains(metric), "{metric} missing: {line}");
+    }
+}

@@ -4,7 +4,8 @@
 //! evaluated on one chunk at a time and the chunk goes out with its new columns before the next
 //! is started. So the first rows reach the user after one chunk, a satisfied `LIMIT` (or a
 //! dropped stream) stops the model after at most one more chunk, and memory stays bounded by
-//! one input batch. EXPLAIN ANALYZE shows rows, chunks (model batches) and the model time.
+//! one input batch. EXPLAIN ANALYZE shows rows, model batches, rows the model computed, cache
+//! hits, tokens in and out, and the model time (`elapsed_compute`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use murakkab_compiler::{MurakkabOptions, Priority};
 
+use crate::call_stats;
 use crate::scheduler::with_priority;
 
 /// Rows per model chunk: the decoder's row batch, so chunking costs no batching.
@@ -88,22 +90,57 @@ impl DisplayAs for AiMapExec {
     }
 }
 
+/// The operator's own metrics, beside DataFusion's baseline (rows out, compute time).
+#[derive(Debug, Clone)]
+struct AiMetrics {
+    /// Calls made (one per AI expression per chunk).
+    model_batches: Count,
+    /// Rows the model computed.
+    model_rows: Count,
+    /// Rows answered from the result cache.
+    cache_hits: Count,
+    /// Prompt tokens read.
+    tokens_in: Count,
+    /// Tokens generated.
+    tokens_out: Count,
+}
+
+impl AiMetrics {
+    fn new(metrics: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        let counter = |name: &'static str| MetricBuilder::new(metrics).counter(name, partition);
+        Self {
+            model_batches: counter("model_batches"),
+            model_rows: counter("model_rows"),
+            cache_hits: counter("cache_hits"),
+            tokens_in: counter("tokens_in"),
+            tokens_out: counter("tokens_out"),
+        }
+    }
+}
+
 /// Evaluates the calls on one chunk and appends their columns.
 fn map_chunk(
     chunk: &RecordBatch,
     calls: &[(Arc<dyn PhysicalExpr>, String)],
     schema: &SchemaRef,
     baseline: &BaselineMetrics,
-    model_batches: &Count,
+    metrics: &AiMetrics,
     priority: Priority,
 ) -> Result<RecordBatch> {
     let timer = baseline.elapsed_compute().timer();
     let mut columns = chunk.columns().to_vec();
     for (expr, _) in calls {
-        // The model calls inside take their turn on the device in the session's class.
+        // The model calls inside take their turn on the device in the session's class, on this
+        // thread, so this thread's counters tell what they cost.
+        let before = call_stats::current();
         let values = with_priority(priority, || expr.evaluate(chunk))?;
+        let work = call_stats::current().since(before);
         columns.push(values.into_array(chunk.num_rows())?);
-        model_batches.add(1);
+        metrics.model_batches.add(1);
+        metrics.model_rows.add(work.model_rows as usize);
+        metrics.cache_hits.add(work.cache_hits as usize);
+        metrics.tokens_in.add(work.tokens_in as usize);
+        metrics.tokens_out.add(work.tokens_out as usize);
     }
     timer.done();
     baseline.record_output(chunk.num_rows());
@@ -162,7 +199,7 @@ impl ExecutionPlan for AiMapExec {
         let calls = self.calls.clone();
         let schema = Arc::clone(&self.schema);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let model_batches = MetricBuilder::new(&self.metrics).counter("model_batches", partition);
+        let ai_metrics = AiMetrics::new(&self.metrics, partition);
         let out_schema = Arc::clone(&schema);
         // Each input batch becomes a stream of chunks; `flat_map` pulls them one at a time, so
         // nothing past the chunk being consumed is computed.
@@ -170,7 +207,7 @@ impl ExecutionPlan for AiMapExec {
             let calls = calls.clone();
             let schema = Arc::clone(&schema);
             let baseline = baseline.clone();
-            let model_batches = model_batches.clone();
+            let ai_metrics = ai_metrics.clone();
             let chunks: Vec<Result<RecordBatch>> = match batch {
                 Err(e) => vec![Err(e)],
                 Ok(batch) => (0..batch.num_rows())
@@ -179,9 +216,7 @@ impl ExecutionPlan for AiMapExec {
                     .collect(),
             };
             futures::stream::iter(chunks).map(move |chunk| {
-                chunk.and_then(|c| {
-                    map_chunk(&c, &calls, &schema, &baseline, &model_batches, priority)
-                })
+                chunk.and_then(|c| map_chunk(&c, &calls, &schema, &baseline, &ai_metrics, priority))
             })
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))

@@ -203,6 +203,10 @@ impl AiBackend for ModelRuntime {
             let batch: Vec<&str> = rows.iter().map(|&i| texts[i]).collect();
             let out = encoder.embed(&batch)?;
             truncated += out.truncated;
+            crate::call_stats::record(|s| {
+                s.model_rows += batch.len() as u64;
+                s.tokens_in += out.tokens as u64;
+            });
             Ok(out.vectors)
         });
         Ok(BatchOutput { rows, truncated })
@@ -229,6 +233,7 @@ impl AiBackend for ModelRuntime {
                 format!("the instruction and labels leave no room for the text in model '{model}'")
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
+        record_prompt(&prefix, &rows);
         let _device = crate::scheduler::device_turn();
         let cache = self.prefix_cache(&lm, &prefix)?;
         let mut rows = isolate_failures(rows.len(), |chunk| {
@@ -289,14 +294,15 @@ impl AiBackend for ModelRuntime {
             Sampling::Greedy
         };
         let generate = GenerateOptions { max_tokens, sampling };
+        record_prompt(&prefix, &rows);
         let _device = crate::scheduler::device_turn();
         let cache = self.prefix_cache(&lm, &prefix)?;
         let rows = isolate_failures(rows.len(), |chunk| {
             let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
-            lm.generate(&cache, &part, &generate)?
-                .iter()
-                .map(|ids| lm.decode(ids).map(|t| t.trim().to_string()))
-                .collect()
+            let generated = lm.generate(&cache, &part, &generate)?;
+            let new_tokens: usize = generated.iter().map(Vec::len).sum();
+            crate::call_stats::record(|s| s.tokens_out += new_tokens as u64);
+            generated.iter().map(|ids| lm.decode(ids).map(|t| t.trim().to_string())).collect()
         });
         Ok(BatchOutput { rows, truncated })
     }
@@ -318,6 +324,7 @@ impl AiBackend for ModelRuntime {
                 format!("the field list leaves no room for the text in model '{model}'")
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
+        record_prompt(&prefix, &rows);
         let _device = crate::scheduler::device_turn();
         let cache = self.prefix_cache(&lm, &prefix)?;
         let rows = rows
@@ -343,6 +350,15 @@ impl AiBackend for ModelRuntime {
     fn home(&self) -> &MurakkabHome {
         &self.home
     }
+}
+
+/// Counts the rows and prompt tokens of a call (the shared instruction once).
+fn record_prompt(prefix: &[u32], rows: &[Vec<u32>]) {
+    let tokens: usize = prefix.len() + rows.iter().map(Vec::len).sum::<usize>();
+    crate::call_stats::record(|s| {
+        s.model_rows += rows.len() as u64;
+        s.tokens_in += tokens as u64;
+    });
 }
 
 /// Divides `probs` by `prior` and renormalises.

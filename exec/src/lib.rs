@@ -10,6 +10,7 @@ mod ai_map_exec;
 mod ai_runtime;
 mod batching;
 mod bert_encoder;
+pub mod call_stats;
 mod constrained_json;
 mod device;
 mod error;

@@ -135,6 +135,7 @@ impl CachedBackend {
             keys.iter().map(|k| self.get::<T>(k).map(Ok)).collect();
         let missing: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_none()).collect();
         self.stats.hits.fetch_add((rows.len() - missing.len()) as u64, Ordering::Relaxed);
+        crate::call_stats::record(|s| s.cache_hits += (rows.len() - missing.len()) as u64);
         self.stats.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
         let mut truncated = 0;
         if !missing.is_empty() {
