@@ -394,3 +394,28 @@ async fn explain_analyze_reports_the_ai_operators_work() {
         assert!(line.contains(metric), "{metric} missing: {line}");
     }
 }
+
+#[tokio::test]
+async fn ai_calls_in_aggregates_run_in_a_map_below_them_and_keep_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    let query = "SELECT ai_classify(t, ['x', 'y']), count(*) AS n, \
+                 sum(CASE WHEN ai_filter(t, 'ok') THEN 1 ELSE 0 END) AS passed \
+                 FROM (VALUES ('a'), ('b'), ('a')) AS v(t) GROUP BY ai_classify(t, ['x', 'y'])";
+    let plan = explain(&db, query).await;
+    let lines: Vec<&str> = plan.lines().map(str::trim).collect();
+    let aggregate = lines.iter().position(|l| l.starts_with("Aggregate:")).unwrap();
+    let map = lines.iter().position(|l| l.starts_with("AiMap:")).unwrap();
+    assert!(aggregate < map, "{plan}");
+    let batches = db.sql(query).await.unwrap().collect().await.unwrap();
+    let schema = batches[0].schema();
+    assert!(schema.field(0).name().starts_with("ai_classify("), "{schema:?}");
+    assert_eq!(schema.field(1).name(), "n");
+    assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "x");
+    assert_eq!(
+        batches[0].column(1).as_primitive::<murakkab::arrow::datatypes::Int64Type>().value(0),
+        3
+    );
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 4, "two distinct texts, two functions");
+}

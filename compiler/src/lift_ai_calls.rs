@@ -16,16 +16,18 @@
 //!           Filter: t.id > 3              (pushed below by DataFusion: fewer model calls)
 //!             TableScan: t
 //! ```
+//! Aggregates are handled the same way: AI calls in grouping expressions and aggregate arguments
+//! move into a map below the aggregate, and a projection above restores the output names.
 //! Only calls whose arguments hold no other AI call are lifted in one pass; a nested call is
 //! lifted by the next pass of the optimizer's fixed-point loop, into a map above the first. Calls
-//! in join conditions, aggregates, sorts and window functions are left in place: they still run,
-//! as plain functions (not streamed in chunks).
+//! in join conditions, sorts and window functions are left in place: they still run, as plain
+//! functions (not streamed in chunks).
 
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
-use datafusion::logical_expr::{Expr, Extension, Filter, LogicalPlan, Projection};
+use datafusion::logical_expr::{Aggregate, Expr, Extension, Filter, LogicalPlan, Projection};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
 use crate::ai_map::AiMap;
@@ -155,6 +157,30 @@ impl OptimizerRule for LiftAiCalls {
                     .collect();
                 let projection =
                     Projection::try_new(columns, Arc::new(LogicalPlan::Filter(filter)))?;
+                Ok(Transformed::yes(LogicalPlan::Projection(projection)))
+            }
+            LogicalPlan::Aggregate(a)
+                if a.group_expr.iter().chain(&a.aggr_expr).any(contains_model_call) =>
+            {
+                let mut next_id = first_free_id(&a.input);
+                let (group, mut calls) = extract_calls(a.group_expr.clone(), &mut next_id)?;
+                let (aggregates, more) = extract_calls(a.aggr_expr.clone(), &mut next_id)?;
+                calls.extend(more);
+                let map = AiMap::try_new(Arc::unwrap_or_clone(a.input), calls)?;
+                let input = Arc::new(LogicalPlan::Extension(Extension { node: Arc::new(map) }));
+                let aggregate = Aggregate::try_new(input, group, aggregates)?;
+                // The aggregate's output names follow its expressions; give the old ones back.
+                let renamed = aggregate
+                    .schema
+                    .iter()
+                    .zip(a.schema.iter())
+                    .map(|((new_q, new_f), (old_q, old_f))| {
+                        Expr::Column(Column::new(new_q.cloned(), new_f.name()))
+                            .alias_qualified(old_q.cloned(), old_f.name())
+                    })
+                    .collect();
+                let projection =
+                    Projection::try_new(renamed, Arc::new(LogicalPlan::Aggregate(aggregate)))?;
                 Ok(Transformed::yes(LogicalPlan::Projection(projection)))
             }
             other => Ok(Transformed::no(other)),
