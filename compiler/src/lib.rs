@@ -1,10 +1,11 @@
 //! The Murakkab compiler: the SQL front end's own pieces.
 //!
-//! Today it holds the typed `murakkab.*` session options ([`MurakkabOptions`]), which every
-//! later stage reads, and the rewrite that makes named arguments positional
-//! ([`make_arguments_positional`]). Lifting `ai_*` calls out of ordinary expressions into AI logical nodes
-//! lands here too, so that the optimizer sees AI work as plan nodes it can reorder, swap and
-//! cascade rather than as opaque functions.
+//! It holds the typed `murakkab.*` session options ([`MurakkabOptions`]), which every later
+//! stage reads; the rewrite that makes named arguments positional
+//! ([`make_arguments_positional`]); and the AI logical node [`AiMap`] with the rule that lifts
+//! model calls out of projections, filters and aggregates into it ([`LiftAiCalls`]), so the
+//! optimizer sees AI work as plan nodes it can reorder, swap and cascade rather than as opaque
+//! functions.
 
 mod ai_map;
 mod lift_ai_calls;

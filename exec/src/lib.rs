@@ -1,6 +1,7 @@
-//! The Murakkab runtime: model backends, tokenizers, the process-wide model registry, and (as
-//! they land) the per-model batchers, the device scheduler, caches, energy meters and the
-//! physical AI operators with their `ExtensionPlanner`.
+//! The Murakkab runtime: model backends and tokenizers, the process-wide model registry, the
+//! backend the AI functions run on ([`ModelRuntime`]) behind the persistent result cache
+//! ([`CachedBackend`]), the device scheduler (interactive work first), and the physical AI
+//! operator ([`AiMapExec`]) with its planner ([`MurakkabQueryPlanner`]). Energy meters land here.
 //!
 //! Models are loaded lazily, once per process, through [`ModelRegistry`]: every query and every
 //! session shares the same weights. Nothing here downloads anything; a model that is not pulled
