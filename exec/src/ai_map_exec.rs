@@ -9,11 +9,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Result, exec_err};
+use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -29,7 +31,7 @@ use futures::StreamExt;
 use murakkab_compiler::{MurakkabOptions, Priority};
 
 use crate::call_stats;
-use crate::scheduler::with_priority;
+use crate::scheduler::{with_cancellation, with_priority};
 
 /// Rows per model chunk: the decoder's row batch, so chunking costs no batching. Bigger chunks
 /// did not help: 3,000 UCI sentences through ai_embed took 23.9 s in 16-row chunks and 28.7 s
@@ -93,6 +95,16 @@ impl DisplayAs for AiMapExec {
     }
 }
 
+/// Sets its flag when dropped.
+#[derive(Debug)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The operator's own metrics, beside DataFusion's baseline (rows out, compute time).
 #[derive(Debug, Clone)]
 struct AiMetrics {
@@ -129,6 +141,7 @@ fn map_chunk(
     baseline: &BaselineMetrics,
     metrics: &AiMetrics,
     priority: Priority,
+    cancel: &Arc<AtomicBool>,
 ) -> Result<RecordBatch> {
     let timer = baseline.elapsed_compute().timer();
     let mut columns = chunk.columns().to_vec();
@@ -136,7 +149,8 @@ fn map_chunk(
         // The model calls inside take their turn on the device in the session's class, on this
         // thread, so this thread's counters tell what they cost.
         let before = call_stats::current();
-        let values = with_priority(priority, || expr.evaluate(chunk))?;
+        let values =
+            with_cancellation(cancel, || with_priority(priority, || expr.evaluate(chunk)))?;
         let work = call_stats::current().since(before);
         columns.push(values.into_array(chunk.num_rows())?);
         metrics.model_batches.add(1);
@@ -203,10 +217,16 @@ impl ExecutionPlan for AiMapExec {
         let schema = Arc::clone(&self.schema);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let ai_metrics = AiMetrics::new(&self.metrics, partition);
+        // Set when this stream is dropped (LIMIT satisfied, Ctrl-C, an error elsewhere): the
+        // model work in flight stops at its next forward pass.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let on_drop = CancelOnDrop(Arc::clone(&cancel));
         let out_schema = Arc::clone(&schema);
         // Each input batch becomes a stream of chunks; `flat_map` pulls them one at a time, so
         // nothing past the chunk being consumed is computed.
         let stream = input.flat_map(move |batch| {
+            let _owned_by_the_stream = &on_drop;
+            let cancel = Arc::clone(&cancel);
             let calls = calls.clone();
             let schema = Arc::clone(&schema);
             let baseline = baseline.clone();
@@ -218,8 +238,34 @@ impl ExecutionPlan for AiMapExec {
                     .map(|start| Ok(batch.slice(start, chunk_rows.min(batch.num_rows() - start))))
                     .collect(),
             };
-            futures::stream::iter(chunks).map(move |chunk| {
-                chunk.and_then(|c| map_chunk(&c, &calls, &schema, &baseline, &ai_metrics, priority))
+            futures::stream::iter(chunks).then(move |chunk| {
+                let (calls, schema, baseline, ai_metrics, cancel) = (
+                    calls.clone(),
+                    Arc::clone(&schema),
+                    baseline.clone(),
+                    ai_metrics.clone(),
+                    Arc::clone(&cancel),
+                );
+                async move {
+                    let chunk = chunk?;
+                    // Model work runs off the async threads, so dropping this stream (which
+                    // drops the await below and sets `cancel`) takes effect at once and the
+                    // work in flight stops at its next forward pass.
+                    SpawnedTask::spawn_blocking(move || {
+                        map_chunk(
+                            &chunk,
+                            &calls,
+                            &schema,
+                            &baseline,
+                            &ai_metrics,
+                            priority,
+                            &cancel,
+                        )
+                    })
+                    .join()
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                }
             })
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))

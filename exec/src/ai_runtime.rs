@@ -152,6 +152,10 @@ fn isolate_failures<T>(
     let all: Vec<usize> = (0..rows).collect();
     match batch(&all) {
         Ok(values) => values.into_iter().map(Ok).collect(),
+        // Cancelled work is not retried row by row.
+        Err(ModelError::Cancelled) => {
+            (0..rows).map(|_| Err(ModelError::Cancelled.to_string())).collect()
+        }
         Err(_) if rows > 1 => all
             .iter()
             .map(|&i| {

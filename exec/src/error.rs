@@ -32,6 +32,8 @@ pub enum ModelError {
     Catalog(murakkab_catalog::CatalogError),
     /// A GPU was asked for in a build without GPU support.
     NoGpuSupport,
+    /// The query that asked for the work was cancelled.
+    Cancelled,
 }
 
 impl fmt::Display for ModelError {
@@ -45,6 +47,7 @@ impl fmt::Display for ModelError {
             Self::Tokenizer(detail) => write!(f, "tokenizer error: {detail}"),
             Self::Compute(e) => write!(f, "model computation failed: {e}"),
             Self::Catalog(e) => write!(f, "{e}"),
+            Self::Cancelled => write!(f, "cancelled"),
             Self::NoGpuSupport => write!(
                 f,
                 "this murakkab was built without CUDA; rebuild with `--features cuda` on a machine with the CUDA toolkit, or use the CPU"

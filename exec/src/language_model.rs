@@ -206,6 +206,9 @@ impl LanguageModel {
             ROW_BATCH,
             |i| rows[i].len(),
             |chunk| {
+                if crate::scheduler::cancelled() {
+                    return Err(ModelError::Cancelled);
+                }
                 let batch: Vec<&[u32]> = chunk.iter().map(|&i| rows[i].as_slice()).collect();
                 self.score_chunk(prefix, &batch, &labels)
             },
@@ -311,6 +314,9 @@ impl LanguageModel {
             })
             .collect();
         for _ in 0..options.max_tokens {
+            if crate::scheduler::cancelled() {
+                return Err(ModelError::Cancelled);
+            }
             let logits = self.decoder.logits(&last)?.to_vec2::<f32>()?;
             let mut next_active = Vec::new();
             let mut next_tokens = Vec::new();

@@ -35,4 +35,4 @@ pub use language_model::{GenerateOptions, LanguageModel, Sampling};
 pub use planner::{AiExtensionPlanner, MurakkabQueryPlanner};
 pub use registry::ModelRegistry;
 pub use result_cache::{CacheStats, CachedBackend};
-pub use scheduler::with_priority;
+pub use scheduler::{with_cancellation, with_priority};

@@ -11,13 +11,30 @@
 //! operators do this from the session's `murakkab.priority`); calls made elsewhere count as
 //! interactive.
 
-use std::cell::Cell;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use murakkab_compiler::Priority;
 
 thread_local! {
     static CURRENT: Cell<Priority> = const { Cell::new(Priority::Interactive) };
+    static CANCEL: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's model calls cancellable through `flag`: once it is set, the
+/// runtime stops between forward passes (a decode step, a row batch) with
+/// [`crate::ModelError::Cancelled`]. The AI operators set the flag when their stream is dropped.
+pub fn with_cancellation<R>(flag: &Arc<AtomicBool>, f: impl FnOnce() -> R) -> R {
+    let previous = CANCEL.with(|c| c.replace(Some(Arc::clone(flag))));
+    let result = f();
+    CANCEL.with(|c| *c.borrow_mut() = previous);
+    result
+}
+
+/// Whether the work this thread is doing has been cancelled.
+pub(crate) fn cancelled() -> bool {
+    CANCEL.with(|c| c.borrow().as_ref().is_some_and(|f| f.load(Ordering::Relaxed)))
 }
 
 /// Runs `f` with this thread's model calls in class `priority`.

@@ -180,3 +180,21 @@ fn long_prompts_are_cut_in_the_middle() {
     assert!(!truncated);
     assert_eq!(same, &ids[..10]);
 }
+
+#[test]
+fn cancelled_work_stops_at_the_next_forward_pass() {
+    let (_dir, m) = load("llama", GgmlDType::F32, WeightMode::Dequantized);
+    let prefix = m.prefix_cache(&[]).unwrap();
+    let prompts = vec![m.encode("the cat").unwrap()];
+    let options = GenerateOptions { max_tokens: 8, sampling: Sampling::Greedy };
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let result =
+        murakkab_exec::with_cancellation(&flag, || m.generate(&prefix, &prompts, &options));
+    assert!(matches!(result, Err(murakkab_exec::ModelError::Cancelled)), "{result:?}");
+    let labels = vec![m.encode(" yes").unwrap(), m.encode(" no").unwrap()];
+    let scored =
+        murakkab_exec::with_cancellation(&flag, || m.score_labels(&prefix, &prompts, &labels));
+    assert!(matches!(scored, Err(murakkab_exec::ModelError::Cancelled)));
+    // Outside the cancelled scope the same calls work.
+    assert!(m.generate(&prefix, &prompts, &options).is_ok());
+}
