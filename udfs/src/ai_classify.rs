@@ -34,7 +34,7 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
          model (never by parsing free text): the result is always one of the labels. NULL text \
          or NULL labels: NULL.",
         "ai_classify(text, labels [, model => 'auto'])",
-        "> SELECT ai_classify('The battery died after a week.', ['positive', 'negative']);\n\
+        "> SELECT ai_classify('The battery died after a week.', ['positive', 'negative']) AS label;\n\
          +-----------+\n\
          | label     |\n\
          +-----------+\n\

@@ -31,12 +31,13 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
         "Generates text that answers the prompt. Greedy (deterministic) unless temperature > 0; \
          with a temperature, the same seed and prompt give the same text. NULL prompt: NULL.",
         "ai_complete(prompt [, model => 'auto', max_tokens => 128, temperature => 0, seed => 0])",
-        "> SELECT ai_complete('Name a fruit that is yellow.', max_tokens => 8);\n\
-         +------------------------------------------+\n\
-         | ai_complete(Utf8(\"Name a fruit ...\"))    |\n\
-         +------------------------------------------+\n\
-         | A banana.                                |\n\
-         +------------------------------------------+",
+        "> SELECT ai_complete('What is the capital of France? Answer in one word.',\n\
+                            max_tokens => 8) AS answer;\n\
+         +---------------------------------+\n\
+         | answer                          |\n\
+         +---------------------------------+\n\
+         | The capital of France is Paris. |\n\
+         +---------------------------------+",
         &[
             ("prompt", "The prompt: text or a text column."),
             ("model", "'auto' (default) or a model id that can generate (see \\models)."),

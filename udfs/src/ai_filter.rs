@@ -30,12 +30,12 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
         "True when the condition holds for the text, judged by a language model that scores the \
          answers yes and no (it never parses free text). NULL text or condition: NULL.",
         "ai_filter(text, condition [, model => 'auto'])",
-        "> SELECT review FROM reviews WHERE ai_filter(review, 'the review is positive');\n\
-         +----------------------------------+\n\
-         | review                           |\n\
-         +----------------------------------+\n\
-         | Great battery life, works well.  |\n\
-         +----------------------------------+",
+        "> SELECT ai_filter('I love this phone, it is great.', 'the review is positive') AS ok;\n\
+         +------+\n\
+         | ok   |\n\
+         +------+\n\
+         | true |\n\
+         +------+",
         &[
             ("text", "The text to judge."),
             ("condition", "A statement about the text, e.g. 'the review is positive'."),

@@ -53,12 +53,12 @@ pub static DOC: std::sync::LazyLock<datafusion::logical_expr::Documentation> =
              The column's embeddings are computed once and kept under MURAKKAB_HOME; after the \
              data changes only new texts are embedded. Rows with NULL text are left out.",
             USAGE,
-            "> SELECT id, body, score FROM ai_search('notes', 'body', 'slow service', 2);\n\
+            "> SELECT id, body, round(score, 2) AS score FROM ai_search('notes', 'body', 'slow service', 2);\n\
              +----+-----------------------------------------------+-------+\n\
              | id | body                                          | score |\n\
              +----+-----------------------------------------------+-------+\n\
-             | 2  | Service at the restaurant was painfully slow. | 0.62  |\n\
-             | 4  | Shipping took three weeks.                    | 0.21  |\n\
+             | 2  | Service at the restaurant was painfully slow. | 0.61  |\n\
+             | 4  | Shipping took three weeks.                    | 0.31  |\n\
              +----+-----------------------------------------------+-------+",
             &[
                 ("table", "The table's name, a string."),

@@ -22,7 +22,7 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
         "Cosine similarity (-1 to 1) of the two texts' embeddings; each distinct text is embedded \
          once. NULL a or b: NULL.",
         "ai_similarity(a, b [, model => 'auto'])",
-        "> SELECT ai_similarity('A man is eating food.', 'A man is eating a piece of bread.');\n\
+        "> SELECT round(ai_similarity('A man is eating food.', 'A man is eating a piece of bread.'), 4) AS similarity;\n\
          +--------------------+\n\
          | similarity         |\n\
          +--------------------+\n\

@@ -37,12 +37,9 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
          over chunks that fit the model's context). NULL texts are skipped; a group with no \
          text gives NULL.",
         "ai_summarize_agg(text [, model => 'auto'])",
-        "> SELECT product, ai_summarize_agg(review) FROM reviews GROUP BY product;\n\
-         +---------+------------------------------------------------------------+\n\
-         | product | ai_summarize_agg(reviews.review)                           |\n\
-         +---------+------------------------------------------------------------+\n\
-         | phone   | Reviewers like the battery but several report screens ... |\n\
-         +---------+------------------------------------------------------------+",
+        "> SELECT product, ai_summarize_agg(review) AS summary FROM reviews GROUP BY product;\n\
+         -- one row per product: the product and a two-to-three-sentence summary of all its\n\
+         -- reviews, however many there are",
         &[
             ("text", "The texts to summarise (one per row)."),
             ("model", "'auto' (default) or a model id that can generate (see \\models)."),
