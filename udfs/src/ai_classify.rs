@@ -3,7 +3,6 @@
 //! Every label is scored as the start of the answer (multi-token labels exactly) and the most
 //! probable one is returned, so the answer is always one of the labels.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Array, ListArray, StringArray, StringBuilder};
@@ -17,7 +16,6 @@ use datafusion::logical_expr::{
 use murakkab_catalog::Task;
 
 use crate::args::{self, AiContext, Kind, Param, optional, required};
-use crate::backend::BatchOutput;
 use crate::docs::ai_doc;
 use crate::prompts;
 
@@ -134,37 +132,23 @@ impl ScalarUDFImpl for AiClassify {
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
             let card = self.context.backend.resolve_model(model.as_deref(), Task::ScoreLabels)?;
             // One scoring call per distinct label set (usually exactly one).
-            let mut groups: HashMap<&[String], Vec<usize>> = HashMap::new();
-            for (slot, &r) in reps.iter().enumerate() {
-                if let Some(l) = &labels[r] {
-                    groups.entry(l.as_slice()).or_default().push(slot);
-                }
-            }
-            let mut out: Vec<Result<String, String>> = vec![Err(String::new()); reps.len()];
-            let mut truncated = 0;
-            for (label_set, slots) in groups {
-                let row_texts: Vec<&str> = slots.iter().map(|&s| texts.value(reps[s])).collect();
-                let scored = self.context.backend.score_labels(
-                    &card.id,
-                    &prompts::classify(&row_texts, label_set),
-                    label_set,
-                )?;
-                truncated += scored.truncated;
-                for (&slot, probs) in slots.iter().zip(scored.rows) {
-                    out[slot] = probs.map(|p| {
-                        let best = p
-                            .iter()
-                            .enumerate()
-                            .fold(
-                                (0, f32::NEG_INFINITY),
-                                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                            )
-                            .0;
-                        label_set[best].clone()
-                    });
-                }
-            }
-            Ok(BatchOutput { rows: out, truncated })
+            args::score_in_groups(
+                reps,
+                |r| labels[r].clone().unwrap_or_default(),
+                |label_set, rows| {
+                    let batch: Vec<&str> = rows.iter().map(|&r| texts.value(r)).collect();
+                    let prompt = prompts::classify(&batch, label_set);
+                    self.context.backend.score_labels(&card.id, &prompt, label_set)
+                },
+                |label_set, p| {
+                    let best = p
+                        .iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                        .0;
+                    label_set[best].clone()
+                },
+            )
         })?;
         let mut out = StringBuilder::with_capacity(rows, rows * 8);
         for v in values {

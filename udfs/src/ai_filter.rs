@@ -3,7 +3,6 @@
 //! Scored, never parsed: the model's probabilities of answering `yes` and `no` are compared, so
 //! the answer is always a boolean and never depends on free text the model might produce.
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Array, BooleanBuilder};
@@ -99,25 +98,16 @@ impl ScalarUDFImpl for AiFilter {
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
             let card = self.context.backend.resolve_model(model.as_deref(), Task::ScoreLabels)?;
             // The condition is part of the shared instruction: one scoring call per condition.
-            let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
-            for (slot, &r) in reps.iter().enumerate() {
-                groups.entry(conditions.value(r)).or_default().push(slot);
-            }
-            let mut out: Vec<Result<bool, String>> = vec![Err(String::new()); reps.len()];
-            let mut truncated = 0;
-            for (condition, slots) in groups {
-                let batch: Vec<&str> = slots.iter().map(|&s| texts.value(reps[s])).collect();
-                let scored = self.context.backend.score_labels(
-                    &card.id,
-                    &prompts::filter(&batch, condition),
-                    &labels,
-                )?;
-                truncated += scored.truncated;
-                for (&slot, probs) in slots.iter().zip(scored.rows) {
-                    out[slot] = probs.map(|p| p[0] >= p[1]);
-                }
-            }
-            Ok(crate::backend::BatchOutput { rows: out, truncated })
+            args::score_in_groups(
+                reps,
+                |r| conditions.value(r),
+                |condition, rows| {
+                    let batch: Vec<&str> = rows.iter().map(|&r| texts.value(r)).collect();
+                    let prompt = prompts::filter(&batch, condition);
+                    self.context.backend.score_labels(&card.id, &prompt, &labels)
+                },
+                |_, p| p[0] >= p[1],
+            )
         })?;
         let mut out = BooleanBuilder::with_capacity(rows);
         for v in values {

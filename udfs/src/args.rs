@@ -174,7 +174,7 @@ pub(crate) fn literal_text(scalars: &[Option<&ScalarValue>], index: usize) -> Op
     }
 }
 
-/// A constant integer option, checked against `min..=max`.
+/// A constant integer option, checked against `range`.
 pub(crate) fn const_int(
     function: &str,
     name: &str,
@@ -183,13 +183,35 @@ pub(crate) fn const_int(
     default: i64,
     range: std::ops::RangeInclusive<i64>,
 ) -> Result<i64> {
-    let value = match scalar_at(args, index) {
-        None => return Ok(default),
-        Some(s) => match s.cast_to(&DataType::Int64)? {
-            ScalarValue::Int64(Some(v)) => v,
-            _ => return Ok(default),
-        },
+    let value = match scalar_at(args, index).map(|s| s.cast_to(&DataType::Int64)).transpose()? {
+        Some(ScalarValue::Int64(Some(v))) => v,
+        _ => default,
     };
+    in_range(function, name, value, range)
+}
+
+/// A constant number option, checked against `range`.
+pub(crate) fn const_float(
+    function: &str,
+    name: &str,
+    args: &[ColumnarValue],
+    index: usize,
+    default: f64,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<f64> {
+    let value = match scalar_at(args, index).map(|s| s.cast_to(&DataType::Float64)).transpose()? {
+        Some(ScalarValue::Float64(Some(v))) => v,
+        _ => default,
+    };
+    in_range(function, name, value, range)
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    function: &str,
+    name: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T> {
     if !range.contains(&value) {
         return exec_err!(
             "{function}: {name} must be between {} and {}, got {value}",
@@ -200,30 +222,31 @@ pub(crate) fn const_int(
     Ok(value)
 }
 
-/// A constant number option, checked against `min..=max`.
-pub(crate) fn const_float(
-    function: &str,
-    name: &str,
-    args: &[ColumnarValue],
-    index: usize,
-    default: f64,
-    range: std::ops::RangeInclusive<f64>,
-) -> Result<f64> {
-    let value = match scalar_at(args, index) {
-        None => return Ok(default),
-        Some(s) => match s.cast_to(&DataType::Float64)? {
-            ScalarValue::Float64(Some(v)) => v,
-            _ => return Ok(default),
-        },
-    };
-    if !range.contains(&value) {
-        return exec_err!(
-            "{function}: {name} must be between {} and {}, got {value}",
-            range.start(),
-            range.end()
-        );
+/// Scores the representative rows `reps` in groups that share an instruction (one condition,
+/// one label set): `key` names each row's group, `score` makes one backend call for a group's
+/// rows and turns each row's label probabilities into its value. Results come back in `reps`
+/// order, with the truncation counts summed.
+pub(crate) fn score_in_groups<K: std::hash::Hash + Eq, T: Clone>(
+    reps: &[usize],
+    key: impl Fn(usize) -> K,
+    mut score: impl FnMut(&K, &[usize]) -> std::result::Result<BatchOutput<Vec<f32>>, String>,
+    value: impl Fn(&K, Vec<f32>) -> T,
+) -> std::result::Result<BatchOutput<T>, String> {
+    let mut groups: HashMap<K, Vec<usize>> = HashMap::new();
+    for (slot, &row) in reps.iter().enumerate() {
+        groups.entry(key(row)).or_default().push(slot);
     }
-    Ok(value)
+    let mut out: Vec<std::result::Result<T, String>> = vec![Err(String::new()); reps.len()];
+    let mut truncated = 0;
+    for (group, slots) in groups {
+        let rows: Vec<usize> = slots.iter().map(|&s| reps[s]).collect();
+        let scored = score(&group, &rows)?;
+        truncated += scored.truncated;
+        for (&slot, probs) in slots.iter().zip(scored.rows) {
+            out[slot] = probs.map(|p| value(&group, p));
+        }
+    }
+    Ok(BatchOutput { rows: out, truncated })
 }
 
 /// The argument at `index` as one string per row.
