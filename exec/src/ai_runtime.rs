@@ -30,6 +30,11 @@ pub struct ModelRuntime {
     prefixes: Mutex<RecentMap<PrefixKey, Arc<SeqCache>>>,
     /// Label probabilities of recent calibration rows, by model, prompt tokens and labels.
     priors: Mutex<RecentMap<PriorKey, Vec<f32>>>,
+    /// Cards of pulled models by id, and the `auto` choice per task once it is a pulled model.
+    /// Like the registry's loaded weights they stay fixed for the runtime's life, so a chunk of
+    /// rows does not list and stat the models directory again.
+    cards: Mutex<std::collections::HashMap<String, ModelCard>>,
+    auto: Mutex<std::collections::HashMap<&'static str, ModelCard>>,
 }
 
 /// Model id and instruction tokens.
@@ -71,7 +76,13 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ModelRuntime {
     /// A runtime over the models pulled into `home`.
     pub fn new(home: MurakkabHome) -> Self {
-        Self { home, prefixes: Mutex::new(RecentMap::new()), priors: Mutex::new(RecentMap::new()) }
+        Self {
+            home,
+            prefixes: Mutex::new(RecentMap::new()),
+            priors: Mutex::new(RecentMap::new()),
+            cards: Mutex::new(std::collections::HashMap::new()),
+            auto: Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     fn language_model(&self, id: &str) -> Result<std::sync::Arc<LanguageModel>, String> {
@@ -91,7 +102,15 @@ impl ModelRuntime {
     }
 
     fn card(&self, id: &str) -> Result<ModelCard, String> {
-        find_model(&self.home, id).map_err(|e| e.to_string())
+        let cached = locked(&self.cards).get(id).cloned();
+        if let Some(card) = cached {
+            return Ok(card);
+        }
+        let card = find_model(&self.home, id).map_err(|e| e.to_string())?;
+        if card.status(&self.home) == ModelStatus::Pulled {
+            locked(&self.cards).insert(id.to_string(), card.clone());
+        }
+        Ok(card)
     }
 
     /// The prompt prefix (chat header + shared instruction) and each row's remainder, as tokens.
@@ -171,12 +190,14 @@ fn isolate_failures<T>(
 impl AiBackend for ModelRuntime {
     fn resolve_model(&self, requested: Option<&str>, task: Task) -> Result<ModelCard, String> {
         let requested = requested.map(str::trim).filter(|r| !r.eq_ignore_ascii_case("auto"));
-        let (cards, _) = all_models(&self.home);
-        let capable: Vec<&ModelCard> = cards.iter().filter(|c| c.can(task)).collect();
+        let capable = || {
+            let (cards, _) = all_models(&self.home);
+            cards.into_iter().filter(|c| c.can(task)).collect::<Vec<_>>()
+        };
         if let Some(id) = requested {
             let card = self.card(id)?;
             if !card.can(task) {
-                let names: Vec<&str> = capable.iter().map(|c| c.id.as_str()).collect();
+                let names: Vec<String> = capable().into_iter().map(|c| c.id).collect();
                 return Err(format!(
                     "model '{id}' cannot {}; models that can: {}",
                     task_phrase(task),
@@ -185,17 +206,26 @@ impl AiBackend for ModelRuntime {
             }
             return Ok(card);
         }
+        let cached = locked(&self.auto).get(task.name()).cloned();
+        if let Some(card) = cached {
+            return Ok(card);
+        }
+        let capable = capable();
         let preferred =
             if task == Task::Embed { PREFERRED_ENCODERS } else { PREFERRED_LANGUAGE_MODELS };
         let pulled = |c: &ModelCard| c.status(&self.home) == ModelStatus::Pulled;
-        preferred
+        let chosen = preferred
             .iter()
             .filter_map(|id| capable.iter().find(|c| c.id == *id))
             .find(|c| pulled(c))
             .or_else(|| capable.iter().find(|c| pulled(c)))
             .or_else(|| preferred.iter().find_map(|id| capable.iter().find(|c| c.id == *id)))
-            .map(|c| (*c).clone())
-            .ok_or_else(|| format!("no model can {}", task_phrase(task)))
+            .cloned()
+            .ok_or_else(|| format!("no model can {}", task_phrase(task)))?;
+        if pulled(&chosen) {
+            locked(&self.auto).insert(task.name(), chosen.clone());
+        }
+        Ok(chosen)
     }
 
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {

@@ -39,12 +39,19 @@ pub struct CachedBackend {
     inner: Arc<dyn AiBackend>,
     dir: PathBuf,
     stats: CacheStats,
+    /// Model identities already worked out (fixed for the process, like loaded weights).
+    identities: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl CachedBackend {
     /// Caches `inner`'s answers under `home`'s cache directory.
     pub fn new(inner: Arc<dyn AiBackend>, home: &MurakkabHome) -> Self {
-        Self { inner, dir: home.cache_dir().join("results"), stats: CacheStats::default() }
+        Self {
+            inner,
+            dir: home.cache_dir().join("results"),
+            stats: CacheStats::default(),
+            identities: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     /// Hits and misses so far.
@@ -52,12 +59,17 @@ impl CachedBackend {
         &self.stats
     }
 
-    /// What identifies the weights of `model`.
+    /// What identifies the weights of `model`, worked out once per model.
     fn model_identity(&self, model: &str) -> String {
+        let mut identities = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(identity) = identities.get(model) {
+            return identity.clone();
+        }
         let home = self.inner.home();
         let Ok(card) = find_model(home, model) else { return model.to_string() };
         let dir = home.model_dir(model);
-        card.files
+        let identity = card
+            .files
             .iter()
             .map(|f| match &f.sha256 {
                 Some(sha) => format!("{}={sha}", f.name),
@@ -72,7 +84,9 @@ impl CachedBackend {
                 }
             })
             .collect::<Vec<_>>()
-            .join(";")
+            .join(";");
+        identities.insert(model.to_string(), identity.clone());
+        identity
     }
 
     fn key(&self, identity: &str, operation: &str, parameters: &str, parts: &[&str]) -> String {
