@@ -134,6 +134,11 @@ impl AiBackend for Scripted {
     }
 }
 
+/// Runs one statement and collects its rows.
+async fn run(db: &Session, sql: &str) -> Vec<murakkab::arrow::array::RecordBatch> {
+    db.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
 async fn session(backend: &Arc<Scripted>, home: &std::path::Path) -> Session {
     let backend: Arc<dyn AiBackend> = Arc::clone(backend) as Arc<dyn AiBackend>;
     Session::builder().home(home).threads(1).ai_backend(backend).build().await.unwrap()
@@ -144,13 +149,7 @@ async fn failed_rows_become_null_with_a_warning_and_neighbours_are_unaffected() 
     let dir = tempfile::tempdir().unwrap();
     let backend = Scripted::new(dir.path());
     let db = session(&backend, dir.path()).await;
-    let batches = db
-        .sql("SELECT ai_complete(t) AS a FROM (VALUES ('good'), ('bad row'), ('long text'), (NULL)) AS v(t)")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = run(&db, "SELECT ai_complete(t) AS a FROM (VALUES ('good'), ('bad row'), ('long text'), (NULL)) AS v(t)").await;
     let a = batches[0].column(0).as_string::<i32>();
     assert_eq!(a.value(0), "summary of 4 chars");
     assert!(a.is_null(1), "the failing row is NULL");
@@ -172,7 +171,7 @@ async fn on_error_fail_turns_a_failed_row_into_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Scripted::new(dir.path());
     let db = session(&backend, dir.path()).await;
-    db.sql("SET murakkab.on_error = 'fail'").await.unwrap().collect().await.unwrap();
+    run(&db, "SET murakkab.on_error = 'fail'").await;
     let err = db
         .sql("SELECT ai_filter(t, 'is fine') FROM (VALUES ('good'), ('bad')) AS v(t)")
         .await
@@ -194,19 +193,10 @@ async fn identical_inputs_are_computed_once_and_empty_inputs_never() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Scripted::new(dir.path());
     let db = session(&backend, dir.path()).await;
-    db.sql("SELECT ai_classify(t, ['a', 'b']) FROM (VALUES ('x'), ('x'), ('y'), ('x')) AS v(t)")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    run(&db, "SELECT ai_classify(t, ['a', 'b']) FROM (VALUES ('x'), ('x'), ('y'), ('x')) AS v(t)")
+        .await;
     assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 2);
-    db.sql("SELECT ai_classify(t, ['a', 'b']) FROM (VALUES ('x')) AS v(t) WHERE false")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    run(&db, "SELECT ai_classify(t, ['a', 'b']) FROM (VALUES ('x')) AS v(t) WHERE false").await;
     assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 2);
 }
 
@@ -215,13 +205,7 @@ async fn extract_fills_typed_fields_and_leaves_unknown_ones_null() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Scripted::new(dir.path());
     let db = session(&backend, dir.path()).await;
-    let batches = db
-        .sql(r#"SELECT ai_extract('x', '{"n": "int", "s": "text"}')['n'] AS n, ai_extract('x', '{"n": "int", "s": "text"}')['s'] AS s"#)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = run(&db, r#"SELECT ai_extract('x', '{"n": "int", "s": "text"}')['n'] AS n, ai_extract('x', '{"n": "int", "s": "text"}')['s'] AS s"#).await;
     let n = batches[0].column(0).as_primitive::<murakkab::arrow::datatypes::Int64Type>();
     assert_eq!(n.value(0), 7);
     assert!(batches[0].column(1).is_null(0));
@@ -233,13 +217,7 @@ async fn a_large_group_is_summarised_by_map_reduce() {
     let backend = Scripted::new(dir.path());
     let db = session(&backend, dir.path()).await;
     // 200 texts of 12 words against a 400-token context: several chunks, then a reduce step.
-    let batches = db
-        .sql("SELECT ai_summarize_agg('one two three four five six seven eight nine ten eleven ' || v) FROM generate_series(1, 200) AS s(v)")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = run(&db, "SELECT ai_summarize_agg('one two three four five six seven eight nine ten eleven ' || v) FROM generate_series(1, 200) AS s(v)").await;
     let summary = batches[0].column(0).as_string::<i32>().value(0).to_string();
     assert!(summary.starts_with("summary of"), "{summary}");
     let calls = backend.complete_calls.load(Ordering::SeqCst);
@@ -254,13 +232,13 @@ async fn the_same_query_twice_makes_no_model_calls_the_second_time() {
     let query = "SELECT ai_classify(t, ['a', 'b']), ai_complete(t), ai_embed(t), \
                  ai_extract(t, '{\"n\": \"int\"}') FROM (VALUES ('x'), ('y'), ('bad')) AS v(t)";
     let db = session(&backend, dir.path()).await;
-    db.sql(query).await.unwrap().collect().await.unwrap();
+    run(&db, query).await;
     let first = backend.rows_seen.load(Ordering::SeqCst);
     assert_eq!(first, 12, "four functions over three rows");
     // A new session on the same home: the answers come from disk. Only the failing row (never
     // cached) is asked again, once per function.
     let db = session(&backend, dir.path()).await;
-    db.sql(query).await.unwrap().collect().await.unwrap();
+    run(&db, query).await;
     assert_eq!(backend.rows_seen.load(Ordering::SeqCst) - first, 4);
     // Without the cache every row goes to the model again.
     let backend_dyn: Arc<dyn AiBackend> = Arc::clone(&backend) as Arc<dyn AiBackend>;
@@ -271,12 +249,12 @@ async fn the_same_query_twice_makes_no_model_calls_the_second_time() {
         .build()
         .await
         .unwrap();
-    db.sql(query).await.unwrap().collect().await.unwrap();
+    run(&db, query).await;
     assert_eq!(backend.rows_seen.load(Ordering::SeqCst) - first, 16);
 }
 
 async fn explain(db: &Session, sql: &str) -> String {
-    let batches = db.sql(&format!("EXPLAIN {sql}")).await.unwrap().collect().await.unwrap();
+    let batches = run(&db, &format!("EXPLAIN {sql}")).await;
     let plans = batches[0].column(1).as_string::<i32>();
     (0..plans.len()).map(|i| plans.value(i)).collect::<Vec<_>>().join("\n")
 }
@@ -286,12 +264,7 @@ async fn ai_calls_become_ai_map_nodes_below_which_cheap_filters_move() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Scripted::new(dir.path());
     let db = session(&backend, dir.path()).await;
-    db.sql("CREATE TABLE t (id INT, body TEXT) AS VALUES (1, 'a'), (5, 'b')")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    run(&db, "CREATE TABLE t (id INT, body TEXT) AS VALUES (1, 'a'), (5, 'b')").await;
     let plan = explain(
         &db,
         "SELECT id, ai_classify(body, ['x', 'y']) AS label FROM t \
@@ -311,13 +284,7 @@ async fn ai_calls_become_ai_map_nodes_below_which_cheap_filters_move() {
     assert!(position("AiMap: ai_filter") < position("Filter: t.id > Int32(3)"));
     assert!(plan.contains("AiMapExec: chunk_rows=16"), "{plan}");
     // Nested calls are lifted one level at a time; the names of output columns are kept.
-    let batches = db
-        .sql("SELECT ai_complete(ai_complete(body)) AS twice, upper(ai_complete(body)) FROM t ORDER BY 1")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = run(&db, "SELECT ai_complete(ai_complete(body)) AS twice, upper(ai_complete(body)) FROM t ORDER BY 1").await;
     let schema = batches[0].schema();
     assert_eq!(schema.field(0).name(), "twice");
     assert_eq!(schema.field(1).name(), "upper(ai_complete(t.body))");
@@ -329,24 +296,18 @@ async fn limit_stops_the_model_after_a_chunk_or_two() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Scripted::new(dir.path());
     let db = session(&backend, dir.path()).await;
-    let rows = db
-        .sql("SELECT ai_complete('row ' || v) FROM generate_series(1, 2000) AS s(v) LIMIT 5")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let rows =
+        run(&db, "SELECT ai_complete('row ' || v) FROM generate_series(1, 2000) AS s(v) LIMIT 5")
+            .await;
     assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
     let asked = backend.rows_seen.load(Ordering::SeqCst);
     // The map is one row in, one row out, so the limit moves below it: 5 rows asked (measured).
     assert!(asked <= 16, "LIMIT 5 over 2,000 rows asked the model about {asked} rows");
-    let rows = db
-        .sql("SELECT v FROM generate_series(1, 2000) AS s(v) WHERE ai_filter('row ' || v, 'ok') LIMIT 3")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let rows = run(
+        &db,
+        "SELECT v FROM generate_series(1, 2000) AS s(v) WHERE ai_filter('row ' || v, 'ok') LIMIT 3",
+    )
+    .await;
     assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
     let asked = backend.rows_seen.load(Ordering::SeqCst) - asked;
     // Every row passes here, so the first chunk of 16 satisfies the limit (16 asked, measured);
@@ -387,7 +348,7 @@ async fn explain_analyze_reports_the_ai_operators_work() {
     let backend = Scripted::new(dir.path());
     let db = session(&backend, dir.path()).await;
     let query = "SELECT ai_complete(t) FROM (VALUES ('a'), ('b'), ('c')) AS v(t)";
-    db.sql(query).await.unwrap().collect().await.unwrap();
+    run(&db, query).await;
     let analyzed = explain(&db, &format!("ANALYZE {query}")).await;
     let line = analyzed.lines().find(|l| l.contains("AiMapExec")).unwrap_or_default();
     for metric in ["output_rows=3", "model_batches=1", "cache_hits=3", "tokens_out=0"] {
@@ -408,7 +369,7 @@ async fn ai_calls_in_aggregates_run_in_a_map_below_them_and_keep_their_names() {
     let aggregate = lines.iter().position(|l| l.starts_with("Aggregate:")).unwrap();
     let map = lines.iter().position(|l| l.starts_with("AiMap:")).unwrap();
     assert!(aggregate < map, "{plan}");
-    let batches = db.sql(query).await.unwrap().collect().await.unwrap();
+    let batches = run(&db, query).await;
     let schema = batches[0].schema();
     assert!(schema.field(0).name().starts_with("ai_classify("), "{schema:?}");
     assert_eq!(schema.field(1).name(), "n");
