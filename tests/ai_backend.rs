@@ -254,7 +254,7 @@ async fn the_same_query_twice_makes_no_model_calls_the_second_time() {
 }
 
 async fn explain(db: &Session, sql: &str) -> String {
-    let batches = run(&db, &format!("EXPLAIN {sql}")).await;
+    let batches = run(db, &format!("EXPLAIN {sql}")).await;
     let plans = batches[0].column(1).as_string::<i32>();
     (0..plans.len()).map(|i| plans.value(i)).collect::<Vec<_>>().join("\n")
 }
