@@ -18,16 +18,38 @@
 //! ```
 //! Aggregates are handled the same way: AI calls in grouping expressions and aggregate arguments
 //! move into a map below the aggregate, and a projection above restores the output names.
+//!
+//! Joins: a call in a join condition that reads one input's columns only is computed by a map
+//! on that input (for every join type: it is only a precomputed column), so an equi-join on an
+//! AI-derived key stays a hash join. In an inner join, a conjunct whose call reads both inputs
+//! becomes a filter above the join, lifted like any filter:
+//! ```text
+//! Inner Join: a.id = b.a_id Filter: ai_filter(a.x || b.y, 'match')
+//! ```
+//! becomes
+//! ```text
+//! Projection: a.*, b.*
+//!   Filter: __ai_0
+//!     AiMap: ai_filter(a.x || b.y, 'match') AS __ai_0
+//!       Inner Join: a.id = b.a_id
+//! ```
+//! (Turning such a predicate into embedding blocking plus a filter on the candidates is the
+//! optimizer's semantic-join rule.) In an outer join such a call stays in the join condition and
+//! runs as a plain function, since a filter above would drop the unmatched rows.
+//!
 //! Only calls whose arguments hold no other AI call are lifted in one pass; a nested call is
 //! lifted by the next pass of the optimizer's fixed-point loop, into a map above the first. Calls
-//! in join conditions, sorts and window functions are left in place: they still run, as plain
-//! functions (not streamed in chunks).
+//! in sorts and window functions are left in place: they still run, as plain functions (not
+//! streamed in chunks).
 
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
-use datafusion::logical_expr::{Aggregate, Expr, Extension, Filter, LogicalPlan, Projection};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
+use datafusion::logical_expr::{
+    Aggregate, Expr, Extension, Filter, Join, JoinType, LogicalPlan, Projection,
+};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
 use crate::ai_map::AiMap;
@@ -50,6 +72,15 @@ pub struct LiftAiCalls;
 
 /// Replaces the innermost AI calls in `exprs` by columns, returning the calls (aliased).
 fn extract_calls(exprs: Vec<Expr>, next_id: &mut usize) -> Result<(Vec<Expr>, Vec<Expr>)> {
+    extract_calls_where(exprs, next_id, |_| true)
+}
+
+/// Like [`extract_calls`], for the innermost calls that `accept` says may be lifted.
+fn extract_calls_where(
+    exprs: Vec<Expr>,
+    next_id: &mut usize,
+    accept: impl Fn(&Expr) -> bool,
+) -> Result<(Vec<Expr>, Vec<Expr>)> {
     let mut calls: Vec<Expr> = Vec::new();
     let mut out = Vec::with_capacity(exprs.len());
     for expr in exprs {
@@ -57,7 +88,7 @@ fn extract_calls(exprs: Vec<Expr>, next_id: &mut usize) -> Result<(Vec<Expr>, Ve
             .transform_up(|e| {
                 if is_model_call(&e) {
                     let Expr::ScalarFunction(f) = &e else { return Ok(Transformed::no(e)) };
-                    if f.args.iter().any(contains_model_call) {
+                    if f.args.iter().any(contains_model_call) || !accept(&e) {
                         return Ok(Transformed::no(e));
                     }
                     // The same call twice in one node is computed once.
@@ -101,6 +132,101 @@ fn first_free_id(plan: &LogicalPlan) -> usize {
     next
 }
 
+/// `plan` under an [`AiMap`] of `calls`, or unchanged when there are none.
+fn with_map(plan: Arc<LogicalPlan>, calls: Vec<Expr>) -> Result<Arc<LogicalPlan>> {
+    if calls.is_empty() {
+        return Ok(plan);
+    }
+    let map = AiMap::try_new(Arc::unwrap_or_clone(plan), calls)?;
+    Ok(Arc::new(LogicalPlan::Extension(Extension { node: Arc::new(map) })))
+}
+
+/// Whether every column `e` reads belongs to `plan`'s output.
+fn reads_only(e: &Expr, plan: &LogicalPlan) -> bool {
+    e.column_refs().iter().all(|c| plan.schema().has_column(c))
+}
+
+/// A projection of `schema`'s columns from `input` (to restore a node's output columns).
+fn project_columns(
+    schema: &datafusion::common::DFSchema,
+    input: Arc<LogicalPlan>,
+) -> Result<LogicalPlan> {
+    let columns = schema
+        .iter()
+        .map(|(q, field)| Expr::Column(Column::new(q.cloned(), field.name())))
+        .collect();
+    Ok(LogicalPlan::Projection(Projection::try_new(columns, input)?))
+}
+
+fn join_has_model_call(j: &Join) -> bool {
+    j.on.iter().any(|(l, r)| contains_model_call(l) || contains_model_call(r))
+        || j.filter.as_ref().is_some_and(contains_model_call)
+}
+
+/// Lifts the AI calls of a join's condition: one-sided calls into maps on their input, and
+/// (inner joins only) conjuncts that read both inputs into a filter above the join. Returns the
+/// plan with the join's output columns, and the conjuncts for the filter above.
+fn lift_from_join(j: Join) -> Result<(LogicalPlan, Vec<Expr>)> {
+    let mut next_id = first_free_id(&j.left).max(first_free_id(&j.right));
+    let (left_keys, right_keys): (Vec<Expr>, Vec<Expr>) = j.on.iter().cloned().unzip();
+    let (left_keys, mut left_calls) = extract_calls(left_keys, &mut next_id)?;
+    let (right_keys, mut right_calls) = extract_calls(right_keys, &mut next_id)?;
+    let mut kept = Vec::new();
+    let mut above = Vec::new();
+    for conjunct in j.filter.clone().map(split_conjunction_owned).unwrap_or_default() {
+        if !contains_model_call(&conjunct) {
+            kept.push(conjunct);
+            continue;
+        }
+        let (mut rewritten, calls) =
+            extract_calls_where(vec![conjunct], &mut next_id, |e| reads_only(e, &j.left))?;
+        left_calls.extend(calls);
+        let (mut rewritten, calls) =
+            extract_calls_where(vec![rewritten.remove(0)], &mut next_id, |e| {
+                reads_only(e, &j.right)
+            })?;
+        right_calls.extend(calls);
+        let conjunct = rewritten.remove(0);
+        if j.join_type == JoinType::Inner && contains_model_call(&conjunct) {
+            above.push(conjunct);
+        } else {
+            kept.push(conjunct);
+        }
+    }
+    let join = Join::try_new(
+        with_map(Arc::clone(&j.left), left_calls)?,
+        with_map(Arc::clone(&j.right), right_calls)?,
+        left_keys.into_iter().zip(right_keys).collect(),
+        conjunction(kept),
+        j.join_type,
+        j.join_constraint,
+        j.null_equality,
+        j.null_aware,
+    )?;
+    let changed = join.schema.fields().len() != j.schema.fields().len();
+    let join = Arc::new(LogicalPlan::Join(join));
+    if !above.is_empty() {
+        // The filter above needs every input column; the caller restores the output columns.
+        return Ok((Arc::unwrap_or_clone(join), above));
+    }
+    let plan = if changed { project_columns(&j.schema, join)? } else { Arc::unwrap_or_clone(join) };
+    Ok((plan, above))
+}
+
+/// A filter's AI calls in a map below it; a projection above drops their columns again.
+fn lift_from_filter(f: Filter) -> Result<LogicalPlan> {
+    let mut next_id = first_free_id(&f.input);
+    let input_schema = Arc::clone(f.input.schema());
+    let (mut predicate, calls) = extract_calls(vec![f.predicate.clone()], &mut next_id)?;
+    let map = AiMap::try_new(Arc::unwrap_or_clone(f.input), calls)?;
+    let filter = Filter::try_new(
+        predicate.remove(0),
+        Arc::new(LogicalPlan::Extension(Extension { node: Arc::new(map) })),
+    )?;
+    // The filter's output is its input's columns: drop the AI columns again.
+    project_columns(&input_schema, Arc::new(LogicalPlan::Filter(filter)))
+}
+
 impl OptimizerRule for LiftAiCalls {
     fn name(&self) -> &str {
         "murakkab_lift_ai_calls"
@@ -141,23 +267,7 @@ impl OptimizerRule for LiftAiCalls {
                 Ok(Transformed::yes(LogicalPlan::Projection(projection)))
             }
             LogicalPlan::Filter(f) if contains_model_call(&f.predicate) => {
-                let mut next_id = first_free_id(&f.input);
-                let input_schema = Arc::clone(f.input.schema());
-                let (mut predicate, calls) =
-                    extract_calls(vec![f.predicate.clone()], &mut next_id)?;
-                let map = AiMap::try_new(Arc::unwrap_or_clone(f.input), calls)?;
-                let filter = Filter::try_new(
-                    predicate.remove(0),
-                    Arc::new(LogicalPlan::Extension(Extension { node: Arc::new(map) })),
-                )?;
-                // The filter's output is its input's columns: drop the AI columns again.
-                let columns = input_schema
-                    .iter()
-                    .map(|(q, field)| Expr::Column(Column::new(q.cloned(), field.name())))
-                    .collect();
-                let projection =
-                    Projection::try_new(columns, Arc::new(LogicalPlan::Filter(filter)))?;
-                Ok(Transformed::yes(LogicalPlan::Projection(projection)))
+                Ok(Transformed::yes(lift_from_filter(f)?))
             }
             LogicalPlan::Aggregate(a)
                 if a.group_expr.iter().chain(&a.aggr_expr).any(contains_model_call) =>
@@ -182,6 +292,16 @@ impl OptimizerRule for LiftAiCalls {
                 let projection =
                     Projection::try_new(renamed, Arc::new(LogicalPlan::Aggregate(aggregate)))?;
                 Ok(Transformed::yes(LogicalPlan::Projection(projection)))
+            }
+            LogicalPlan::Join(j) if join_has_model_call(&j) => {
+                let schema = Arc::clone(&j.schema);
+                let (join, above) = lift_from_join(j)?;
+                let Some(predicate) = conjunction(above) else {
+                    return Ok(Transformed::yes(join));
+                };
+                let filter = Filter::try_new(predicate, Arc::new(join))?;
+                let lifted = lift_from_filter(filter)?;
+                Ok(Transformed::yes(project_columns(&schema, Arc::new(lifted))?))
             }
             other => Ok(Transformed::no(other)),
         }
