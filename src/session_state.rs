@@ -15,6 +15,7 @@ use datafusion::prelude::SessionConfig;
 use murakkab_catalog::MurakkabHome;
 use murakkab_compiler::{LiftAiCalls, MurakkabOptions};
 use murakkab_exec::{CachedBackend, ModelRuntime, MurakkabQueryPlanner};
+use murakkab_optimizer::TopKBelowAiMap;
 use murakkab_udfs::{AiBackend, AiContext, AiWarnings};
 
 use crate::session::SessionBuilder;
@@ -68,6 +69,7 @@ pub(crate) fn new_context(
         // rules in each optimizer pass: by then cheap filters sit as low as they can, and the
         // AiMap lets filters on its input's columns keep moving below it (fewer model calls).
         .with_optimizer_rule(Arc::new(LiftAiCalls))
+        .with_optimizer_rule(Arc::new(TopKBelowAiMap))
         // DataFusion's physical planner, plus the planner for Murakkab's nodes (AiMap ->
         // AiMapExec, which streams chunks to the model).
         .with_query_planner(Arc::new(MurakkabQueryPlanner));
