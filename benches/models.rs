@@ -161,7 +161,10 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
     println!("{id}: after its runs: process {rss:.0} MB, peak {peak:.0} MB");
 }
 
+#[allow(unsafe_code)]
 fn main() {
+    // SAFETY: first thing in main, before any thread starts.
+    unsafe { murakkab::init_model_threads(Some(2)) };
     let home = MurakkabHome::from_env();
     let texts = sentences();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());

@@ -73,7 +73,10 @@ fn shared(batch_priority: Priority, tag: &str) -> (Vec<f64>, f64) {
     (latencies, job.join().unwrap())
 }
 
+#[allow(unsafe_code)]
 fn main() {
+    // SAFETY: first thing in main, before any thread starts.
+    unsafe { murakkab::init_model_threads(Some(2)) };
     let home = MurakkabHome::from_env();
     if !find_model(&home, MODEL).is_ok_and(|c| c.status(&home) == ModelStatus::Pulled) {
         println!("skipped: run `murakkab models pull {MODEL}`");

@@ -5,6 +5,9 @@
 # MURAKKAB_HOME (default ~/.cache/murakkab), each once and reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Model kernels read their thread count from here on every matrix multiply; unset, candle
+# re-reads /proc/cpuinfo each time (the binary sets it itself; test harnesses cannot).
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
 ./scripts/fetch-data.sh
 # Same targets as `cargo test`, so the binary below shares its build.
 cargo build --quiet --workspace --all-targets

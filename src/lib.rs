@@ -34,6 +34,7 @@
 mod error;
 mod functions;
 pub mod job;
+mod model_threads;
 mod session;
 mod session_state;
 
@@ -41,6 +42,7 @@ pub use datafusion::arrow;
 pub use datafusion::prelude::DataFrame;
 pub use error::user_message;
 pub use functions::{FunctionInfo, FunctionKind};
+pub use model_threads::init_model_threads;
 pub use murakkab_catalog as catalog;
 pub use murakkab_compiler::{MurakkabOptions, Objective, OnError, Priority};
 pub use murakkab_udfs::{

@@ -29,7 +29,8 @@ pub struct Args {
     #[arg(long, env = "MURAKKAB_HOME", value_name = "DIR", global = true)]
     pub home: Option<PathBuf>,
 
-    /// Threads for query execution (default: all cores). Model kernels follow RAYON_NUM_THREADS.
+    /// Threads for query execution and model kernels (default: all cores; RAYON_NUM_THREADS, if
+    /// set, overrides it for the model kernels).
     #[arg(long, value_name = "N", global = true)]
     pub threads: Option<usize>,
 

@@ -24,8 +24,11 @@ use murakkab::{Result, Session};
 use crate::args::{Args, Command, ModelsCommand};
 use crate::exec::ExecOptions;
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
     let args = Args::parse();
+    // SAFETY: nothing has started a thread yet; the async runtime starts below.
+    unsafe { murakkab::init_model_threads(args.threads) };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
