@@ -89,6 +89,9 @@ pub struct MurakkabOptions {
     pub threads: usize,
     /// See [`Priority`].
     pub priority: Priority,
+    /// Whether AI calls are batched, deduplicated and served from caches. Off (with the
+    /// optimizer off) is the naive baseline: one row per model call, nothing reused.
+    pub batching: bool,
 }
 
 impl Default for MurakkabOptions {
@@ -102,6 +105,7 @@ impl Default for MurakkabOptions {
             carbon_intensity_g_per_kwh: 475.0,
             threads: 0,
             priority: Priority::default(),
+            batching: true,
         }
     }
 }
@@ -141,6 +145,10 @@ const OPTIONS: &[OptionDoc] = &[
         key: "priority",
         description: "Scheduling class of this session's model work: interactive (served first) or batch (uses idle capacity).",
     },
+    OptionDoc {
+        key: "exec.batching",
+        description: "Whether AI calls are batched, deduplicated and answered from the result cache; false (with optimizer.enabled = false) is the naive baseline of one row per model call.",
+    },
 ];
 
 impl MurakkabOptions {
@@ -163,6 +171,7 @@ impl MurakkabOptions {
             "carbon_intensity_g_per_kwh" => self.carbon_intensity_g_per_kwh.to_string(),
             "threads" => self.threads.to_string(),
             "priority" => self.priority.to_string(),
+            "exec.batching" => self.batching.to_string(),
             _ => String::new(),
         }
     }
@@ -223,6 +232,7 @@ impl ExtensionOptions for MurakkabOptions {
             }
             "threads" => self.threads = parse(key, value, "expected a whole number >= 0")?,
             "priority" => self.priority = value.parse().map_err(|e| invalid(key, value, e))?,
+            "exec.batching" => self.batching = parse(key, value, "expected true or false")?,
             _ => {
                 return Err(DataFusionError::Configuration(format!(
                     "unknown option '{}.{key}'; valid options are: {}",
@@ -261,6 +271,7 @@ mod tests {
             ("carbon_intensity_g_per_kwh", "350"),
             ("threads", "2"),
             ("priority", "batch"),
+            ("exec.batching", "false"),
         ];
         assert_eq!(values.len(), OPTIONS.len());
         for (k, v) in values {

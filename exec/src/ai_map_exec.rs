@@ -4,12 +4,13 @@
 //! evaluated on one chunk at a time and the chunk goes out with its new columns before the next
 //! is started. So the first rows reach the user after one chunk, a satisfied `LIMIT` (or a
 //! dropped stream) stops the model after at most one more chunk, and memory stays bounded by
-//! one input batch. EXPLAIN ANALYZE shows rows, model batches, rows the model computed, cache
-//! hits, tokens in and out, and the model time (`elapsed_compute`).
+//! one input batch. EXPLAIN ANALYZE shows rows, the models called, model calls and their mean
+//! rows, rows the model computed, cache and dedup hits, tokens in and out, rows with warnings
+//! and the model time (`elapsed_compute`).
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
@@ -29,6 +30,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 use murakkab_compiler::{MurakkabOptions, Priority};
+use murakkab_udfs::function_stats;
 
 use crate::call_stats;
 use crate::scheduler::{with_cancellation, with_priority};
@@ -50,6 +52,10 @@ pub struct AiMapExec {
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    /// The models the calls ran on, filled in during execution for EXPLAIN ANALYZE.
+    models: Arc<Mutex<Vec<String>>>,
+    /// Rows per chunk: set by the session's options when executed.
+    chunk_rows: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AiMapExec {
@@ -78,20 +84,35 @@ impl AiMapExec {
             schema,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
+            models: Arc::new(Mutex::new(Vec::new())),
+            chunk_rows: Arc::new(std::sync::atomic::AtomicUsize::new(CHUNK_ROWS)),
         })
     }
 }
 
 impl DisplayAs for AiMapExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "AiMapExec: chunk_rows={CHUNK_ROWS}, calls=[")?;
+        let chunk_rows = self.chunk_rows.load(Ordering::Relaxed);
+        write!(f, "AiMapExec: chunk_rows={chunk_rows}, calls=[")?;
         for (i, (expr, name)) in self.calls.iter().enumerate() {
             if i > 0 {
                 write!(f, ", ")?;
             }
             write!(f, "{expr} AS {name}")?;
         }
-        write!(f, "]")
+        write!(f, "]")?;
+        // After execution (EXPLAIN ANALYZE): what ran, and how full the model's batches were.
+        let models = self.models.lock().map(|m| m.join(", ")).unwrap_or_default();
+        if !models.is_empty() {
+            write!(f, ", models=[{models}]")?;
+        }
+        let metrics = self.metrics.clone_inner();
+        let calls = metrics.sum_by_name("model_calls").map_or(0, |v| v.as_usize());
+        let rows = metrics.sum_by_name("model_rows").map_or(0, |v| v.as_usize());
+        if calls > 0 {
+            write!(f, ", mean_batch_rows={:.1}", rows as f64 / calls as f64)?;
+        }
+        Ok(())
     }
 }
 
@@ -108,12 +129,18 @@ impl Drop for CancelOnDrop {
 /// The operator's own metrics, beside DataFusion's baseline (rows out, compute time).
 #[derive(Debug, Clone)]
 struct AiMetrics {
-    /// Calls made (one per AI expression per chunk).
-    model_batches: Count,
+    /// Chunks evaluated, times AI expressions.
+    chunks: Count,
+    /// Calls into a model (a forward batch each).
+    model_calls: Count,
     /// Rows the model computed.
     model_rows: Count,
     /// Rows answered from the result cache.
     cache_hits: Count,
+    /// Rows answered by an identical row of the same chunk.
+    dedup_hits: Count,
+    /// Rows cut to fit the context or left NULL for lack of a usable answer.
+    warned_rows: Count,
     /// Prompt tokens read.
     tokens_in: Count,
     /// Tokens generated.
@@ -124,42 +151,63 @@ impl AiMetrics {
     fn new(metrics: &ExecutionPlanMetricsSet, partition: usize) -> Self {
         let counter = |name: &'static str| MetricBuilder::new(metrics).counter(name, partition);
         Self {
-            model_batches: counter("model_batches"),
+            chunks: counter("chunks"),
+            model_calls: counter("model_calls"),
             model_rows: counter("model_rows"),
             cache_hits: counter("cache_hits"),
+            dedup_hits: counter("dedup_hits"),
+            warned_rows: counter("warned_rows"),
             tokens_in: counter("tokens_in"),
             tokens_out: counter("tokens_out"),
         }
     }
 }
 
-/// Evaluates the calls on one chunk and appends their columns.
-fn map_chunk(
-    chunk: &RecordBatch,
-    calls: &[(Arc<dyn PhysicalExpr>, String)],
-    schema: &SchemaRef,
-    baseline: &BaselineMetrics,
-    metrics: &AiMetrics,
+/// What evaluating a chunk needs, shared by the chunks of one stream.
+#[derive(Debug, Clone)]
+struct ChunkContext {
+    calls: Vec<(Arc<dyn PhysicalExpr>, String)>,
+    schema: SchemaRef,
+    baseline: BaselineMetrics,
+    metrics: AiMetrics,
+    models: Arc<Mutex<Vec<String>>>,
     priority: Priority,
-    cancel: &Arc<AtomicBool>,
-) -> Result<RecordBatch> {
+    cancel: Arc<AtomicBool>,
+}
+
+/// Evaluates the calls on one chunk and appends their columns.
+fn map_chunk(chunk: &RecordBatch, cx: &ChunkContext) -> Result<RecordBatch> {
+    let ChunkContext { calls, schema, baseline, metrics, models, priority, cancel } = cx;
+    let priority = *priority;
     let timer = baseline.elapsed_compute().timer();
     let mut columns = chunk.columns().to_vec();
     for (expr, _) in calls {
         // The model calls inside take their turn on the device in the session's class, on this
         // thread, so this thread's counters tell what they cost.
-        let before = call_stats::current();
+        let before = (call_stats::current(), function_stats());
         let values =
             with_cancellation(cancel, || with_priority(priority, || expr.evaluate(chunk)))?;
-        let work = call_stats::current().since(before);
+        let work = call_stats::current().since(before.0);
+        let saved = function_stats().since(before.1);
         columns.push(values.into_array(chunk.num_rows())?);
-        metrics.model_batches.add(1);
+        metrics.chunks.add(1);
+        metrics.model_calls.add(work.model_calls as usize);
+        metrics.dedup_hits.add(saved.dedup_hits as usize);
+        metrics.warned_rows.add(saved.warned_rows as usize);
         metrics.model_rows.add(work.model_rows as usize);
         metrics.cache_hits.add(work.cache_hits as usize);
         metrics.tokens_in.add(work.tokens_in as usize);
         metrics.tokens_out.add(work.tokens_out as usize);
     }
     timer.done();
+    let called = call_stats::take_models();
+    if let Ok(mut seen) = models.lock() {
+        for model in called {
+            if !seen.contains(&model) {
+                seen.push(model);
+            }
+        }
+    }
     baseline.record_output(chunk.num_rows());
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
@@ -204,33 +252,34 @@ impl ExecutionPlan for AiMapExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let priority = context
-            .session_config()
-            .options()
-            .extensions
-            .get::<MurakkabOptions>()
-            .map(|o| o.priority)
-            .unwrap_or_default();
-        let chunk_rows = if priority == Priority::Batch { BATCH_CHUNK_ROWS } else { CHUNK_ROWS };
+        let options = MurakkabOptions::from_config(context.session_config().options());
+        let priority = options.priority;
+        // The naive baseline takes one row at a time, so each chunk is one model call per row.
+        let chunk_rows = match (options.batching, priority) {
+            (false, _) => 1,
+            (true, Priority::Batch) => BATCH_CHUNK_ROWS,
+            (true, Priority::Interactive) => CHUNK_ROWS,
+        };
+        self.chunk_rows.store(chunk_rows, Ordering::Relaxed);
         let input = self.input.execute(partition, context)?;
-        let calls = self.calls.clone();
-        let schema = Arc::clone(&self.schema);
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let ai_metrics = AiMetrics::new(&self.metrics, partition);
-        // Set when this stream is dropped (LIMIT satisfied, Ctrl-C, an error elsewhere): the
-        // model work in flight stops at its next forward pass.
-        let cancel = Arc::new(AtomicBool::new(false));
-        let on_drop = CancelOnDrop(Arc::clone(&cancel));
-        let out_schema = Arc::clone(&schema);
+        // `cancel` is set when this stream is dropped (LIMIT satisfied, Ctrl-C, an error
+        // elsewhere): the model work in flight stops at its next forward pass.
+        let cx = ChunkContext {
+            calls: self.calls.clone(),
+            schema: Arc::clone(&self.schema),
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+            metrics: AiMetrics::new(&self.metrics, partition),
+            models: Arc::clone(&self.models),
+            priority,
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        let on_drop = CancelOnDrop(Arc::clone(&cx.cancel));
+        let out_schema = Arc::clone(&self.schema);
         // Each input batch becomes a stream of chunks; `flat_map` pulls them one at a time, so
         // nothing past the chunk being consumed is computed.
         let stream = input.flat_map(move |batch| {
             let _owned_by_the_stream = &on_drop;
-            let cancel = Arc::clone(&cancel);
-            let calls = calls.clone();
-            let schema = Arc::clone(&schema);
-            let baseline = baseline.clone();
-            let ai_metrics = ai_metrics.clone();
+            let cx = cx.clone();
             let chunks: Vec<Result<RecordBatch>> = match batch {
                 Err(e) => vec![Err(e)],
                 Ok(batch) => (0..batch.num_rows())
@@ -239,32 +288,16 @@ impl ExecutionPlan for AiMapExec {
                     .collect(),
             };
             futures::stream::iter(chunks).then(move |chunk| {
-                let (calls, schema, baseline, ai_metrics, cancel) = (
-                    calls.clone(),
-                    Arc::clone(&schema),
-                    baseline.clone(),
-                    ai_metrics.clone(),
-                    Arc::clone(&cancel),
-                );
+                let cx = cx.clone();
                 async move {
                     let chunk = chunk?;
                     // Model work runs off the async threads, so dropping this stream (which
                     // drops the await below and sets `cancel`) takes effect at once and the
                     // work in flight stops at its next forward pass.
-                    SpawnedTask::spawn_blocking(move || {
-                        map_chunk(
-                            &chunk,
-                            &calls,
-                            &schema,
-                            &baseline,
-                            &ai_metrics,
-                            priority,
-                            &cancel,
-                        )
-                    })
-                    .join()
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    SpawnedTask::spawn_blocking(move || map_chunk(&chunk, &cx))
+                        .join()
+                        .await
+                        .map_err(|e| DataFusionError::External(Box::new(e)))?
                 }
             })
         });

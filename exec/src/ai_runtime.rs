@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use murakkab_catalog::{ModelCard, ModelStatus, MurakkabHome, Task, all_models, find_model};
 use murakkab_udfs::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue};
 
+use crate::batcher::{Batcher, Role, RowResult};
 use crate::error::ModelError;
 use crate::gguf_decoder::SeqCache;
 use crate::language_model::{GenerateOptions, LanguageModel, Sampling};
@@ -35,7 +36,17 @@ pub struct ModelRuntime {
     /// rows does not list and stat the models directory again.
     cards: Mutex<std::collections::HashMap<String, ModelCard>>,
     auto: Mutex<std::collections::HashMap<&'static str, ModelCard>>,
+    /// Label-scoring requests of all queries, merged per model, instruction and labels.
+    label_batches: Batcher<LabelKey, Vec<u32>, Vec<f32>>,
+    /// Generation requests of all queries, merged per model, instruction and limits.
+    generate_batches: Batcher<GenerateKey, Vec<u32>, (String, usize)>,
 }
+
+/// Model id, instruction tokens and label tokens: label-scoring requests that may share a batch.
+type LabelKey = (String, Vec<u32>, Vec<Vec<u32>>);
+/// Model id, instruction tokens and generation options (as text): generation requests that may
+/// share a batch.
+type GenerateKey = (String, Vec<u32>, String);
 
 /// Model id and instruction tokens.
 type PrefixKey = (String, Vec<u32>);
@@ -82,6 +93,8 @@ impl ModelRuntime {
             priors: Mutex::new(RecentMap::new()),
             cards: Mutex::new(std::collections::HashMap::new()),
             auto: Mutex::new(std::collections::HashMap::new()),
+            label_batches: Batcher::new(),
+            generate_batches: Batcher::new(),
         }
     }
 
@@ -91,6 +104,9 @@ impl ModelRuntime {
 
     /// The cache after `prefix`, computed once per model and instruction (call with the device).
     fn prefix_cache(&self, lm: &LanguageModel, prefix: &[u32]) -> Result<Arc<SeqCache>, String> {
+        if !murakkab_udfs::reuse_allowed() {
+            return Ok(Arc::new(lm.prefix_cache(prefix).map_err(|e| e.to_string())?));
+        }
         let key = (lm.id().to_string(), prefix.to_vec());
         let cached = locked(&self.prefixes).get(&key);
         if let Some(cache) = cached {
@@ -99,6 +115,20 @@ impl ModelRuntime {
         let cache = Arc::new(lm.prefix_cache(prefix).map_err(|e| e.to_string())?);
         locked(&self.prefixes).insert(key, Arc::clone(&cache));
         Ok(cache)
+    }
+
+    /// Runs `f` with the cache after `prefix`, or fails all `rows` rows if it cannot be built.
+    fn with_prefix<T>(
+        &self,
+        lm: &LanguageModel,
+        prefix: &[u32],
+        rows: usize,
+        f: impl FnOnce(&SeqCache) -> Vec<RowResult<T>>,
+    ) -> Vec<RowResult<T>> {
+        match self.prefix_cache(lm, prefix) {
+            Ok(cache) => f(&cache),
+            Err(e) => (0..rows).map(|_| Err(e.clone())).collect(),
+        }
     }
 
     fn card(&self, id: &str) -> Result<ModelCard, String> {
@@ -228,6 +258,15 @@ impl AiBackend for ModelRuntime {
         Ok(chosen)
     }
 
+    fn largest_model(&self, task: Task) -> Result<ModelCard, String> {
+        let (cards, _) = all_models(&self.home);
+        cards
+            .into_iter()
+            .filter(|c| c.can(task) && c.status(&self.home) == ModelStatus::Pulled)
+            .max_by_key(|c| c.parameters)
+            .map_or_else(|| self.resolve_model(None, task), Ok)
+    }
+
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         let encoder =
             ModelRegistry::global().encoder(&self.home, model).map_err(|e| e.to_string())?;
@@ -237,10 +276,8 @@ impl AiBackend for ModelRuntime {
             let batch: Vec<&str> = rows.iter().map(|&i| texts[i]).collect();
             let out = encoder.embed(&batch)?;
             truncated += out.truncated;
-            crate::call_stats::record(|s| {
-                s.model_rows += batch.len() as u64;
-                s.tokens_in += out.tokens as u64;
-            });
+            crate::call_stats::record_rows(model, batch.len(), out.tokens);
+            crate::call_stats::record_batch();
             Ok(out.vectors)
         });
         Ok(BatchOutput { rows, truncated })
@@ -267,13 +304,17 @@ impl AiBackend for ModelRuntime {
                 format!("the instruction and labels leave no room for the text in model '{model}'")
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
-        record_prompt(&prefix, &rows);
-        let _device = crate::scheduler::device_turn();
-        let cache = self.prefix_cache(&lm, &prefix)?;
-        let mut rows = isolate_failures(rows.len(), |chunk| {
-            let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
-            lm.score_labels(&cache, &part, &labels)
+        record_prompt(lm.id(), &prefix, &rows);
+        let key = (lm.id().to_string(), prefix.clone(), labels.clone());
+        let (mut rows, role) = self.label_batches.submit(key, rows, |all| {
+            self.with_prefix(&lm, &prefix, all.len(), |cache| {
+                isolate_failures(all.len(), |chunk| {
+                    let part: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].clone()).collect();
+                    lm.score_labels(cache, &part, &labels)
+                })
+            })
         });
+        count_batch(role);
         if let Some(content_free) = &batch.calibration_row {
             let free = ChatBatch {
                 shared: batch.shared.clone(),
@@ -289,6 +330,8 @@ impl AiBackend for ModelRuntime {
             let prior = match cached {
                 Some(prior) => prior,
                 None => {
+                    let _device = crate::scheduler::device_turn();
+                    let cache = self.prefix_cache(&lm, &prefix)?;
                     let prior = lm
                         .score_labels(&cache, std::slice::from_ref(&free), &labels)
                         .map_err(|e| e.to_string())?
@@ -328,16 +371,25 @@ impl AiBackend for ModelRuntime {
             Sampling::Greedy
         };
         let generate = GenerateOptions { max_tokens, sampling };
-        record_prompt(&prefix, &rows);
-        let _device = crate::scheduler::device_turn();
-        let cache = self.prefix_cache(&lm, &prefix)?;
-        let rows = isolate_failures(rows.len(), |chunk| {
-            let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
-            let generated = lm.generate(&cache, &part, &generate)?;
-            let new_tokens: usize = generated.iter().map(Vec::len).sum();
-            crate::call_stats::record(|s| s.tokens_out += new_tokens as u64);
-            generated.iter().map(|ids| lm.decode(ids).map(|t| t.trim().to_string())).collect()
+        record_prompt(lm.id(), &prefix, &rows);
+        let key = (lm.id().to_string(), prefix.clone(), format!("{generate:?}"));
+        let (rows, role) = self.generate_batches.submit(key, rows, |all| {
+            self.with_prefix(&lm, &prefix, all.len(), |cache| {
+                isolate_failures(all.len(), |chunk| {
+                    let part: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].clone()).collect();
+                    let generated = lm.generate(cache, &part, &generate)?;
+                    generated
+                        .iter()
+                        .map(|ids| lm.decode(ids).map(|t| (t.trim().to_string(), ids.len())))
+                        .collect()
+                })
+            })
         });
+        count_batch(role);
+        // Each requester counts the tokens generated for its own rows.
+        let new_tokens: usize = rows.iter().flatten().map(|(_, n)| n).sum();
+        crate::call_stats::record(|s| s.tokens_out += new_tokens as u64);
+        let rows = rows.into_iter().map(|r| r.map(|(text, _)| text)).collect();
         Ok(BatchOutput { rows, truncated })
     }
 
@@ -358,8 +410,9 @@ impl AiBackend for ModelRuntime {
                 format!("the field list leaves no room for the text in model '{model}'")
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
-        record_prompt(&prefix, &rows);
+        record_prompt(lm.id(), &prefix, &rows);
         let _device = crate::scheduler::device_turn();
+        crate::call_stats::record_batch();
         let cache = self.prefix_cache(&lm, &prefix)?;
         let rows = rows
             .iter()
@@ -387,12 +440,16 @@ impl AiBackend for ModelRuntime {
 }
 
 /// Counts the rows and prompt tokens of a call (the shared instruction once).
-fn record_prompt(prefix: &[u32], rows: &[Vec<u32>]) {
+fn record_prompt(model: &str, prefix: &[u32], rows: &[Vec<u32>]) {
     let tokens: usize = prefix.len() + rows.iter().map(Vec::len).sum::<usize>();
-    crate::call_stats::record(|s| {
-        s.model_rows += rows.len() as u64;
-        s.tokens_in += tokens as u64;
-    });
+    crate::call_stats::record_rows(model, rows.len(), tokens);
+}
+
+/// Counts the forward batch a request ran (a request merged into another's batch ran none).
+fn count_batch(role: Role) {
+    if let Role::Led { .. } = role {
+        crate::call_stats::record_batch();
+    }
 }
 
 /// Divides `probs` by `prior` and renormalises.

@@ -2,13 +2,16 @@
 //! caused: it reads the counters before and after evaluating a chunk on its thread.
 //!
 //! The backend and the result cache add to them; [`crate::AiMapExec`] turns the differences into
-//! its EXPLAIN ANALYZE metrics (rows sent to the model, cache hits, tokens in and out).
+//! its EXPLAIN ANALYZE metrics (model calls, rows sent to the model, cache hits, tokens in and
+//! out) and into the list of models it shows.
 
 use std::cell::Cell;
 
 /// Model work done on this thread so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallStats {
+    /// Calls into a model (one forward batch each, before any row-by-row retry).
+    pub model_calls: u64,
     /// Rows the model computed.
     pub model_rows: u64,
     /// Rows answered from the result cache.
@@ -23,6 +26,7 @@ impl CallStats {
     /// The work done between `earlier` and `self`.
     pub fn since(self, earlier: CallStats) -> CallStats {
         CallStats {
+            model_calls: self.model_calls - earlier.model_calls,
             model_rows: self.model_rows - earlier.model_rows,
             cache_hits: self.cache_hits - earlier.cache_hits,
             tokens_in: self.tokens_in - earlier.tokens_in,
@@ -33,8 +37,15 @@ impl CallStats {
 
 thread_local! {
     static STATS: Cell<CallStats> = const {
-        Cell::new(CallStats { model_rows: 0, cache_hits: 0, tokens_in: 0, tokens_out: 0 })
+        Cell::new(CallStats {
+            model_calls: 0,
+            model_rows: 0,
+            cache_hits: 0,
+            tokens_in: 0,
+            tokens_out: 0,
+        })
     };
+    static MODELS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// This thread's counters.
@@ -49,4 +60,29 @@ pub(crate) fn record(f: impl FnOnce(&mut CallStats)) {
         f(&mut stats);
         s.set(stats);
     });
+}
+
+/// Counts `rows` rows sent to `model` reading `tokens` prompt tokens (the forward batch that
+/// computes them is counted by whoever runs it, see [`record_batch`]).
+pub(crate) fn record_rows(model: &str, rows: usize, tokens: usize) {
+    record(|s| {
+        s.model_rows += rows as u64;
+        s.tokens_in += tokens as u64;
+    });
+    MODELS.with(|m| {
+        let mut m = m.borrow_mut();
+        if !m.iter().any(|id| id == model) {
+            m.push(model.to_string());
+        }
+    });
+}
+
+/// Counts one forward batch run on this thread.
+pub(crate) fn record_batch() {
+    record(|s| s.model_calls += 1);
+}
+
+/// The models called on this thread since the last take, in first-call order.
+pub fn take_models() -> Vec<String> {
+    MODELS.with(|m| std::mem::take(&mut *m.borrow_mut()))
 }

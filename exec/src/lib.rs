@@ -9,6 +9,7 @@
 
 mod ai_map_exec;
 mod ai_runtime;
+mod batcher;
 mod batching;
 mod bert_encoder;
 pub mod call_stats;

@@ -136,6 +136,9 @@ impl CachedBackend {
         batch: &ChatBatch,
         compute: impl FnOnce(&ChatBatch) -> Result<BatchOutput<T>, String>,
     ) -> Result<BatchOutput<T>, String> {
+        if !murakkab_udfs::reuse_allowed() {
+            return compute(batch);
+        }
         let identity = self.model_identity(model);
         let calibration = batch.calibration_row.as_deref().unwrap_or("");
         let keys: Vec<String> = batch
@@ -217,6 +220,10 @@ fn from_stored(values: Vec<Option<StoredValue>>) -> Vec<Option<FieldValue>> {
 impl AiBackend for CachedBackend {
     fn resolve_model(&self, requested: Option<&str>, task: Task) -> Result<ModelCard, String> {
         self.inner.resolve_model(requested, task)
+    }
+
+    fn largest_model(&self, task: Task) -> Result<ModelCard, String> {
+        self.inner.largest_model(task)
     }
 
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {

@@ -37,6 +37,16 @@ pub(crate) fn cancelled() -> bool {
     CANCEL.with(|c| c.borrow().as_ref().is_some_and(|f| f.load(Ordering::Relaxed)))
 }
 
+/// The cancellation flag of the work on this thread, if any (to check it from another thread).
+pub(crate) fn current_cancellation() -> Option<Arc<AtomicBool>> {
+    CANCEL.with(|c| c.borrow().clone())
+}
+
+/// The class of this thread's model calls.
+pub(crate) fn current_priority() -> Priority {
+    CURRENT.with(Cell::get)
+}
+
 /// Runs `f` with this thread's model calls in class `priority`.
 pub fn with_priority<R>(priority: Priority, f: impl FnOnce() -> R) -> R {
     let previous = CURRENT.with(|c| c.replace(priority));

@@ -130,7 +130,12 @@ impl ScalarUDFImpl for AiClassify {
             })
             .collect();
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
-            let card = self.context.backend.resolve_model(model.as_deref(), Task::ScoreLabels)?;
+            let card = args::model_for(
+                &self.context,
+                &call.config_options,
+                model.as_deref(),
+                Task::ScoreLabels,
+            )?;
             // One scoring call per distinct label set (usually exactly one).
             args::score_in_groups(
                 reps,

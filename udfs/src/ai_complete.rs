@@ -106,7 +106,12 @@ impl ScalarUDFImpl for AiComplete {
         let model = args::const_text(&call.args, 1);
         let keys = (0..rows).map(|i| (!prompts.is_null(i)).then(|| prompts.value(i))).collect();
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
-            let card = self.context.backend.resolve_model(model.as_deref(), Task::Generate)?;
+            let card = args::model_for(
+                &self.context,
+                &call.config_options,
+                model.as_deref(),
+                Task::Generate,
+            )?;
             let texts: Vec<&str> = reps.iter().map(|&r| prompts.value(r)).collect();
             self.context.backend.complete(&card.id, &prompts::complete(&texts), &options)
         })?;

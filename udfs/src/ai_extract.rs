@@ -227,7 +227,12 @@ impl ScalarUDFImpl for AiExtract {
         let model = args::const_text(&call.args, 2);
         let keys = (0..rows).map(|i| (!texts.is_null(i)).then(|| texts.value(i))).collect();
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
-            let card = self.context.backend.resolve_model(model.as_deref(), Task::Generate)?;
+            let card = args::model_for(
+                &self.context,
+                &call.config_options,
+                model.as_deref(),
+                Task::Generate,
+            )?;
             let batch: Vec<&str> = reps.iter().map(|&r| texts.value(r)).collect();
             self.context.backend.extract(&card.id, &prompts::extract(&batch, &fields), &fields)
         })?;

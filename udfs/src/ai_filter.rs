@@ -96,7 +96,12 @@ impl ScalarUDFImpl for AiFilter {
             .collect();
         let labels: Vec<String> = prompts::FILTER_LABELS.iter().map(|l| l.to_string()).collect();
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
-            let card = self.context.backend.resolve_model(model.as_deref(), Task::ScoreLabels)?;
+            let card = args::model_for(
+                &self.context,
+                &call.config_options,
+                model.as_deref(),
+                Task::ScoreLabels,
+            )?;
             // The condition is part of the shared instruction: one scoring call per condition.
             args::score_in_groups(
                 reps,

@@ -91,7 +91,12 @@ impl ScalarUDFImpl for AiSimilarity {
         let text_of = |k: usize| if k.is_multiple_of(2) { a.value(k / 2) } else { b.value(k / 2) };
         let vectors =
             args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
-                let card = self.context.backend.resolve_model(model.as_deref(), Task::Embed)?;
+                let card = args::model_for(
+                    &self.context,
+                    &call.config_options,
+                    model.as_deref(),
+                    Task::Embed,
+                )?;
                 let batch: Vec<&str> = reps.iter().map(|&k| text_of(k)).collect();
                 self.context.backend.embed(&card.id, &batch)
             })?;

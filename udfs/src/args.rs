@@ -262,12 +262,37 @@ pub(crate) fn texts(args: &[ColumnarValue], index: usize, rows: usize) -> Result
     }))
 }
 
+/// The value of a `murakkab.*` option as the session holds it (udfs read options by key so
+/// they do not depend on the compiler crate that defines them).
+fn option_is(config: &ConfigOptions, key: &str, value: &str) -> bool {
+    config.entries().iter().any(|e| e.key == key && e.value.as_deref() == Some(value))
+}
+
 /// Whether `murakkab.on_error = 'fail'` (rows that fail make the query fail).
 pub(crate) fn fail_on_error(config: &ConfigOptions) -> bool {
-    config
-        .entries()
-        .iter()
-        .any(|e| e.key == "murakkab.on_error" && e.value.as_deref() == Some("fail"))
+    option_is(config, "murakkab.on_error", "fail")
+}
+
+/// Whether calls are batched, deduplicated and may reuse earlier work; false is the naive
+/// baseline (`murakkab.exec.batching = false`).
+pub(crate) fn batching_enabled(config: &ConfigOptions) -> bool {
+    !option_is(config, "murakkab.exec.batching", "false")
+}
+
+/// The model a call runs on: the one it names, or for `auto` the default choice, which is the
+/// largest pulled capable model when `murakkab.optimizer.enabled = false` (the naive baseline).
+pub(crate) fn model_for(
+    context: &AiContext,
+    config: &ConfigOptions,
+    requested: Option<&str>,
+    task: murakkab_catalog::Task,
+) -> std::result::Result<murakkab_catalog::ModelCard, String> {
+    let auto = requested.is_none_or(|r| r.trim().eq_ignore_ascii_case("auto"));
+    if auto && option_is(config, "murakkab.optimizer.enabled", "false") {
+        context.backend.largest_model(task)
+    } else {
+        context.backend.resolve_model(requested, task)
+    }
 }
 
 /// Runs `call` once per distinct non-NULL key and spreads the results back over the rows.
@@ -276,13 +301,16 @@ pub(crate) fn fail_on_error(config: &ConfigOptions) -> bool {
 /// `call` receives the representative row of each distinct key, in first-seen order. Rows
 /// whose value could not be produced become NULL and count a warning, or fail the query under
 /// `on_error = 'fail'`. No distinct key: no call, so an empty or all-NULL input loads no model.
+/// With `murakkab.exec.batching = false` every non-NULL row is its own call, with no
+/// deduplication and no reuse of earlier work: the naive baseline.
 pub(crate) fn run_distinct<K: std::hash::Hash + Eq, T: Clone>(
     function: &str,
     context: &AiContext,
     config: &ConfigOptions,
     keys: Vec<Option<K>>,
-    call: impl FnOnce(&[usize]) -> std::result::Result<BatchOutput<T>, String>,
+    mut call: impl FnMut(&[usize]) -> std::result::Result<BatchOutput<T>, String>,
 ) -> Result<Vec<Option<T>>> {
+    let naive = !batching_enabled(config);
     let mut slot_of_key: HashMap<K, usize> = HashMap::new();
     let mut representatives = Vec::new();
     let slots: Vec<Option<usize>> = keys
@@ -290,6 +318,10 @@ pub(crate) fn run_distinct<K: std::hash::Hash + Eq, T: Clone>(
         .enumerate()
         .map(|(row, key)| {
             let key = key?;
+            if naive {
+                representatives.push(row);
+                return Some(representatives.len() - 1);
+            }
             let next = slot_of_key.len();
             Some(*slot_of_key.entry(key).or_insert_with(|| {
                 representatives.push(row);
@@ -297,10 +329,14 @@ pub(crate) fn run_distinct<K: std::hash::Hash + Eq, T: Clone>(
             }))
         })
         .collect();
+    let with_input = slots.iter().flatten().count();
+    crate::function_stats::record(|s| s.dedup_hits += (with_input - representatives.len()) as u64);
     if representatives.is_empty() {
         return Ok(vec![None; slots.len()]);
     }
-    let output = match call(&representatives) {
+    let output =
+        if naive { one_row_per_call(&representatives, &mut call) } else { call(&representatives) };
+    let output = match output {
         Ok(output) => output,
         Err(e) => return exec_err!("{function}: {e}"),
     };
@@ -343,6 +379,20 @@ pub(crate) fn run_distinct<K: std::hash::Hash + Eq, T: Clone>(
         context.warnings.record(function, "no usable model output, NULL", failed, first_failure);
     }
     Ok(slots.into_iter().map(|s| s.and_then(|s| values[s].clone())).collect())
+}
+
+/// The naive baseline's calls: each row alone, with reuse of earlier work turned off.
+fn one_row_per_call<T>(
+    rows: &[usize],
+    call: &mut impl FnMut(&[usize]) -> std::result::Result<BatchOutput<T>, String>,
+) -> std::result::Result<BatchOutput<T>, String> {
+    let mut out = BatchOutput { rows: Vec::with_capacity(rows.len()), truncated: 0 };
+    for row in rows {
+        let one = crate::backend::with_reuse(false, || call(std::slice::from_ref(row)))?;
+        out.rows.extend(one.rows);
+        out.truncated += one.truncated;
+    }
+    Ok(out)
 }
 
 /// Resolves the model a call asks for, at planning time, so an unknown id or a model that

@@ -80,6 +80,12 @@ pub trait AiBackend: Send + Sync + Debug {
     /// alternatives.
     fn resolve_model(&self, requested: Option<&str>, task: Task) -> Result<ModelCard, String>;
 
+    /// The largest pulled model that can do `task`: what `auto` means with the optimizer off
+    /// (the naive baseline's reference model). Defaults to the `auto` choice.
+    fn largest_model(&self, task: Task) -> Result<ModelCard, String> {
+        self.resolve_model(None, task)
+    }
+
     /// Unit-length embedding vectors of `texts`.
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String>;
 
@@ -116,4 +122,23 @@ pub trait AiBackend: Send + Sync + Debug {
 
     /// The home directory (for persisted embeddings).
     fn home(&self) -> &MurakkabHome;
+}
+
+thread_local! {
+    static REUSE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `f` with reuse of earlier work (the result cache, cached shared prefixes) allowed or
+/// not for the backend calls it makes on this thread. The functions turn reuse off for the
+/// naive baseline (`murakkab.exec.batching = false`); backends read it with [`reuse_allowed`].
+pub fn with_reuse<R>(allowed: bool, f: impl FnOnce() -> R) -> R {
+    let before = REUSE.with(|r| r.replace(allowed));
+    let out = f();
+    REUSE.with(|r| r.set(before));
+    out
+}
+
+/// Whether a backend call on this thread may answer from earlier work.
+pub fn reuse_allowed() -> bool {
+    REUSE.with(std::cell::Cell::get)
 }

@@ -18,6 +18,7 @@ mod backend;
 mod cosine_similarity;
 mod docs;
 mod embedding_store;
+mod function_stats;
 pub mod prompts;
 pub mod vector_math;
 mod warnings;
@@ -35,9 +36,13 @@ pub use ai_search::AiSearch;
 pub use ai_similarity::AiSimilarity;
 pub use ai_summarize_agg::AiSummarizeAgg;
 pub use args::AiContext;
-pub use backend::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue};
+pub use backend::{
+    AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue, reuse_allowed,
+    with_reuse,
+};
 pub use cosine_similarity::CosineSimilarity;
 pub use docs::DOC_SECTION;
+pub use function_stats::{FunctionStats, function_stats};
 pub use warnings::{AiWarning, AiWarnings};
 
 /// Every scalar function this crate provides, ready to register in a session whose models run

@@ -43,6 +43,7 @@ impl AiWarnings {
         if rows == 0 {
             return;
         }
+        crate::function_stats::record(|s| s.warned_rows += rows as u64);
         if let Ok(mut counts) = self.counts.lock() {
             let entry =
                 counts.entry((function.to_string(), message.to_string())).or_insert((0, None));

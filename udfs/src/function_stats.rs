@@ -1,0 +1,43 @@
+//! Per-thread counters of what the AI functions did besides calling the backend: rows answered
+//! by deduplication and rows that got a warning. The operator that evaluates a function reads
+//! them before and after, like the executor's call counters, to show them in EXPLAIN ANALYZE.
+
+use std::cell::Cell;
+
+/// Function-side work on this thread so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionStats {
+    /// Rows that shared an identical input with an earlier row of the same call.
+    pub dedup_hits: u64,
+    /// Rows that were cut to fit the context or came back NULL for lack of a usable answer.
+    pub warned_rows: u64,
+}
+
+impl FunctionStats {
+    /// The work done between `earlier` and `self`.
+    pub fn since(self, earlier: FunctionStats) -> FunctionStats {
+        FunctionStats {
+            dedup_hits: self.dedup_hits - earlier.dedup_hits,
+            warned_rows: self.warned_rows - earlier.warned_rows,
+        }
+    }
+}
+
+thread_local! {
+    static STATS: Cell<FunctionStats> =
+        const { Cell::new(FunctionStats { dedup_hits: 0, warned_rows: 0 }) };
+}
+
+/// This thread's counters.
+pub fn function_stats() -> FunctionStats {
+    STATS.with(Cell::get)
+}
+
+/// Adds to this thread's counters.
+pub(crate) fn record(f: impl FnOnce(&mut FunctionStats)) {
+    STATS.with(|s| {
+        let mut stats = s.get();
+        f(&mut stats);
+        s.set(stats);
+    });
+}
