@@ -150,7 +150,9 @@ impl BertEncoder {
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        // In candle's warm thread pool (see the decoder's forward pass).
+        let hidden =
+            self.device.with_context(|| self.model.forward(&ids, &token_types, Some(&mask)))?;
         // Mean over real tokens only: padding must not move the embedding.
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;

@@ -357,6 +357,19 @@ impl GgufDecoder {
         all_positions: bool,
         pass: Pass,
     ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
+        // Inside candle's own thread pool, whose workers stay warm across the many short
+        // parallel sections of a pass: label scoring over 64 UCI rows took 3.9 s instead of
+        // 6.3 s on 2 cores (1.6 cores busy instead of 1.0) in the global rayon pool.
+        self.device.with_context(|| self.pass_in_pool(tokens, caches, all_positions, pass))
+    }
+
+    fn pass_in_pool(
+        &self,
+        tokens: &[&[u32]],
+        caches: &[&SeqCache],
+        all_positions: bool,
+        pass: Pass,
+    ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
         let b = tokens.len();
         if b == 0 || caches.len() != b || tokens.iter().any(|t| t.is_empty()) {
             return Err(ModelError::Unsupported {
@@ -468,13 +481,15 @@ impl GgufDecoder {
 
     /// Next-token log-probabilities from hidden states `[N, dim]`: `[N, vocab]`.
     pub fn log_probs(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let logits = self.output.forward(hidden, Pass::Prompt)?;
-        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+        self.device.with_context(|| {
+            let logits = self.output.forward(hidden, Pass::Prompt)?;
+            Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+        })
     }
 
     /// Next-token logits from hidden states `[N, dim]`: `[N, vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(self.output.forward(hidden, Pass::Decode)?)
+        self.device.with_context(|| Ok(self.output.forward(hidden, Pass::Decode)?))
     }
 
     /// Additive attention mask `[B, 1, group * T, P + T]` (rows repeated for each query head of a
