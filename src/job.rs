@@ -106,6 +106,15 @@ pub struct Manifest {
     pub started_unix_ms: u64,
     /// When the job completed.
     pub finished_unix_ms: Option<u64>,
+    /// Energy of the job's model work in joules (absent in manifests of older versions).
+    #[serde(default)]
+    pub energy_j: Option<f64>,
+    /// `measured` or `modeled`.
+    #[serde(default)]
+    pub energy_source: Option<String>,
+    /// Grams CO2e of that energy at the session's grid intensity.
+    #[serde(default)]
+    pub co2e_g: Option<f64>,
 }
 
 impl Manifest {
@@ -147,6 +156,8 @@ pub struct JobSummary {
     pub elapsed: Duration,
     /// The output directory.
     pub output: PathBuf,
+    /// Energy and emissions of the job's model work.
+    pub energy: crate::EnergyReport,
 }
 
 /// Runs `script` (statements separated by `;`, the last one a query) in `session` and writes
@@ -175,6 +186,7 @@ pub async fn run_job(
     prepare_output(&spec.output, spec.overwrite)?;
 
     let started = Instant::now();
+    let work_before = session.model_work();
     for statement in statements {
         session.execute(statement).await?.collect().await?;
     }
@@ -203,6 +215,9 @@ pub async fn run_job(
         total_rows: 0,
         started_unix_ms: unix_ms(),
         finished_unix_ms: None,
+        energy_j: None,
+        energy_source: None,
+        co2e_g: None,
     };
     manifest.write(&spec.output)?;
 
@@ -227,14 +242,19 @@ pub async fn run_job(
     if pending_rows > 0 || manifest.parts.is_empty() {
         finish_part(&spec.output, &schema, &mut pending, &mut manifest)?;
     }
+    let energy = session.energy_since(work_before);
     manifest.status = JobStatus::Complete;
     manifest.finished_unix_ms = Some(unix_ms());
+    manifest.energy_j = Some(energy.joules);
+    manifest.energy_source = Some(energy.source.to_string());
+    manifest.co2e_g = Some(energy.grams_co2e);
     manifest.write(&spec.output)?;
     Ok(JobSummary {
         rows: manifest.total_rows,
         parts: manifest.parts.len(),
         elapsed: started.elapsed(),
         output: spec.output.clone(),
+        energy,
     })
 }
 

@@ -31,6 +31,7 @@
 //! Options that shape the session (home directory, threads, memory limit) are set once with
 //! [`Session::builder`]; per-query options are SQL: `SET murakkab.objective = 'energy'`.
 
+mod energy_report;
 mod error;
 mod functions;
 pub mod job;
@@ -40,11 +41,13 @@ mod session_state;
 
 pub use datafusion::arrow;
 pub use datafusion::prelude::DataFrame;
+pub use energy_report::{EnergyReport, EnergySource};
 pub use error::user_message;
 pub use functions::{FunctionInfo, FunctionKind};
 pub use model_threads::init_model_threads;
 pub use murakkab_catalog as catalog;
 pub use murakkab_compiler::{MurakkabOptions, Objective, OnError, Priority};
+pub use murakkab_exec::energy::ModelWork;
 pub use murakkab_udfs::{
     AiBackend, AiWarning, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue,
 };

@@ -162,6 +162,19 @@ impl Session {
         self.execute(statements.remove(0)).await
     }
 
+    /// A reading of the model work done in this process so far; pass it to
+    /// [`Session::energy_since`] after a statement to learn what the statement cost.
+    pub fn model_work(&self) -> crate::ModelWork {
+        murakkab_exec::energy::process_totals()
+    }
+
+    /// Joules (measured or modeled) and grams CO2e of the model work since `before`, under this
+    /// session's power model and grid intensity. Model work of other sessions running at the
+    /// same time in this process is included.
+    pub fn energy_since(&self, before: crate::ModelWork) -> crate::EnergyReport {
+        crate::EnergyReport::of(self.model_work().since(before), &self.options())
+    }
+
     /// Row-level problems of the AI functions since the last call (rows that became NULL, prompts
     /// cut to fit the context), cleared as they are returned. The shell prints them after each
     /// result.

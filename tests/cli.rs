@@ -207,3 +207,62 @@ fn ai_warnings_are_printed_after_the_result() {
         "warning: ai_filter: 1 row: prompt longer than the model's context, cut in the middle\n"
     );
 }
+
+/// The shell's `\timing` line, `EXPLAIN ANALYZE` and `murakkab run` report the model work's
+/// joules (modeled on machines without RAPL) and CO2e.
+#[test]
+fn energy_and_co2e_are_reported_by_timing_explain_analyze_and_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    murakkab_exec::tiny_models::install_tiny_models(&murakkab::catalog::MurakkabHome::at(
+        dir.path(),
+    ))
+    .unwrap();
+    let query = "SELECT ai_complete('say something about ' || v, model => 'tiny-llama', max_tokens => 8) AS a \
+                 FROM generate_series(1, 24) AS s(v)";
+    let mut shell = Command::new(env!("CARGO_BIN_EXE_murakkab"))
+        .env("MURAKKAB_HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = shell.stdin.take().unwrap();
+        writeln!(stdin, "SET murakkab.carbon_intensity_g_per_kwh = 1000;").unwrap();
+        writeln!(stdin, "\\timing on").unwrap();
+        writeln!(stdin, "{query};").unwrap();
+        // Other prompts than the query's, which are in the result cache by then.
+        writeln!(stdin, "EXPLAIN ANALYZE {};", query.replace("say", "tell")).unwrap();
+    }
+    let out = shell.wait_with_output().unwrap();
+    let text = stdout(&out);
+    let timing = text.lines().find(|l| l.starts_with("24 rows in ")).unwrap_or_else(|| {
+        panic!("no timing line for the query: {text}\n{}", stderr(&out));
+    });
+    // `24 rows in 0.123s, 1.23 J (modeled), 0.342 mgCO2e`
+    let joules: f64 =
+        timing.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(joules > 0.0, "{timing}");
+    assert!(timing.contains(" J (modeled), ") || timing.contains(" J (measured), "), "{timing}");
+    assert!(timing.ends_with("gCO2e"), "{timing}");
+    let analyze = text.lines().find(|l| l.contains("AiMapExec")).unwrap_or_default();
+    for part in ["energy=", "co2e=", "energy_mj=", "cpu_ms=", "models=[tiny-llama]"] {
+        assert!(analyze.contains(part), "{part} missing: {analyze}");
+    }
+
+    let job = dir.path().join("job.sql");
+    std::fs::write(&job, format!("{};\n", query.replace("say", "write"))).unwrap();
+    let output = dir.path().join("out");
+    let out =
+        murakkab(dir.path(), &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(" J ("), "{}", stderr(&out));
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(output.join(murakkab::job::MANIFEST_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert!(manifest["energy_j"].as_f64().unwrap() > 0.0, "{manifest}");
+    assert!(["modeled", "measured"].contains(&manifest["energy_source"].as_str().unwrap()));
+    assert!(manifest["co2e_g"].as_f64().unwrap() > 0.0, "{manifest}");
+}

@@ -5,8 +5,8 @@
 //! is started. So the first rows reach the user after one chunk, a satisfied `LIMIT` (or a
 //! dropped stream) stops the model after at most one more chunk, and memory stays bounded by
 //! one input batch. EXPLAIN ANALYZE shows rows, the models called, model calls and their mean
-//! rows, rows the model computed, cache and dedup hits, tokens in and out, rows with warnings
-//! and the model time (`elapsed_compute`).
+//! rows, rows the model computed, cache and dedup hits, tokens in and out, rows with warnings,
+//! the model time (`elapsed_compute`), CPU time, and energy and gCO2e (measured or modeled).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +56,8 @@ pub struct AiMapExec {
     models: Arc<Mutex<Vec<String>>>,
     /// Rows per chunk: set by the session's options when executed.
     chunk_rows: Arc<std::sync::atomic::AtomicUsize>,
+    /// The session's grid intensity (g/kWh, as f64 bits), set when executed, for EXPLAIN ANALYZE.
+    carbon_intensity: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AiMapExec {
@@ -86,6 +88,7 @@ impl AiMapExec {
             metrics: ExecutionPlanMetricsSet::new(),
             models: Arc::new(Mutex::new(Vec::new())),
             chunk_rows: Arc::new(std::sync::atomic::AtomicUsize::new(CHUNK_ROWS)),
+            carbon_intensity: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
     }
 }
@@ -111,6 +114,14 @@ impl DisplayAs for AiMapExec {
         let rows = metrics.sum_by_name("model_rows").map_or(0, |v| v.as_usize());
         if calls > 0 {
             write!(f, ", mean_batch_rows={:.1}", rows as f64 / calls as f64)?;
+        }
+        if let Some(mj) = metrics.sum_by_name("energy_mj").map(|v| v.as_usize()).filter(|&j| j > 0)
+        {
+            let joules = mj as f64 / 1000.0;
+            let intensity = f64::from_bits(self.carbon_intensity.load(Ordering::Relaxed));
+            let grams = crate::energy::grams_co2e(joules, intensity);
+            let source = if crate::energy::rapl_available() { "measured" } else { "modeled" };
+            write!(f, ", energy={joules:.2}J ({source}), co2e={:.3}mg", grams * 1000.0)?;
         }
         Ok(())
     }
@@ -145,6 +156,10 @@ struct AiMetrics {
     tokens_in: Count,
     /// Tokens generated.
     tokens_out: Count,
+    /// Process CPU time during this operator's model turns, ms.
+    cpu_ms: Count,
+    /// Energy of this operator's model turns, mJ (measured or modeled, see `crate::energy`).
+    energy_mj: Count,
 }
 
 impl AiMetrics {
@@ -159,6 +174,8 @@ impl AiMetrics {
             warned_rows: counter("warned_rows"),
             tokens_in: counter("tokens_in"),
             tokens_out: counter("tokens_out"),
+            cpu_ms: counter("cpu_ms"),
+            energy_mj: counter("energy_mj"),
         }
     }
 }
@@ -173,11 +190,12 @@ struct ChunkContext {
     models: Arc<Mutex<Vec<String>>>,
     priority: Priority,
     cancel: Arc<AtomicBool>,
+    power: crate::energy::CpuPowerModel,
 }
 
 /// Evaluates the calls on one chunk and appends their columns.
 fn map_chunk(chunk: &RecordBatch, cx: &ChunkContext) -> Result<RecordBatch> {
-    let ChunkContext { calls, schema, baseline, metrics, models, priority, cancel } = cx;
+    let ChunkContext { calls, schema, baseline, metrics, models, priority, cancel, power } = cx;
     let priority = *priority;
     let timer = baseline.elapsed_compute().timer();
     let mut columns = chunk.columns().to_vec();
@@ -198,6 +216,9 @@ fn map_chunk(chunk: &RecordBatch, cx: &ChunkContext) -> Result<RecordBatch> {
         metrics.cache_hits.add(work.cache_hits as usize);
         metrics.tokens_in.add(work.tokens_in as usize);
         metrics.tokens_out.add(work.tokens_out as usize);
+        metrics.cpu_ms.add((work.cpu_us / 1000) as usize);
+        let (joules, _) = work.work().joules(power);
+        metrics.energy_mj.add((joules * 1000.0).round() as usize);
     }
     timer.done();
     let called = call_stats::take_models();
@@ -261,6 +282,8 @@ impl ExecutionPlan for AiMapExec {
             (true, Priority::Interactive) => CHUNK_ROWS,
         };
         self.chunk_rows.store(chunk_rows, Ordering::Relaxed);
+        self.carbon_intensity
+            .store(options.carbon_intensity_g_per_kwh.to_bits(), Ordering::Relaxed);
         let input = self.input.execute(partition, context)?;
         // `cancel` is set when this stream is dropped (LIMIT satisfied, Ctrl-C, an error
         // elsewhere): the model work in flight stops at its next forward pass.
@@ -272,6 +295,7 @@ impl ExecutionPlan for AiMapExec {
             models: Arc::clone(&self.models),
             priority,
             cancel: Arc::new(AtomicBool::new(false)),
+            power: crate::energy::CpuPowerModel::from_options(&options),
         };
         let on_drop = CancelOnDrop(Arc::clone(&cx.cancel));
         let out_schema = Arc::clone(&self.schema);

@@ -20,6 +20,12 @@ pub struct CallStats {
     pub tokens_in: u64,
     /// Tokens the model generated.
     pub tokens_out: u64,
+    /// Wall time of model turns, µs (see [`crate::energy`]).
+    pub wall_us: u64,
+    /// Process CPU time during model turns, µs.
+    pub cpu_us: u64,
+    /// RAPL energy during model turns, µJ (0 where RAPL is not readable).
+    pub measured_uj: u64,
 }
 
 impl CallStats {
@@ -31,6 +37,18 @@ impl CallStats {
             cache_hits: self.cache_hits - earlier.cache_hits,
             tokens_in: self.tokens_in - earlier.tokens_in,
             tokens_out: self.tokens_out - earlier.tokens_out,
+            wall_us: self.wall_us - earlier.wall_us,
+            cpu_us: self.cpu_us - earlier.cpu_us,
+            measured_uj: self.measured_uj - earlier.measured_uj,
+        }
+    }
+
+    /// The energy-relevant part of this work.
+    pub fn work(&self) -> crate::energy::ModelWork {
+        crate::energy::ModelWork {
+            wall_us: self.wall_us,
+            cpu_us: self.cpu_us,
+            measured_uj: self.measured_uj,
         }
     }
 }
@@ -43,6 +61,9 @@ thread_local! {
             cache_hits: 0,
             tokens_in: 0,
             tokens_out: 0,
+            wall_us: 0,
+            cpu_us: 0,
+            measured_uj: 0,
         })
     };
     static MODELS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };

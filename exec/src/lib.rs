@@ -15,6 +15,7 @@ mod bert_encoder;
 pub mod call_stats;
 mod constrained_json;
 mod device;
+pub mod energy;
 mod error;
 mod gguf_decoder;
 mod gguf_tokenizer;

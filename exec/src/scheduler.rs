@@ -69,10 +69,12 @@ struct Scheduler {
 
 static SCHEDULER: std::sync::LazyLock<Scheduler> = std::sync::LazyLock::new(Scheduler::default);
 
-/// The device, held until dropped.
+/// The device, held until dropped; the turn's time and energy are metered.
 #[derive(Debug)]
 pub(crate) struct DeviceTurn {
-    _private: (),
+    /// Meters the turn; it stops when the turn is dropped (just after the device is released,
+    /// as fields drop after `Drop::drop`: the overlap is one lock release).
+    _meter: crate::energy::TurnMeter,
 }
 
 fn lock(s: &Scheduler) -> MutexGuard<'_, State> {
@@ -100,7 +102,8 @@ pub(crate) fn device_turn() -> DeviceTurn {
         }
     }
     state.busy = true;
-    DeviceTurn { _private: () }
+    drop(state);
+    DeviceTurn { _meter: crate::energy::TurnMeter::start() }
 }
 
 impl Drop for DeviceTurn {

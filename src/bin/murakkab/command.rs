@@ -36,7 +36,7 @@ const HELP: &str = "\
 \\d NAME            describe table NAME
 \\functions [TEXT]  list Murakkab's functions, or every function whose name contains TEXT
 \\models            list models and whether each is pulled
-\\timing on|off     print row count and time after each statement
+\\timing on|off     print rows, time, joules and CO2e after each statement
 \\format FORMAT     output format: table, csv, json, ndjson
 \\q                 quit (or Ctrl-D)
 \\?                 this help

@@ -15,7 +15,8 @@ use crate::output::{OutputFormat, print_batches};
 pub struct ExecOptions {
     /// Output format.
     pub format: OutputFormat,
-    /// Print the row count and elapsed time after each statement.
+    /// Print the row count, elapsed time and the model work's energy and CO2e after each
+    /// statement.
     pub timing: bool,
 }
 
@@ -34,6 +35,7 @@ async fn run_statement(
     options: &ExecOptions,
 ) -> Result<()> {
     let started = Instant::now();
+    let work_before = session.model_work();
     session.take_warnings();
     let work = async {
         let frame = session.execute(statement).await?;
@@ -57,7 +59,9 @@ async fn run_statement(
         } else {
             format!("{rows} row{}", if rows == 1 { "" } else { "s" })
         };
-        writeln!(stdout, "{what} in {:.3}s", elapsed.as_secs_f64()).map_err(Error::IoError)?;
+        let energy = session.energy_since(work_before);
+        writeln!(stdout, "{what} in {:.3}s, {energy}", elapsed.as_secs_f64())
+            .map_err(Error::IoError)?;
     }
     drop(stdout);
     // Rows the AI functions could not answer became NULL; say so after the result.

@@ -38,13 +38,14 @@ pub async fn run(session: &Session, args: &RunArgs) -> Result<()> {
     drop(progress);
     let secs = summary.elapsed.as_secs_f64();
     eprintln!(
-        "wrote {} rows in {} part{} to {} in {:.2}s ({:.0} rows/s)",
+        "wrote {} rows in {} part{} to {} in {:.2}s ({:.0} rows/s), {}",
         summary.rows,
         summary.parts,
         if summary.parts == 1 { "" } else { "s" },
         summary.output.display(),
         secs,
         summary.rows as f64 / secs.max(1e-9),
+        summary.energy,
     );
     Ok(())
 }
