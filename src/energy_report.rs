@@ -14,7 +14,8 @@ pub struct EnergyReport {
     pub joules: f64,
     /// Whether the joules were read from hardware counters or modeled from CPU time.
     pub source: EnergySource,
-    /// Grams CO2e at the session's `murakkab.carbon_intensity_g_per_kwh`.
+    /// Grams CO2e at the session's grid intensity now (`murakkab.carbon_intensity_file` if set,
+    /// else `murakkab.carbon_intensity_g_per_kwh`).
     pub grams_co2e: f64,
     /// Seconds the model held the device.
     pub model_seconds: f64,
@@ -27,7 +28,7 @@ impl EnergyReport {
         Self {
             joules,
             source,
-            grams_co2e: grams_co2e(joules, options.carbon_intensity_g_per_kwh),
+            grams_co2e: grams_co2e(joules, options.carbon_intensity_now()),
             model_seconds: work.wall_us as f64 / 1e6,
         }
     }

@@ -8,11 +8,13 @@
 //! functions.
 
 mod ai_map;
+mod carbon_series;
 mod lift_ai_calls;
 mod named_arguments;
 mod options;
 
 pub use ai_map::AiMap;
+pub use carbon_series::CarbonSeries;
 pub use lift_ai_calls::{LiftAiCalls, MODEL_FUNCTIONS};
 pub use named_arguments::make_arguments_positional;
 pub use options::{MurakkabOptions, Objective, OnError, Priority};

@@ -11,6 +11,8 @@ use std::str::FromStr;
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
 use datafusion::error::{DataFusionError, Result};
 
+use crate::carbon_series::CarbonSeries;
+
 /// What the optimizer minimises once the quality target is met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Objective {
@@ -85,6 +87,9 @@ pub struct MurakkabOptions {
     pub on_error: OnError,
     /// Grid carbon intensity used to turn joules into grams of CO2e.
     pub carbon_intensity_g_per_kwh: f64,
+    /// A `timestamp,g_per_kwh` series whose value at the time of the work replaces
+    /// `carbon_intensity_g_per_kwh`; empty for none.
+    pub carbon_intensity_file: String,
     /// Threads for model execution; 0 picks a default for this machine.
     pub threads: usize,
     /// See [`Priority`].
@@ -111,6 +116,7 @@ impl Default for MurakkabOptions {
             on_error: OnError::default(),
             // Roughly the world-average grid intensity of recent years; set the local value.
             carbon_intensity_g_per_kwh: 475.0,
+            carbon_intensity_file: String::new(),
             threads: 0,
             priority: Priority::default(),
             cpu_watts_per_core: 4.0,
@@ -148,6 +154,10 @@ const OPTIONS: &[OptionDoc] = &[
         description: "Grid carbon intensity in grams CO2e per kWh, used to report emissions; must be >= 0.",
     },
     OptionDoc {
+        key: "carbon_intensity_file",
+        description: "CSV of timestamp,g_per_kwh (RFC 3339 or Unix seconds); when set, emissions use the reading in force when the work ran instead of carbon_intensity_g_per_kwh. Empty: none.",
+    },
+    OptionDoc {
         key: "threads",
         description: "Threads for model execution; 0 chooses a default for this machine.",
     },
@@ -170,6 +180,24 @@ const OPTIONS: &[OptionDoc] = &[
 ];
 
 impl MurakkabOptions {
+    /// Grams CO2e per kWh at `unix_seconds`: from `carbon_intensity_file` when set (and still
+    /// readable), otherwise `carbon_intensity_g_per_kwh`.
+    pub fn carbon_intensity_at(&self, unix_seconds: i64) -> f64 {
+        if self.carbon_intensity_file.is_empty() {
+            return self.carbon_intensity_g_per_kwh;
+        }
+        CarbonSeries::read(std::path::Path::new(&self.carbon_intensity_file))
+            .map_or(self.carbon_intensity_g_per_kwh, |s| s.at(unix_seconds))
+    }
+
+    /// Grams CO2e per kWh now.
+    pub fn carbon_intensity_now(&self) -> f64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.carbon_intensity_at(now)
+    }
+
     /// The options of a session, or the defaults if the extension was not registered.
     pub fn from_config(config: &ConfigOptions) -> Self {
         config.extensions.get::<Self>().cloned().unwrap_or_default()
@@ -187,6 +215,7 @@ impl MurakkabOptions {
             "optimizer.enabled" => self.optimizer_enabled.to_string(),
             "on_error" => self.on_error.to_string(),
             "carbon_intensity_g_per_kwh" => self.carbon_intensity_g_per_kwh.to_string(),
+            "carbon_intensity_file" => self.carbon_intensity_file.clone(),
             "threads" => self.threads.to_string(),
             "priority" => self.priority.to_string(),
             "exec.batching" => self.batching.to_string(),
@@ -258,6 +287,14 @@ impl ExtensionOptions for MurakkabOptions {
                 }
                 self.carbon_intensity_g_per_kwh = v;
             }
+            "carbon_intensity_file" => {
+                let path = value.trim();
+                if !path.is_empty() {
+                    CarbonSeries::read(std::path::Path::new(path))
+                        .map_err(|e| invalid(key, value, e))?;
+                }
+                self.carbon_intensity_file = path.to_string();
+            }
             "threads" => self.threads = parse(key, value, "expected a whole number >= 0")?,
             "priority" => self.priority = value.parse().map_err(|e| invalid(key, value, e))?,
             "exec.batching" => self.batching = parse(key, value, "expected true or false")?,
@@ -299,6 +336,7 @@ mod tests {
             ("optimizer.enabled", "false"),
             ("on_error", "fail"),
             ("carbon_intensity_g_per_kwh", "350"),
+            ("carbon_intensity_file", ""),
             ("threads", "2"),
             ("priority", "batch"),
             ("exec.batching", "false"),
@@ -312,6 +350,22 @@ mod tests {
         }
         assert_eq!(o.objective, Objective::Energy);
         assert!(!o.optimizer_enabled);
+    }
+
+    #[test]
+    fn a_carbon_series_file_replaces_the_fixed_intensity_at_its_hour() {
+        let dir = std::env::temp_dir().join(format!("murakkab-carbon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("grid.csv");
+        std::fs::write(&file, "timestamp,g_per_kwh\n1000,200\n2000,50\n").unwrap();
+        let mut o = MurakkabOptions::default();
+        assert_eq!(o.carbon_intensity_at(1500), 475.0, "no file: the fixed value");
+        o.set("carbon_intensity_file", file.to_str().unwrap()).unwrap();
+        assert_eq!(o.carbon_intensity_at(1500), 200.0);
+        assert_eq!(o.carbon_intensity_at(2500), 50.0);
+        o.set("carbon_intensity_file", "").unwrap();
+        assert_eq!(o.carbon_intensity_at(2500), 475.0, "cleared");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -332,6 +386,8 @@ mod tests {
         assert!(o.set("quality_target", "0").is_err());
         assert!(o.set("threads", "-1").is_err());
         assert!(o.set("carbon_intensity_g_per_kwh", "NaN").is_err());
+        let err = o.set("carbon_intensity_file", "/no/such/file.csv").unwrap_err().to_string();
+        assert!(err.contains("cannot read carbon intensity file '/no/such/file.csv'"), "{err}");
         assert_eq!(o, MurakkabOptions::default(), "a rejected SET changes nothing");
     }
 }

@@ -282,8 +282,7 @@ impl ExecutionPlan for AiMapExec {
             (true, Priority::Interactive) => CHUNK_ROWS,
         };
         self.chunk_rows.store(chunk_rows, Ordering::Relaxed);
-        self.carbon_intensity
-            .store(options.carbon_intensity_g_per_kwh.to_bits(), Ordering::Relaxed);
+        self.carbon_intensity.store(options.carbon_intensity_now().to_bits(), Ordering::Relaxed);
         let input = self.input.execute(partition, context)?;
         // `cancel` is set when this stream is dropped (LIMIT satisfied, Ctrl-C, an error
         // elsewhere): the model work in flight stops at its next forward pass.
