@@ -90,6 +90,8 @@ pub struct MurakkabOptions {
     /// A `timestamp,g_per_kwh` series whose value at the time of the work replaces
     /// `carbon_intensity_g_per_kwh`; empty for none.
     pub carbon_intensity_file: String,
+    /// The readings of `carbon_intensity_file`, parsed once when it is set.
+    pub carbon_series: Option<CarbonSeries>,
     /// Threads for model execution; 0 picks a default for this machine.
     pub threads: usize,
     /// See [`Priority`].
@@ -117,6 +119,7 @@ impl Default for MurakkabOptions {
             // Roughly the world-average grid intensity of recent years; set the local value.
             carbon_intensity_g_per_kwh: 475.0,
             carbon_intensity_file: String::new(),
+            carbon_series: None,
             threads: 0,
             priority: Priority::default(),
             cpu_watts_per_core: 4.0,
@@ -180,14 +183,10 @@ const OPTIONS: &[OptionDoc] = &[
 ];
 
 impl MurakkabOptions {
-    /// Grams CO2e per kWh at `unix_seconds`: from `carbon_intensity_file` when set (and still
-    /// readable), otherwise `carbon_intensity_g_per_kwh`.
+    /// Grams CO2e per kWh at `unix_seconds`: from the `carbon_intensity_file` series when set,
+    /// otherwise `carbon_intensity_g_per_kwh`.
     pub fn carbon_intensity_at(&self, unix_seconds: i64) -> f64 {
-        if self.carbon_intensity_file.is_empty() {
-            return self.carbon_intensity_g_per_kwh;
-        }
-        CarbonSeries::read(std::path::Path::new(&self.carbon_intensity_file))
-            .map_or(self.carbon_intensity_g_per_kwh, |s| s.at(unix_seconds))
+        self.carbon_series.as_ref().map_or(self.carbon_intensity_g_per_kwh, |s| s.at(unix_seconds))
     }
 
     /// Grams CO2e per kWh now.
@@ -289,10 +288,14 @@ impl ExtensionOptions for MurakkabOptions {
             }
             "carbon_intensity_file" => {
                 let path = value.trim();
-                if !path.is_empty() {
-                    CarbonSeries::read(std::path::Path::new(path))
-                        .map_err(|e| invalid(key, value, e))?;
-                }
+                self.carbon_series = if path.is_empty() {
+                    None
+                } else {
+                    Some(
+                        CarbonSeries::read(std::path::Path::new(path))
+                            .map_err(|e| invalid(key, value, e))?,
+                    )
+                };
                 self.carbon_intensity_file = path.to_string();
             }
             "threads" => self.threads = parse(key, value, "expected a whole number >= 0")?,

@@ -36,6 +36,8 @@ pub struct ModelRuntime {
     /// rows does not list and stat the models directory again.
     cards: Mutex<std::collections::HashMap<String, ModelCard>>,
     auto: Mutex<std::collections::HashMap<&'static str, ModelCard>>,
+    /// The largest pulled model per task (`auto` with the optimizer off), once found.
+    largest: Mutex<std::collections::HashMap<&'static str, ModelCard>>,
     /// Label-scoring requests of all queries, merged per model, instruction and labels.
     label_batches: Batcher<LabelKey, Vec<u32>, Vec<f32>>,
     /// Generation requests of all queries, merged per model, instruction and limits.
@@ -93,6 +95,7 @@ impl ModelRuntime {
             priors: Mutex::new(RecentMap::new()),
             cards: Mutex::new(std::collections::HashMap::new()),
             auto: Mutex::new(std::collections::HashMap::new()),
+            largest: Mutex::new(std::collections::HashMap::new()),
             label_batches: Batcher::new(),
             generate_batches: Batcher::new(),
         }
@@ -259,12 +262,23 @@ impl AiBackend for ModelRuntime {
     }
 
     fn largest_model(&self, task: Task) -> Result<ModelCard, String> {
+        // Called per row in the naive baseline: list the models directory once, not each time.
+        let cached = locked(&self.largest).get(task.name()).cloned();
+        if let Some(card) = cached {
+            return Ok(card);
+        }
         let (cards, _) = all_models(&self.home);
-        cards
+        let largest = cards
             .into_iter()
             .filter(|c| c.can(task) && c.status(&self.home) == ModelStatus::Pulled)
-            .max_by_key(|c| c.parameters)
-            .map_or_else(|| self.resolve_model(None, task), Ok)
+            .max_by_key(|c| c.parameters);
+        match largest {
+            Some(card) => {
+                locked(&self.largest).insert(task.name(), card.clone());
+                Ok(card)
+            }
+            None => self.resolve_model(None, task),
+        }
     }
 
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {

@@ -125,7 +125,8 @@ pub(crate) struct TurnMeter {
 
 impl TurnMeter {
     pub(crate) fn start() -> Self {
-        Self { started: Instant::now(), cpu_s: process_cpu_seconds(), rapl_j: rapl_joules() }
+        let rapl_j = if rapl_available() { rapl_joules() } else { None };
+        Self { started: Instant::now(), cpu_s: process_cpu_seconds(), rapl_j }
     }
 }
 
@@ -136,8 +137,9 @@ impl Drop for TurnMeter {
             (Some(a), Some(b)) => ((b - a).max(0.0) * 1e6) as u64,
             _ => 0,
         };
-        let measured_uj = match (self.rapl_j, rapl_joules()) {
-            (Some(a), Some(b)) if b >= a => ((b - a) * 1e6) as u64,
+        // Without RAPL (`rapl_j` is None) the directory is not read again.
+        let measured_uj = match self.rapl_j.and_then(|a| rapl_joules().map(|b| (a, b))) {
+            Some((a, b)) if b >= a => ((b - a) * 1e6) as u64,
             _ => 0,
         };
         TOTAL_WALL_US.fetch_add(wall_us, Ordering::Relaxed);
