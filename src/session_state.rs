@@ -15,7 +15,7 @@ use datafusion::prelude::SessionConfig;
 use murakkab_catalog::MurakkabHome;
 use murakkab_compiler::{LiftAiCalls, MurakkabOptions};
 use murakkab_exec::{CachedBackend, ModelRuntime, MurakkabQueryPlanner};
-use murakkab_optimizer::TopKBelowAiMap;
+use murakkab_optimizer::{ChoosingQueryPlanner, ModelChooser, TopKBelowAiMap};
 use murakkab_udfs::{AiBackend, AiContext, AiWarnings};
 
 use crate::session::SessionBuilder;
@@ -56,6 +56,8 @@ pub(crate) fn new_context(
         runtime = runtime.with_memory_limit(bytes, 1.0);
     }
 
+    let ai =
+        Arc::new(AiContext { backend: ai_backend(options, home), warnings: Arc::clone(warnings) });
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime.build_arc()?)
@@ -70,13 +72,16 @@ pub(crate) fn new_context(
         // AiMap lets filters on its input's columns keep moving below it (fewer model calls).
         .with_optimizer_rule(Arc::new(LiftAiCalls))
         .with_optimizer_rule(Arc::new(TopKBelowAiMap))
-        // DataFusion's physical planner, plus the planner for Murakkab's nodes (AiMap ->
+        // Physical planning starts with model choice (which samples the data below an AI call,
+        // so it cannot be a logical rule: those are synchronous and see no rows), then
+        // DataFusion's physical planner plus the planner for Murakkab's nodes (AiMap ->
         // AiMapExec, which streams chunks to the model).
-        .with_query_planner(Arc::new(MurakkabQueryPlanner));
+        .with_query_planner(Arc::new(ChoosingQueryPlanner::new(
+            Arc::new(MurakkabQueryPlanner),
+            ModelChooser::new(Arc::clone(&ai.backend)),
+        )));
     // Murakkab's SQL functions, registered after DataFusion's so a name clash resolves to ours.
     // They run models in-process through the executor's runtime (the shared model registry).
-    let ai =
-        Arc::new(AiContext { backend: ai_backend(options, home), warnings: Arc::clone(warnings) });
     builder
         .scalar_functions()
         .get_or_insert_with(Vec::new)

@@ -287,14 +287,18 @@ async fn naive_mode_calls_the_largest_model_once_per_row_with_no_dedup_or_cache(
         backend.scoring_models.lock().unwrap().iter().all(|m| m == "qwen2.5-coder-0.5b-instruct"),
         "auto means the largest pulled model with the optimizer off"
     );
-    // Batching on again: two distinct rows in one call, on the default model. The naive runs
-    // wrote nothing to the cache, so both rows reach the model.
+    // Batching on again: two distinct rows in one call. Four rows are too few for a sample to
+    // pay off, so the optimizer keeps the reference model. The naive runs wrote nothing to the
+    // cache, so both rows reach the model.
     run(&db, "SET murakkab.exec.batching = true").await;
     run(&db, "SET murakkab.optimizer.enabled = true").await;
     run(&db, query).await;
     assert_eq!(backend.calls.load(Ordering::SeqCst), 9);
     assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 10);
-    assert_eq!(backend.scoring_models.lock().unwrap().last().unwrap(), "smollm2-135m-instruct");
+    assert_eq!(
+        backend.scoring_models.lock().unwrap().last().unwrap(),
+        "qwen2.5-coder-0.5b-instruct"
+    );
 }
 
 /// The rows of a two-column (INT, TEXT) result as `id:text` strings, NULL as `-`.

@@ -7,17 +7,21 @@
 //! identity is a catalog entry, never a string or a magic number scattered through the code.
 
 mod builtin_models;
+mod device_profile;
 mod error;
 mod home;
 mod local_cards;
 mod model_card;
+mod optimizer_stats;
 mod pull;
 
 pub use builtin_models::builtin_models;
+pub use device_profile::{DeviceProfile, ModelSpeed};
 pub use error::CatalogError;
 pub use home::{HOME_ENV, MurakkabHome};
 pub use local_cards::{CARD_FILE, SUPPORTED_ARCHITECTURES, local_cards, read_card};
 pub use model_card::{Architecture, ModelCard, ModelFile, ModelSource, ModelStatus, Task};
+pub use optimizer_stats::{CandidateOutcome, LabelCallStats, StatsStore};
 pub use pull::{
     PackageFetcher, PipFetcher, PullOutcome, PullProgress, QuietPull, pull, sha256_file,
 };

@@ -19,6 +19,8 @@ pub struct AiMap {
     pub input: LogicalPlan,
     /// The calls, each aliased to the column it produces.
     pub calls: Vec<Expr>,
+    /// What the optimizer decided and estimated for the calls (shown by EXPLAIN).
+    pub notes: Vec<String>,
     schema: DFSchemaRef,
 }
 
@@ -32,7 +34,13 @@ impl AiMap {
             fields.push((qualifier, field));
         }
         let schema = DFSchema::new_with_metadata(fields, input.schema().metadata().clone())?;
-        Ok(Self { input, calls, schema: Arc::new(schema) })
+        Ok(Self { input, calls, notes: Vec::new(), schema: Arc::new(schema) })
+    }
+
+    /// This map with the optimizer's notes attached.
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
     }
 
     /// The names of the columns the calls produce.
@@ -44,7 +52,10 @@ impl AiMap {
 impl PartialOrd for AiMap {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         match self.input.partial_cmp(&other.input) {
-            Some(Ordering::Equal) => self.calls.partial_cmp(&other.calls),
+            Some(Ordering::Equal) => match self.calls.partial_cmp(&other.calls) {
+                Some(Ordering::Equal) => self.notes.partial_cmp(&other.notes),
+                ordering => ordering,
+            },
             ordering => ordering,
         }
     }
@@ -81,6 +92,9 @@ impl UserDefinedLogicalNodeCore for AiMap {
             }
             write!(f, "{call}")?;
         }
+        for note in &self.notes {
+            write!(f, "; {note}")?;
+        }
         Ok(())
     }
 
@@ -92,6 +106,6 @@ impl UserDefinedLogicalNodeCore for AiMap {
         let input = inputs.pop().ok_or_else(|| {
             datafusion::common::DataFusionError::Internal("AiMap needs one input".into())
         })?;
-        Self::try_new(input, exprs)
+        Ok(Self::try_new(input, exprs)?.with_notes(self.notes.clone()))
     }
 }

@@ -16,8 +16,10 @@ use crate::carbon_series::CarbonSeries;
 /// What the optimizer minimises once the quality target is met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Objective {
-    /// Wall-clock time of the query.
+    /// Time and energy weighed equally (their geometric mean): the default.
     #[default]
+    Balanced,
+    /// Wall-clock time of the query.
     Latency,
     /// Joules consumed.
     Energy,
@@ -70,7 +72,12 @@ macro_rules! keyword_enum {
     };
 }
 
-keyword_enum!(Objective { Latency => "latency", Energy => "energy", Carbon => "carbon" });
+keyword_enum!(Objective {
+    Balanced => "balanced",
+    Latency => "latency",
+    Energy => "energy",
+    Carbon => "carbon",
+});
 keyword_enum!(OnError { Null => "null", Fail => "fail" });
 keyword_enum!(Priority { Interactive => "interactive", Batch => "batch" });
 
@@ -83,6 +90,8 @@ pub struct MurakkabOptions {
     pub quality_target: f64,
     /// Whether the cost-based AI rules run at all.
     pub optimizer_enabled: bool,
+    /// Rows sampled to estimate a call's quality per candidate model.
+    pub sample_rows: usize,
     /// See [`OnError`].
     pub on_error: OnError,
     /// Grid carbon intensity used to turn joules into grams of CO2e.
@@ -115,6 +124,7 @@ impl Default for MurakkabOptions {
             objective: Objective::default(),
             quality_target: 0.9,
             optimizer_enabled: true,
+            sample_rows: 64,
             on_error: OnError::default(),
             // Roughly the world-average grid intensity of recent years; set the local value.
             carbon_intensity_g_per_kwh: 475.0,
@@ -138,7 +148,7 @@ struct OptionDoc {
 const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         key: "objective",
-        description: "What the optimizer minimises once the quality target is met: latency, energy or carbon.",
+        description: "What the optimizer minimises once the quality target is met: balanced (time and energy weighed equally), latency, energy or carbon.",
     },
     OptionDoc {
         key: "quality_target",
@@ -147,6 +157,10 @@ const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         key: "optimizer.enabled",
         description: "Whether Murakkab's cost-based AI rules (model choice, ordering, cascades, fusion) run.",
+    },
+    OptionDoc {
+        key: "optimizer.sample_rows",
+        description: "Rows of an AI call's input sampled to estimate each candidate model's agreement with the reference model (at least 8); the answers are kept in the result cache.",
     },
     OptionDoc {
         key: "on_error",
@@ -212,6 +226,7 @@ impl MurakkabOptions {
             "objective" => self.objective.to_string(),
             "quality_target" => self.quality_target.to_string(),
             "optimizer.enabled" => self.optimizer_enabled.to_string(),
+            "optimizer.sample_rows" => self.sample_rows.to_string(),
             "on_error" => self.on_error.to_string(),
             "carbon_intensity_g_per_kwh" => self.carbon_intensity_g_per_kwh.to_string(),
             "carbon_intensity_file" => self.carbon_intensity_file.clone(),
@@ -278,6 +293,13 @@ impl ExtensionOptions for MurakkabOptions {
             "optimizer.enabled" => {
                 self.optimizer_enabled = parse(key, value, "expected true or false")?
             }
+            "optimizer.sample_rows" => {
+                let v: usize = parse(key, value, "expected a whole number of rows >= 8")?;
+                if v < 8 {
+                    return Err(invalid(key, value, "expected a whole number of rows >= 8"));
+                }
+                self.sample_rows = v;
+            }
             "on_error" => self.on_error = value.parse().map_err(|e| invalid(key, value, e))?,
             "carbon_intensity_g_per_kwh" => {
                 let v: f64 = parse(key, value, "expected a number of grams CO2e per kWh")?;
@@ -337,6 +359,7 @@ mod tests {
             ("objective", "energy"),
             ("quality_target", "0.75"),
             ("optimizer.enabled", "false"),
+            ("optimizer.sample_rows", "32"),
             ("on_error", "fail"),
             ("carbon_intensity_g_per_kwh", "350"),
             ("carbon_intensity_file", ""),
@@ -383,7 +406,7 @@ mod tests {
     fn bad_values_say_what_was_expected() {
         let mut o = MurakkabOptions::default();
         let err = o.set("objective", "speed").unwrap_err().to_string();
-        assert!(err.contains("expected one of latency, energy, carbon"), "{err}");
+        assert!(err.contains("expected one of balanced, latency, energy, carbon"), "{err}");
         let err = o.set("quality_target", "1.5").unwrap_err().to_string();
         assert!(err.contains("murakkab.quality_target"), "{err}");
         assert!(o.set("quality_target", "0").is_err());

@@ -58,9 +58,17 @@ pub struct AiMapExec {
     chunk_rows: Arc<std::sync::atomic::AtomicUsize>,
     /// The session's grid intensity (g/kWh, as f64 bits), set when executed, for EXPLAIN ANALYZE.
     carbon_intensity: Arc<std::sync::atomic::AtomicU64>,
+    /// The optimizer's choices and estimates for the calls, shown beside the actual figures.
+    notes: Vec<String>,
 }
 
 impl AiMapExec {
+    /// This operator with the optimizer's notes attached.
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
+    }
+
     /// The operator over `input`; each call produces the column of the given name.
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
@@ -89,6 +97,7 @@ impl AiMapExec {
             models: Arc::new(Mutex::new(Vec::new())),
             chunk_rows: Arc::new(std::sync::atomic::AtomicUsize::new(CHUNK_ROWS)),
             carbon_intensity: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            notes: Vec::new(),
         })
     }
 }
@@ -104,6 +113,9 @@ impl DisplayAs for AiMapExec {
             write!(f, "{expr} AS {name}")?;
         }
         write!(f, "]")?;
+        for note in &self.notes {
+            write!(f, "; {note}")?;
+        }
         // After execution (EXPLAIN ANALYZE): what ran, and how full the model's batches were.
         let models = self.models.lock().map(|m| m.join(", ")).unwrap_or_default();
         if !models.is_empty() {
@@ -152,6 +164,8 @@ struct AiMetrics {
     dedup_hits: Count,
     /// Rows cut to fit the context or left NULL for lack of a usable answer.
     warned_rows: Count,
+    /// Rows a cascade's cheap model was unsure of, sent on to the reference model.
+    escalated_rows: Count,
     /// Prompt tokens read.
     tokens_in: Count,
     /// Tokens generated.
@@ -172,6 +186,7 @@ impl AiMetrics {
             cache_hits: counter("cache_hits"),
             dedup_hits: counter("dedup_hits"),
             warned_rows: counter("warned_rows"),
+            escalated_rows: counter("escalated_rows"),
             tokens_in: counter("tokens_in"),
             tokens_out: counter("tokens_out"),
             cpu_ms: counter("cpu_ms"),
@@ -212,6 +227,7 @@ fn map_chunk(chunk: &RecordBatch, cx: &ChunkContext) -> Result<RecordBatch> {
         metrics.model_calls.add(work.model_calls as usize);
         metrics.dedup_hits.add(saved.dedup_hits as usize);
         metrics.warned_rows.add(saved.warned_rows as usize);
+        metrics.escalated_rows.add(saved.escalated_rows as usize);
         metrics.model_rows.add(work.model_rows as usize);
         metrics.cache_hits.add(work.cache_hits as usize);
         metrics.tokens_in.add(work.tokens_in as usize);
@@ -265,7 +281,7 @@ impl ExecutionPlan for AiMapExec {
         let Some(input) = children.pop() else {
             return exec_err!("AiMapExec needs one input");
         };
-        Ok(Arc::new(AiMapExec::try_new(input, self.calls.clone())?))
+        Ok(Arc::new(AiMapExec::try_new(input, self.calls.clone())?.with_notes(self.notes.clone())))
     }
 
     fn execute(

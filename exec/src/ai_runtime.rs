@@ -281,6 +281,16 @@ impl AiBackend for ModelRuntime {
         }
     }
 
+    fn candidate_models(&self, task: Task) -> Vec<ModelCard> {
+        let (cards, _) = all_models(&self.home);
+        let mut pulled: Vec<ModelCard> = cards
+            .into_iter()
+            .filter(|c| c.can(task) && c.status(&self.home) == ModelStatus::Pulled)
+            .collect();
+        pulled.sort_by_key(|c| c.parameters);
+        pulled
+    }
+
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         let encoder =
             ModelRegistry::global().encoder(&self.home, model).map_err(|e| e.to_string())?;

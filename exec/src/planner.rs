@@ -48,7 +48,8 @@ impl ExtensionPlanner for AiExtensionPlanner {
             )?;
             calls.push((physical, name));
         }
-        Ok(Some(Arc::new(AiMapExec::try_new(Arc::clone(input), calls)?)))
+        let exec = AiMapExec::try_new(Arc::clone(input), calls)?.with_notes(map.notes.clone());
+        Ok(Some(Arc::new(exec)))
     }
 }
 

@@ -226,6 +226,10 @@ impl AiBackend for CachedBackend {
         self.inner.largest_model(task)
     }
 
+    fn candidate_models(&self, task: Task) -> Vec<ModelCard> {
+        self.inner.candidate_models(task)
+    }
+
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         let batch = ChatBatch {
             shared: String::new(),

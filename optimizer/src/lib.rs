@@ -4,7 +4,15 @@
 //! when it does not apply. The rules choose *how* an AI call runs (model size, order, cascades,
 //! fusion, device) from quality, latency, energy and carbon estimates; the first ones are exact
 //! relational rewrites that keep rows away from the model.
+//!
+//! `choose_model` needs to run the plan below a call (a sample) and the models, which a
+//! DataFusion optimizer rule cannot (rules are synchronous and see no data), so it runs at the
+//! start of physical planning, through [`ChoosingQueryPlanner`].
 
+mod choose_model;
+pub mod cost_model;
+pub mod quality;
 mod top_k_below_ai_map;
 
+pub use choose_model::{ChoosingQueryPlanner, ModelChooser};
 pub use top_k_below_ai_map::TopKBelowAiMap;

@@ -13,10 +13,10 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
-use murakkab_catalog::Task;
 
 use crate::args::{self, AiContext, Kind, Param, optional, required};
 use crate::docs::ai_doc;
+use crate::model_plan::{self, ModelPlan};
 use crate::prompts;
 
 const NAME: &str = "ai_classify";
@@ -41,7 +41,10 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
         &[
             ("text", "The text to classify."),
             ("labels", "The candidate labels, a list of strings such as ['sport', 'politics']."),
-            ("model", "'auto' (default) or a model id that can score labels (see \\models)."),
+            (
+                "model",
+                "'auto' (default: the optimizer chooses), a model id that can score labels (see \\models), or 'cascade(cheap_model, reference_model, threshold)'.",
+            ),
         ],
     )
 });
@@ -114,7 +117,7 @@ impl ScalarUDFImpl for AiClassify {
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         args::check_constants(NAME, PARAMS, args.scalar_arguments)?;
         let model = args::literal_text(args.scalar_arguments, 2);
-        args::check_model(NAME, &self.context, model.as_deref(), Task::ScoreLabels)?;
+        model_plan::check_plan(NAME, &self.context, model.as_deref())?;
         Ok(Arc::new(Field::new(NAME, DataType::Utf8, true)))
     }
 
@@ -122,7 +125,8 @@ impl ScalarUDFImpl for AiClassify {
         let rows = call.number_rows;
         let texts = args::texts(&call.args, 0, rows)?;
         let labels = label_lists(&call)?;
-        let model = args::const_text(&call.args, 2);
+        let plan = ModelPlan::parse(args::const_text(&call.args, 2).as_deref())
+            .map_err(|e| datafusion::common::exec_datafusion_err!("{NAME}: model: {e}"))?;
         let keys = (0..rows)
             .map(|i| match &labels[i] {
                 Some(l) if !texts.is_null(i) => Some((texts.value(i), l.clone())),
@@ -130,20 +134,24 @@ impl ScalarUDFImpl for AiClassify {
             })
             .collect();
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
-            let card = args::model_for(
-                &self.context,
-                &call.config_options,
-                model.as_deref(),
-                Task::ScoreLabels,
-            )?;
             // One scoring call per distinct label set (usually exactly one).
             args::score_in_groups(
                 reps,
                 |r| labels[r].clone().unwrap_or_default(),
                 |label_set, rows| {
-                    let batch: Vec<&str> = rows.iter().map(|&r| texts.value(r)).collect();
-                    let prompt = prompts::classify(&batch, label_set);
-                    self.context.backend.score_labels(&card.id, &prompt, label_set)
+                    let prompt = |subset: &[usize]| {
+                        let batch: Vec<&str> = subset.iter().map(|&r| texts.value(r)).collect();
+                        prompts::classify(&batch, label_set)
+                    };
+                    let config = &call.config_options;
+                    model_plan::score_with_plan(
+                        &self.context,
+                        config,
+                        &plan,
+                        rows,
+                        prompt,
+                        label_set,
+                    )
                 },
                 |label_set, p| {
                     let best = p

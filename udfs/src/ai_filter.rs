@@ -11,10 +11,10 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature,
 };
-use murakkab_catalog::Task;
 
 use crate::args::{self, AiContext, Kind, Param, optional, required};
 use crate::docs::ai_doc;
+use crate::model_plan::{self, ModelPlan};
 use crate::prompts;
 
 const NAME: &str = "ai_filter";
@@ -38,7 +38,10 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
         &[
             ("text", "The text to judge."),
             ("condition", "A statement about the text, e.g. 'the review is positive'."),
-            ("model", "'auto' (default) or a model id that can score labels (see \\models)."),
+            (
+                "model",
+                "'auto' (default: the optimizer chooses), a model id that can score labels (see \\models), or 'cascade(cheap_model, reference_model, threshold)'.",
+            ),
         ],
     )
 });
@@ -79,7 +82,7 @@ impl ScalarUDFImpl for AiFilter {
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         args::check_constants(NAME, PARAMS, args.scalar_arguments)?;
         let model = args::literal_text(args.scalar_arguments, 2);
-        args::check_model(NAME, &self.context, model.as_deref(), Task::ScoreLabels)?;
+        model_plan::check_plan(NAME, &self.context, model.as_deref())?;
         Ok(Arc::new(Field::new(NAME, DataType::Boolean, true)))
     }
 
@@ -87,7 +90,8 @@ impl ScalarUDFImpl for AiFilter {
         let rows = call.number_rows;
         let texts = args::texts(&call.args, 0, rows)?;
         let conditions = args::texts(&call.args, 1, rows)?;
-        let model = args::const_text(&call.args, 2);
+        let plan = ModelPlan::parse(args::const_text(&call.args, 2).as_deref())
+            .map_err(|e| datafusion::common::exec_datafusion_err!("{NAME}: model: {e}"))?;
         let keys = (0..rows)
             .map(|i| {
                 (!texts.is_null(i) && !conditions.is_null(i))
@@ -96,20 +100,17 @@ impl ScalarUDFImpl for AiFilter {
             .collect();
         let labels: Vec<String> = prompts::FILTER_LABELS.iter().map(|l| l.to_string()).collect();
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
-            let card = args::model_for(
-                &self.context,
-                &call.config_options,
-                model.as_deref(),
-                Task::ScoreLabels,
-            )?;
             // The condition is part of the shared instruction: one scoring call per condition.
             args::score_in_groups(
                 reps,
                 |r| conditions.value(r),
                 |condition, rows| {
-                    let batch: Vec<&str> = rows.iter().map(|&r| texts.value(r)).collect();
-                    let prompt = prompts::filter(&batch, condition);
-                    self.context.backend.score_labels(&card.id, &prompt, &labels)
+                    let prompt = |subset: &[usize]| {
+                        let batch: Vec<&str> = subset.iter().map(|&r| texts.value(r)).collect();
+                        prompts::filter(&batch, condition)
+                    };
+                    let config = &call.config_options;
+                    model_plan::score_with_plan(&self.context, config, &plan, rows, prompt, &labels)
                 },
                 |_, p| p[0] >= p[1],
             )

@@ -86,6 +86,18 @@ pub trait AiBackend: Send + Sync + Debug {
         self.resolve_model(None, task)
     }
 
+    /// Pulled models that can do `task`, smallest first: the optimizer's candidates. Defaults
+    /// to the `auto` choice and the largest model.
+    fn candidate_models(&self, task: Task) -> Vec<ModelCard> {
+        let mut cards: Vec<ModelCard> = [self.resolve_model(None, task), self.largest_model(task)]
+            .into_iter()
+            .flatten()
+            .collect();
+        cards.sort_by_key(|c| c.parameters);
+        cards.dedup_by(|a, b| a.id == b.id);
+        cards
+    }
+
     /// Unit-length embedding vectors of `texts`.
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String>;
 

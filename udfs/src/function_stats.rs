@@ -11,6 +11,8 @@ pub struct FunctionStats {
     pub dedup_hits: u64,
     /// Rows that were cut to fit the context or came back NULL for lack of a usable answer.
     pub warned_rows: u64,
+    /// Rows a cascade's cheap model was unsure of and sent on to its reference model.
+    pub escalated_rows: u64,
 }
 
 impl FunctionStats {
@@ -19,13 +21,14 @@ impl FunctionStats {
         FunctionStats {
             dedup_hits: self.dedup_hits - earlier.dedup_hits,
             warned_rows: self.warned_rows - earlier.warned_rows,
+            escalated_rows: self.escalated_rows - earlier.escalated_rows,
         }
     }
 }
 
 thread_local! {
     static STATS: Cell<FunctionStats> =
-        const { Cell::new(FunctionStats { dedup_hits: 0, warned_rows: 0 }) };
+        const { Cell::new(FunctionStats { dedup_hits: 0, warned_rows: 0, escalated_rows: 0 }) };
 }
 
 /// This thread's counters.

@@ -1,0 +1,105 @@
+//! How fast each model runs on this machine: the cost model's input.
+//!
+//! `murakkab calibrate` measures every pulled model and stores the figures in
+//! `MURAKKAB_HOME/stats/device-profile.json`. A model that was not measured gets a default from
+//! its parameter count, fitted to this project's own measurements on a 2-core AMD EPYC (see
+//! README): compute-bound prefill runs at about 8e10 parameter-tokens per second, memory-bound
+//! decode at about 1.5e10, an encoder at about 4e9 parameter-embeddings per second.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ModelCard, MurakkabHome};
+
+/// Measured or default speeds of one model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpeed {
+    /// Prompt tokens per second through a batched forward pass (what label scoring costs).
+    pub prefill_tokens_per_s: f64,
+    /// Generated tokens per second at batch 1.
+    pub decode_tokens_per_s: f64,
+    /// Embeddings per second at batch 64 (encoders; 0 for decoders).
+    pub embeddings_per_s: f64,
+    /// Whether these figures were measured here (`murakkab calibrate`) or are defaults.
+    #[serde(default)]
+    pub measured: bool,
+}
+
+impl ModelSpeed {
+    /// The default for a model of `parameters` parameters.
+    pub fn default_for(parameters: u64) -> Self {
+        let p = parameters.max(1) as f64;
+        Self {
+            prefill_tokens_per_s: 8.0e10 / p,
+            decode_tokens_per_s: 1.5e10 / p,
+            embeddings_per_s: 4.0e9 / p,
+            measured: false,
+        }
+    }
+}
+
+/// The speeds of the models on this machine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceProfile {
+    /// Model threads the figures were measured with.
+    pub threads: usize,
+    /// Measured models by id.
+    pub models: BTreeMap<String, ModelSpeed>,
+}
+
+impl DeviceProfile {
+    fn path(home: &MurakkabHome) -> PathBuf {
+        home.stats_dir().join("device-profile.json")
+    }
+
+    /// The stored profile, or an empty one (every model at its default) when there is none or
+    /// it cannot be read.
+    pub fn load(home: &MurakkabHome) -> Self {
+        std::fs::read_to_string(Self::path(home))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    /// Stores the profile atomically.
+    pub fn save(&self, home: &MurakkabHome) -> std::io::Result<()> {
+        let path = Self::path(home);
+        std::fs::create_dir_all(home.stats_dir())?;
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, &path)
+    }
+
+    /// The speed of `card`'s model: measured if calibrated, else the default for its size.
+    pub fn speed(&self, card: &ModelCard) -> ModelSpeed {
+        self.models
+            .get(&card.id)
+            .copied()
+            .unwrap_or_else(|| ModelSpeed::default_for(card.parameters))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_scale_with_size_and_measurements_win() {
+        let small = ModelSpeed::default_for(135_000_000);
+        let large = ModelSpeed::default_for(494_000_000);
+        assert!(small.prefill_tokens_per_s > 3.0 * large.prefill_tokens_per_s);
+        assert!(!small.measured);
+
+        let dir = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(dir.path());
+        assert_eq!(DeviceProfile::load(&home), DeviceProfile::default());
+        let mut profile = DeviceProfile { threads: 2, ..Default::default() };
+        let measured = ModelSpeed { measured: true, ..small };
+        profile.models.insert("m".into(), measured);
+        profile.save(&home).unwrap();
+        assert_eq!(DeviceProfile::load(&home), profile);
+    }
+}

@@ -1,0 +1,124 @@
+//! Statistics the optimizer learned from samples, persisted under `MURAKKAB_HOME/stats` so a
+//! repeated workload skips the sampling.
+//!
+//! A record is keyed by everything that decides its answers: the function, its prompt (condition
+//! or labels), the lineage of the column it reads (a fingerprint of the plan below the call) and
+//! the candidate models. One JSON file per key, written atomically; an unreadable file is treated
+//! as absent (the sample is simply taken again).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::MurakkabHome;
+
+/// What a sample taught about one label-scoring call (`ai_filter`, `ai_classify`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelCallStats {
+    /// Rows of the call's input when it was sampled (the population the sample was drawn from).
+    pub input_rows: u64,
+    /// The model every candidate is compared with: the largest that can score labels.
+    pub reference: String,
+    /// Mean tokens of a row's own text (the shared instruction is computed once per batch).
+    pub mean_row_tokens: f64,
+    /// Share of sampled rows whose reference answer is the first label (for `ai_filter`, the
+    /// estimated selectivity: the fraction of rows that pass).
+    pub first_label_rate: f64,
+    /// One entry per cheaper candidate, each over the same sampled rows.
+    pub candidates: Vec<CandidateOutcome>,
+}
+
+/// How one candidate model did on the sampled rows, row by row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateOutcome {
+    /// The candidate model's id.
+    pub model: String,
+    /// The probability of the candidate's top label on each sampled row (0 where it failed).
+    pub confidence: Vec<f32>,
+    /// Whether the candidate's answer equals the reference's on each sampled row.
+    pub agrees: Vec<bool>,
+}
+
+impl LabelCallStats {
+    /// Rows in the sample.
+    pub fn sample_rows(&self) -> usize {
+        self.candidates.first().map_or(0, |c| c.agrees.len())
+    }
+}
+
+/// The persisted statistics under one home directory.
+#[derive(Debug, Clone)]
+pub struct StatsStore {
+    dir: PathBuf,
+}
+
+impl StatsStore {
+    /// The store of `home`.
+    pub fn new(home: &MurakkabHome) -> Self {
+        Self { dir: home.stats_dir() }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("label-{hex}.json"))
+    }
+
+    /// The record stored under `key`, if any is readable.
+    pub fn label_stats(&self, key: &str) -> Option<LabelCallStats> {
+        let text = std::fs::read_to_string(self.path(key)).ok()?;
+        let stored: Stored = serde_json::from_str(&text).ok()?;
+        (stored.key == key).then_some(stored.stats)
+    }
+
+    /// Stores `stats` under `key`, replacing any earlier record atomically.
+    pub fn save_label_stats(&self, key: &str, stats: &LabelCallStats) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.path(key);
+        let stored = Stored { key: key.to_string(), stats: stats.clone() };
+        let text = serde_json::to_string(&stored).map_err(std::io::Error::other)?;
+        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, &path)
+    }
+}
+
+/// The file format: the full key is kept so a hash collision reads as absent.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    key: String,
+    stats: LabelCallStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> LabelCallStats {
+        LabelCallStats {
+            input_rows: 100,
+            reference: "big".into(),
+            mean_row_tokens: 12.5,
+            first_label_rate: 0.25,
+            candidates: vec![CandidateOutcome {
+                model: "small".into(),
+                confidence: vec![0.9, 0.6],
+                agrees: vec![true, false],
+            }],
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_unknown_or_corrupt_keys_read_as_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StatsStore::new(&MurakkabHome::at(dir.path()));
+        assert_eq!(store.label_stats("k"), None);
+        store.save_label_stats("k", &stats()).unwrap();
+        assert_eq!(store.label_stats("k"), Some(stats()));
+        assert_eq!(store.label_stats("other"), None);
+        assert_eq!(stats().sample_rows(), 2);
+        std::fs::write(store.path("k"), "{ not json").unwrap();
+        assert_eq!(store.label_stats("k"), None);
+    }
+}

@@ -1,0 +1,711 @@
+//! Rule: choose the model of each label-scoring AI call from a sample of its input.
+//!
+//! For every `ai_filter` / `ai_classify` call left at `model => 'auto'` with a constant
+//! condition or label list, the rule compares the plans the pulled models allow — a smaller
+//! model alone, a cascade from a smaller model to the reference model, or the reference model
+//! (the largest that can score labels) — and writes the cheapest one, by
+//! `murakkab.objective`, whose agreement with the reference model meets
+//! `murakkab.quality_target` at 95% confidence (a one-sided Wilson bound, see `quality`):
+//!
+//! ```text
+//! before: AiMap: ai_classify(uci.text, make_array(positive, negative)) AS __ai_1
+//! after:  AiMap: ai_classify(uci.text, make_array(positive, negative),
+//!                            cascade(smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, 0.93))
+//!                AS __ai_1; ai_classify: cascade(...) for balanced: est. rows=3000, ...
+//! ```
+//!
+//! How the estimate is made: the call's input is run (a uniform reservoir sample of
+//! `murakkab.optimizer.sample_rows` rows; only the first rows when another AI call sits below,
+//! so that call is not run over the whole input for a sample) and every candidate scores the
+//! sample. The answers go through the result cache, so the sampled rows are not computed again
+//! when the query runs, and the figures persist under `MURAKKAB_HOME/stats`, keyed by the
+//! function, its condition or labels, the lineage of the column (the plan below the call) and
+//! the candidate models, so a repeated workload skips the sampling. Costs come from the device
+//! profile (`murakkab calibrate`, or defaults from model size) and the sample's token counts.
+//!
+//! Does not apply: with `murakkab.optimizer.enabled = false`; to calls that name a model or a
+//! cascade; to per-row conditions or label lists; to other AI functions (generation has no
+//! label probability to cascade on). Under plain EXPLAIN nothing is sampled: recorded
+//! statistics still decide, otherwise the note says the choice is made when the query runs.
+//! When the input is too small for a sample to pay for itself, the reference model is used.
+//!
+//! The guarantee: on the sample, the chosen plan's agreement with the reference model has a
+//! 95% lower bound at or above the target. The cascade threshold is picked on the same sample,
+//! which makes that bound slightly optimistic; rows unlike the sample (a drifting input) are
+//! not covered, which is why the statistics are keyed by the plan below the call.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::Session;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{
+    Expr, Extension, FetchType, LogicalPlan, LogicalPlanBuilder, SkipType, lit,
+};
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+use futures::StreamExt;
+use murakkab_catalog::{
+    CandidateOutcome, DeviceProfile, LabelCallStats, ModelCard, StatsStore, Task,
+};
+use murakkab_compiler::{AiMap, MurakkabOptions};
+use murakkab_udfs::{AiBackend, Cascade, ModelPlan, prompts, top_probability};
+
+use crate::cost_model::{Cost, label_row_cost};
+use crate::quality::{Z_95, cheap_plans};
+
+/// Rows per scoring call while sampling (as the executor's chunks).
+const SAMPLE_BATCH_ROWS: usize = 16;
+/// Seed of the reservoir sample: the same input gives the same sample.
+const SAMPLE_SEED: u64 = 0x6d75_726b_616b_6b61;
+
+/// Chooses models for label-scoring calls; see the module doc.
+#[derive(Debug)]
+pub struct ModelChooser {
+    backend: Arc<dyn AiBackend>,
+    store: StatsStore,
+}
+
+/// What a call asks the model, besides the row.
+#[derive(Debug, Clone, PartialEq)]
+enum Instruction {
+    /// `ai_filter`'s condition.
+    Condition(String),
+    /// `ai_classify`'s labels.
+    Labels(Vec<String>),
+}
+
+impl Instruction {
+    fn labels(&self) -> Vec<String> {
+        match self {
+            Self::Condition(_) => prompts::FILTER_LABELS.iter().map(|l| l.to_string()).collect(),
+            Self::Labels(l) => l.clone(),
+        }
+    }
+
+    fn prompt(&self, texts: &[String]) -> murakkab_udfs::ChatBatch {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        match self {
+            Self::Condition(c) => prompts::filter(&texts, c),
+            Self::Labels(l) => prompts::classify(&texts, l),
+        }
+    }
+}
+
+/// One call the rule may decide.
+#[derive(Debug, Clone)]
+struct Site {
+    key: String,
+    function: String,
+    text: Expr,
+    instruction: Instruction,
+    input: LogicalPlan,
+    /// At most this many rows will be pulled through the call (a LIMIT above it).
+    limit: Option<usize>,
+}
+
+/// The plan chosen for a call and the note EXPLAIN shows.
+#[derive(Debug, Clone)]
+struct Decision {
+    plan: ModelPlan,
+    note: String,
+}
+
+/// Rows drawn from a call's input.
+struct Sample {
+    texts: Vec<String>,
+    /// Rows of the input seen; all of them when `complete`.
+    input_rows: u64,
+    complete: bool,
+}
+
+/// Everything one planning pass decides with.
+struct Pass<'a> {
+    session: &'a dyn Session,
+    options: MurakkabOptions,
+    profile: DeviceProfile,
+    candidates: Vec<ModelCard>,
+    reference: ModelCard,
+    may_sample: bool,
+}
+
+impl ModelChooser {
+    /// A chooser that samples with `backend` and keeps its statistics under the backend's home.
+    pub fn new(backend: Arc<dyn AiBackend>) -> Self {
+        let store = StatsStore::new(backend.home());
+        Self { backend, store }
+    }
+
+    /// `plan` with a model plan written into every call the rule applies to.
+    pub async fn choose(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<LogicalPlan> {
+        let options = MurakkabOptions::from_config(session.config_options());
+        if !options.optimizer_enabled {
+            return Ok(plan.clone());
+        }
+        let candidates = self.backend.candidate_models(Task::ScoreLabels);
+        let Some(reference) = candidates.last().cloned() else { return Ok(plan.clone()) };
+        let sites = sites(plan, &candidates)?;
+        if sites.is_empty() {
+            return Ok(plan.clone());
+        }
+        let pass = Pass {
+            session,
+            options,
+            profile: DeviceProfile::load(self.backend.home()),
+            candidates,
+            reference,
+            // Plain EXPLAIN shows the plan without running anything.
+            may_sample: !matches!(plan, LogicalPlan::Explain(_)),
+        };
+        let mut decisions: HashMap<String, Decision> = HashMap::new();
+        for site in sites {
+            if !decisions.contains_key(&site.key) {
+                let decision = self.decide(&site, &pass).await?;
+                decisions.insert(site.key.clone(), decision);
+            }
+        }
+        rewrite(plan, &decisions, &pass.candidates)
+    }
+
+    async fn decide(&self, site: &Site, pass: &Pass<'_>) -> Result<Decision> {
+        if let Some(stats) = self.store.label_stats(&site.key) {
+            return Ok(choose_plan(site, &stats, pass, "recorded"));
+        }
+        let reference = ModelPlan::Model(pass.reference.id.clone());
+        if pass.candidates.len() < 2 {
+            let note = format!(
+                "{}: {reference} (the only pulled model that can score labels)",
+                site.function
+            );
+            return Ok(Decision { plan: reference, note });
+        }
+        if let Some(limit) = site.limit.filter(|&l| l < 2 * pass.options.sample_rows) {
+            let note = format!(
+                "{}: {reference} (LIMIT {limit}: too few rows for a sample to pay off)",
+                site.function
+            );
+            return Ok(Decision { plan: reference, note });
+        }
+        if !pass.may_sample {
+            let note = format!(
+                "{}: model chosen from a {}-row sample when the query runs",
+                site.function, pass.options.sample_rows
+            );
+            return Ok(Decision { plan: ModelPlan::Auto, note });
+        }
+        let sample = self.sample(site, pass).await?;
+        if sample.texts.is_empty() {
+            let note = format!("{}: {reference} (empty input)", site.function);
+            return Ok(Decision { plan: reference, note });
+        }
+        let backend = Arc::clone(&self.backend);
+        let (texts, instruction) = (sample.texts.clone(), site.instruction.clone());
+        let reference_id = pass.reference.id.clone();
+        let tokens = SpawnedTask::spawn_blocking(move || {
+            mean_tokens(backend.as_ref(), &reference_id, &texts, &instruction)
+        })
+        .join()
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if sample.complete && !sampling_pays(&sample, tokens, pass) {
+            let note = format!(
+                "{}: {reference} (input of {} rows too small for a sample to pay off)",
+                site.function, sample.input_rows
+            );
+            return Ok(Decision { plan: reference, note });
+        }
+        let stats = self.measure(site, &sample, tokens, pass).await?;
+        if let Err(e) = self.store.save_label_stats(&site.key, &stats) {
+            tracing::warn!("could not store optimizer statistics: {e}");
+        }
+        Ok(choose_plan(site, &stats, pass, "sampled"))
+    }
+
+    /// Draws the sample: a seeded reservoir over the whole input, or its first rows when an AI
+    /// call sits below (so that call is not run over every row for a sample).
+    async fn sample(&self, site: &Site, pass: &Pass<'_>) -> Result<Sample> {
+        let size = pass.options.sample_rows;
+        let ai_below = contains_ai_map(&site.input)?;
+        let projection = LogicalPlanBuilder::from(site.input.clone())
+            .project(vec![site.text.clone().alias("__sample_text")])?
+            .build()?;
+        let physical: Arc<dyn ExecutionPlan> =
+            pass.session.create_physical_plan(&projection).await?;
+        let mut stream = execute_stream(physical, pass.session.task_ctx())?;
+        let mut rng = SplitMix64(SAMPLE_SEED);
+        let mut texts: Vec<String> = Vec::with_capacity(size);
+        let mut seen: u64 = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let column = cast(batch.column(0), &DataType::Utf8)?;
+            let column = column.as_string::<i32>();
+            for i in 0..column.len() {
+                if column.is_null(i) {
+                    continue;
+                }
+                seen += 1;
+                if texts.len() < size {
+                    texts.push(column.value(i).to_string());
+                } else {
+                    let slot = rng.below(seen);
+                    if slot < size as u64 {
+                        texts[slot as usize] = column.value(i).to_string();
+                    }
+                }
+            }
+            if ai_below && texts.len() >= size {
+                return Ok(Sample { texts, input_rows: seen, complete: false });
+            }
+        }
+        Ok(Sample { texts, input_rows: seen, complete: true })
+    }
+
+    /// Scores the sample with every candidate and compares each with the reference.
+    async fn measure(
+        &self,
+        site: &Site,
+        sample: &Sample,
+        tokens: f64,
+        pass: &Pass<'_>,
+    ) -> Result<LabelCallStats> {
+        let backend = Arc::clone(&self.backend);
+        let texts = sample.texts.clone();
+        let instruction = site.instruction.clone();
+        let models: Vec<String> = pass.candidates.iter().map(|c| c.id.clone()).collect();
+        let reference = pass.reference.id.clone();
+        let input_rows = sample.input_rows;
+        let function = site.function.clone();
+        SpawnedTask::spawn_blocking(move || {
+            let answers = |model: &str| score_sample(backend.as_ref(), model, &texts, &instruction);
+            let truth = answers(&reference).map_err(|e| {
+                DataFusionError::Execution(format!("{function}: sampling {reference}: {e}"))
+            })?;
+            let mut candidates = Vec::new();
+            for model in models.iter().filter(|m| **m != reference) {
+                let Ok(answers) = answers(model) else { continue };
+                let mut outcome = CandidateOutcome {
+                    model: model.clone(),
+                    confidence: Vec::new(),
+                    agrees: Vec::new(),
+                };
+                for (mine, theirs) in answers.iter().zip(&truth) {
+                    // A row the reference could not answer says nothing about agreement.
+                    let Some(theirs) = theirs else { continue };
+                    outcome.confidence.push(mine.as_ref().map_or(0.0, |p| top_probability(p)));
+                    outcome
+                        .agrees
+                        .push(mine.as_ref().is_some_and(|p| best_label(p) == best_label(theirs)));
+                }
+                candidates.push(outcome);
+            }
+            let answered: Vec<&Vec<f32>> = truth.iter().flatten().collect();
+            let first = answered.iter().filter(|p| best_label(p) == 0).count();
+            Ok(LabelCallStats {
+                input_rows,
+                reference,
+                mean_row_tokens: tokens,
+                first_label_rate: first as f64 / answered.len().max(1) as f64,
+                candidates,
+            })
+        })
+        .join()
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))?
+    }
+}
+
+/// Whether sampling can save more than it costs: the rows after the sample, moved from the
+/// reference to the cheapest model at best, against the sample scored by both.
+fn sampling_pays(sample: &Sample, tokens: f64, pass: &Pass<'_>) -> bool {
+    let (Some(cheapest), reference) = (pass.candidates.first(), &pass.reference) else {
+        return false;
+    };
+    let cost = |card: &ModelCard| {
+        label_row_cost(&pass.profile.speed(card), tokens, &pass.options)
+            .value(pass.options.objective, &pass.options)
+    };
+    let (c, r) = (cost(cheapest), cost(reference));
+    let n = sample.input_rows as f64;
+    let s = sample.texts.len() as f64;
+    (n - s) * (r - c) > s * (r + c)
+}
+
+/// The index of the most probable label.
+fn best_label(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .0
+}
+
+/// Each sampled row's label probabilities under `model` (`None` where the row failed).
+fn score_sample(
+    backend: &dyn AiBackend,
+    model: &str,
+    texts: &[String],
+    instruction: &Instruction,
+) -> std::result::Result<Vec<Option<Vec<f32>>>, String> {
+    let labels = instruction.labels();
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(SAMPLE_BATCH_ROWS) {
+        let scored = backend.score_labels(model, &instruction.prompt(chunk), &labels)?;
+        out.extend(scored.rows.into_iter().map(std::result::Result::ok));
+    }
+    Ok(out)
+}
+
+/// Mean tokens of a sampled row's prompt part (its text in its block), by `model`'s tokenizer.
+fn mean_tokens(
+    backend: &dyn AiBackend,
+    model: &str,
+    texts: &[String],
+    instruction: &Instruction,
+) -> f64 {
+    let batch = instruction.prompt(texts);
+    let total: usize =
+        batch.rows.iter().map(|r| backend.count_tokens(model, r).unwrap_or(r.len() / 4)).sum();
+    total as f64 / batch.rows.len().max(1) as f64
+}
+
+/// The cheapest plan meeting the target, with its note.
+fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &str) -> Decision {
+    let card = |id: &str| pass.candidates.iter().find(|c| c.id == id);
+    let options = &pass.options;
+    let objective = options.objective;
+    let reference_card = card(&stats.reference).unwrap_or(&pass.reference);
+    let row_cost =
+        |c: &ModelCard| label_row_cost(&pass.profile.speed(c), stats.mean_row_tokens, options);
+    let reference_cost = row_cost(reference_card);
+    let mut best = Choice {
+        plan: ModelPlan::Model(reference_card.id.clone()),
+        cost: reference_cost,
+        quality: 1.0,
+        quality_lower: 1.0,
+        escalated: None,
+    };
+    for outcome in &stats.candidates {
+        let Some(cheap) = card(&outcome.model) else { continue };
+        let cheap_cost = row_cost(cheap);
+        for option in cheap_plans(outcome, Z_95) {
+            if option.quality_lower < options.quality_target {
+                continue;
+            }
+            let cost = cheap_cost.plus(reference_cost.times(option.escalated));
+            if cost.value(objective, options) < best.cost.value(objective, options) {
+                best = Choice {
+                    plan: match option.threshold {
+                        None => ModelPlan::Model(cheap.id.clone()),
+                        Some(threshold) => ModelPlan::Cascade(Cascade {
+                            cheap: cheap.id.clone(),
+                            reference: reference_card.id.clone(),
+                            threshold,
+                        }),
+                    },
+                    cost,
+                    quality: option.quality,
+                    quality_lower: option.quality_lower,
+                    escalated: option.threshold.map(|_| option.escalated),
+                };
+            }
+        }
+    }
+    let rows = stats.input_rows as f64;
+    let total = best.cost.times(rows);
+    let reference_total = reference_cost.times(rows);
+    let mut note = format!(
+        "{}: {} for {objective} ({source}, {}-row sample): est. rows={}",
+        site.function,
+        best.plan,
+        stats.sample_rows(),
+        stats.input_rows
+    );
+    if let Some(escalated) = best.escalated {
+        note.push_str(&format!(", escalated={:.0}%", escalated * 100.0));
+    }
+    note.push_str(&format!(
+        ", quality={:.3} (>= {:.3} at 95%), time={:.1}s, energy={:.0}J",
+        best.quality, best.quality_lower, total.seconds, total.joules
+    ));
+    if !matches!(&best.plan, ModelPlan::Model(m) if *m == reference_card.id) {
+        note.push_str(&format!(
+            "; reference alone: time={:.1}s, energy={:.0}J",
+            reference_total.seconds, reference_total.joules
+        ));
+    }
+    Decision { plan: best.plan, note }
+}
+
+/// A candidate plan and its estimates.
+struct Choice {
+    plan: ModelPlan,
+    cost: Cost,
+    quality: f64,
+    quality_lower: f64,
+    escalated: Option<f64>,
+}
+
+/// The calls of every AI node in `plan` the rule may decide.
+fn sites(plan: &LogicalPlan, candidates: &[ModelCard]) -> Result<Vec<Site>> {
+    let mut found = Vec::new();
+    collect_sites(plan, None, candidates, &mut found)?;
+    Ok(found)
+}
+
+/// Walks `node`, knowing the `limit` on the rows a streaming ancestor will ever pull from it
+/// (a LIMIT or top-k above it with only row-by-row nodes between).
+fn collect_sites(
+    node: &LogicalPlan,
+    limit: Option<usize>,
+    candidates: &[ModelCard],
+    found: &mut Vec<Site>,
+) -> Result<()> {
+    if let Some(map) = as_ai_map(node) {
+        found.extend(
+            map.calls.iter().filter_map(|c| {
+                site_of(c, &map.input, candidates).map(|site| Site { limit, ..site })
+            }),
+        );
+    }
+    let limit = match node {
+        LogicalPlan::Limit(l) => match (l.get_skip_type()?, l.get_fetch_type()?) {
+            (SkipType::Literal(skip), FetchType::Literal(Some(fetch))) => Some(skip + fetch),
+            _ => None,
+        },
+        LogicalPlan::Sort(s) => s.fetch,
+        LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
+            limit
+        }
+        LogicalPlan::Extension(_) if as_ai_map(node).is_some() => limit,
+        _ => None,
+    };
+    for input in node.inputs() {
+        collect_sites(input, limit, candidates, found)?;
+    }
+    Ok(())
+}
+
+fn as_ai_map(node: &LogicalPlan) -> Option<&AiMap> {
+    match node {
+        LogicalPlan::Extension(e) => e.node.as_any().downcast_ref::<AiMap>(),
+        _ => None,
+    }
+}
+
+fn contains_ai_map(plan: &LogicalPlan) -> Result<bool> {
+    plan.exists(|node| Ok(as_ai_map(node).is_some()))
+}
+
+/// The call inside an `AiMap` entry (each is aliased to its output column).
+fn function_call(call: &Expr) -> Option<&ScalarFunction> {
+    match call {
+        Expr::Alias(alias) => function_call(&alias.expr),
+        Expr::ScalarFunction(f) => Some(f),
+        _ => None,
+    }
+}
+
+fn site_of(call: &Expr, input: &LogicalPlan, candidates: &[ModelCard]) -> Option<Site> {
+    let f = function_call(call)?;
+    let function = f.func.name().to_string();
+    let auto = match f.args.get(2) {
+        None => true,
+        Some(arg) => match literal_string(arg) {
+            Some(Some(model)) => matches!(ModelPlan::parse(Some(&model)), Ok(ModelPlan::Auto)),
+            Some(None) => true,
+            None => false,
+        },
+    };
+    if !auto {
+        return None;
+    }
+    let instruction = match function.as_str() {
+        "ai_filter" => Instruction::Condition(literal_string(f.args.get(1)?)??),
+        "ai_classify" => Instruction::Labels(literal_strings(f.args.get(1)?)?),
+        _ => return None,
+    };
+    let text = f.args.first()?.clone();
+    let models: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
+    let key = format!(
+        "label-call v1\n{function}\n{instruction:?}\n{text}\n{}\n{}",
+        models.join(","),
+        input.display_indent()
+    );
+    Some(Site { key, function, text, instruction, input: input.clone(), limit: None })
+}
+
+/// `Some(value)` for a string literal (`Some(None)` for a NULL one), `None` for anything else.
+fn literal_string(expr: &Expr) -> Option<Option<String>> {
+    match expr {
+        Expr::Literal(value, _) => match value {
+            ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                Some(s.clone())
+            }
+            ScalarValue::Null => Some(None),
+            _ => None,
+        },
+        Expr::Cast(c) => literal_string(&c.expr),
+        _ => None,
+    }
+}
+
+/// The strings of a constant list: a list literal or `make_array` of string literals.
+fn literal_strings(expr: &Expr) -> Option<Vec<String>> {
+    match expr {
+        Expr::Literal(ScalarValue::List(list), _) if list.len() == 1 && !list.is_null(0) => {
+            let values = cast(&list.value(0), &DataType::Utf8).ok()?;
+            let values = values.as_string::<i32>();
+            (0..values.len())
+                .map(|i| (!values.is_null(i)).then(|| values.value(i).to_string()))
+                .collect()
+        }
+        Expr::ScalarFunction(f) if f.func.name() == "make_array" => {
+            f.args.iter().map(|a| literal_string(a).flatten()).collect()
+        }
+        Expr::Cast(c) => literal_strings(&c.expr),
+        _ => None,
+    }
+}
+
+/// Writes each decided plan into its call and its note onto its node.
+fn rewrite(
+    plan: &LogicalPlan,
+    decisions: &HashMap<String, Decision>,
+    candidates: &[ModelCard],
+) -> Result<LogicalPlan> {
+    // Top-down, so each node's key is computed over its input before that input is rewritten,
+    // exactly as `sites` computed it.
+    plan.clone()
+        .transform_down(|node| {
+            let Some(map) = as_ai_map(&node) else { return Ok(Transformed::no(node)) };
+            let mut notes = map.notes.clone();
+            let mut calls = Vec::with_capacity(map.calls.len());
+            let mut changed = false;
+            for call in &map.calls {
+                let decision =
+                    site_of(call, &map.input, candidates).and_then(|site| decisions.get(&site.key));
+                let Some(decision) = decision else {
+                    calls.push(call.clone());
+                    continue;
+                };
+                notes.push(decision.note.clone());
+                changed = true;
+                calls.push(if decision.plan == ModelPlan::Auto {
+                    call.clone()
+                } else {
+                    with_model(call, &decision.plan)
+                });
+            }
+            if !changed {
+                return Ok(Transformed::no(node));
+            }
+            let map = AiMap::try_new(map.input.clone(), calls)?.with_notes(notes);
+            Ok(Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(map) })))
+        })
+        .map(|t| t.data)
+}
+
+/// `call` with its `model` argument set to `plan`.
+fn with_model(call: &Expr, plan: &ModelPlan) -> Expr {
+    match call {
+        Expr::Alias(alias) => {
+            let mut alias = alias.clone();
+            alias.expr = Box::new(with_model(&alias.expr, plan));
+            Expr::Alias(alias)
+        }
+        Expr::ScalarFunction(f) => {
+            let mut args = f.args.clone();
+            while args.len() < 3 {
+                args.push(lit(ScalarValue::Utf8(None)));
+            }
+            args[2] = lit(plan.to_string());
+            Expr::ScalarFunction(ScalarFunction { func: Arc::clone(&f.func), args })
+        }
+        other => other.clone(),
+    }
+}
+
+/// A small seeded generator for the reservoir (SplitMix64).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// DataFusion's query planner with model choice in front: plans go through
+/// [`ModelChooser::choose`] before physical planning.
+pub struct ChoosingQueryPlanner {
+    inner: Arc<dyn QueryPlanner + Send + Sync>,
+    chooser: ModelChooser,
+}
+
+impl ChoosingQueryPlanner {
+    /// Chooses models with `chooser`, then plans with `inner`.
+    pub fn new(inner: Arc<dyn QueryPlanner + Send + Sync>, chooser: ModelChooser) -> Self {
+        Self { inner, chooser }
+    }
+}
+
+impl fmt::Debug for ChoosingQueryPlanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChoosingQueryPlanner").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl QueryPlanner for ChoosingQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let chosen = self.chooser.choose(logical_plan, session_state).await?;
+        self.inner.create_physical_plan(&chosen, session_state).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reservoir_generator_is_seeded_and_in_range() {
+        let mut a = SplitMix64(1);
+        let mut b = SplitMix64(1);
+        for n in 1..100 {
+            let x = a.below(n);
+            assert_eq!(x, b.below(n));
+            assert!(x < n);
+        }
+    }
+
+    #[test]
+    fn constant_conditions_and_label_lists_are_read_from_expressions() {
+        assert_eq!(literal_string(&lit("x")), Some(Some("x".into())));
+        assert_eq!(literal_string(&lit(ScalarValue::Utf8(None))), Some(None));
+        assert_eq!(literal_string(&lit(1)), None);
+        let list = ScalarValue::List(ScalarValue::new_list_nullable(
+            &[ScalarValue::from("a"), ScalarValue::from("b")],
+            &DataType::Utf8,
+        ));
+        assert_eq!(literal_strings(&lit(list)), Some(vec!["a".into(), "b".into()]));
+    }
+}

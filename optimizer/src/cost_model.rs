@@ -1,0 +1,88 @@
+//! The cost of an AI call's rows on a model: seconds and joules, from the device profile, and
+//! the single number the objective compares plans by.
+//!
+//! Label scoring is one batched forward pass over each row's tokens (the shared instruction is
+//! computed once per batch), so a row costs its tokens over the model's prefill speed. Energy
+//! follows the same modeled power as the executor's meter where no hardware counter exists:
+//! every model thread busy at `energy.cpu_watts_per_core` plus `energy.idle_watts_per_core`.
+
+use murakkab_catalog::ModelSpeed;
+use murakkab_compiler::{MurakkabOptions, Objective};
+
+/// Tokens each row adds besides its own text: the chat template around it, the question and
+/// the label scored after it.
+pub const ROW_OVERHEAD_TOKENS: f64 = 14.0;
+
+/// Time and energy of some model work.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cost {
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Joules.
+    pub joules: f64,
+}
+
+impl Cost {
+    /// This cost `times` over.
+    pub fn times(self, times: f64) -> Cost {
+        Cost { seconds: self.seconds * times, joules: self.joules * times }
+    }
+
+    /// The sum of two costs.
+    pub fn plus(self, other: Cost) -> Cost {
+        Cost { seconds: self.seconds + other.seconds, joules: self.joules + other.joules }
+    }
+
+    /// The value `objective` minimises. Balanced is the geometric mean of seconds and joules, so
+    /// halving either counts the same; carbon is joules at the session's grid intensity.
+    pub fn value(self, objective: Objective, options: &MurakkabOptions) -> f64 {
+        match objective {
+            Objective::Latency => self.seconds,
+            Objective::Energy => self.joules,
+            Objective::Carbon => self.joules * options.carbon_intensity_now() / 3.6e6,
+            Objective::Balanced => (self.seconds * self.joules).sqrt(),
+        }
+    }
+}
+
+/// Model threads the options give (0: every core).
+pub fn model_threads(options: &MurakkabOptions) -> usize {
+    if options.threads > 0 {
+        options.threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Modeled watts while the model threads are busy.
+pub fn busy_watts(options: &MurakkabOptions) -> f64 {
+    model_threads(options) as f64 * (options.cpu_watts_per_core + options.idle_watts_per_core)
+}
+
+/// The cost of scoring one row of `row_tokens` tokens on a model of `speed`.
+pub fn label_row_cost(speed: &ModelSpeed, row_tokens: f64, options: &MurakkabOptions) -> Cost {
+    let seconds = (row_tokens + ROW_OVERHEAD_TOKENS) / speed.prefill_tokens_per_s.max(1e-9);
+    Cost { seconds, joules: seconds * busy_watts(options) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bigger_models_and_longer_rows_cost_more_and_objectives_read_their_part() {
+        let options = MurakkabOptions { threads: 2, ..Default::default() };
+        let small = ModelSpeed::default_for(135_000_000);
+        let large = ModelSpeed::default_for(494_000_000);
+        let a = label_row_cost(&small, 20.0, &options);
+        assert!(label_row_cost(&large, 20.0, &options).seconds > 3.0 * a.seconds);
+        assert!(label_row_cost(&small, 200.0, &options).seconds > a.seconds);
+        assert!((a.joules - a.seconds * 2.0 * 4.8).abs() < 1e-9);
+        let c = Cost { seconds: 2.0, joules: 8.0 };
+        assert_eq!(c.value(Objective::Latency, &options), 2.0);
+        assert_eq!(c.value(Objective::Energy, &options), 8.0);
+        assert_eq!(c.value(Objective::Balanced, &options), 4.0);
+        assert!((c.value(Objective::Carbon, &options) - 8.0 * 475.0 / 3.6e6).abs() < 1e-12);
+        assert_eq!(c.times(2.0).plus(c), Cost { seconds: 6.0, joules: 24.0 });
+    }
+}

@@ -1,0 +1,111 @@
+//! Quality without labels: how often a cheaper plan agrees with the reference model, estimated
+//! on a sample with a one-sided lower confidence bound (the approach of LOTUS and Abacus).
+//!
+//! The bound is Wilson's score interval. The reference model's own answers count as correct by
+//! definition, so a plan's quality is its agreement with the reference on the sample.
+
+use murakkab_catalog::CandidateOutcome;
+
+/// z for a one-sided 95% bound.
+pub const Z_95: f64 = 1.645;
+
+/// The lower end of the Wilson score interval for `successes` of `n` at `z`.
+pub fn wilson_lower_bound(successes: usize, n: usize, z: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let n = n as f64;
+    let p = successes as f64 / n;
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - spread) / (1.0 + z2 / n)).clamp(0.0, 1.0)
+}
+
+/// A way to answer with a cheap model, measured on the sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheapPlan {
+    /// Keep the cheap answer when its top-label probability is at least this; `None` keeps
+    /// every cheap answer (the cheap model alone).
+    pub threshold: Option<f32>,
+    /// Share of rows sent on to the reference model.
+    pub escalated: f64,
+    /// Agreement with the reference on the sample.
+    pub quality: f64,
+    /// Its lower confidence bound.
+    pub quality_lower: f64,
+}
+
+/// Every plan `candidate` allows: the model alone, and a cascade at each distinct confidence
+/// seen on the sample (rows at or above it keep the cheap answer, the rest go to the
+/// reference, whose answer agrees with itself).
+///
+/// The thresholds are chosen on the same sample the bound is computed from, so the stated
+/// confidence is approximate (slightly optimistic); a larger sample narrows the gap.
+pub fn cheap_plans(candidate: &CandidateOutcome, z: f64) -> Vec<CheapPlan> {
+    let n = candidate.agrees.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let agreeing = candidate.agrees.iter().filter(|&&a| a).count();
+    let mut plans = vec![CheapPlan {
+        threshold: None,
+        escalated: 0.0,
+        quality: agreeing as f64 / n as f64,
+        quality_lower: wilson_lower_bound(agreeing, n, z),
+    }];
+    let mut thresholds: Vec<f32> = candidate.confidence.clone();
+    thresholds.sort_by(f32::total_cmp);
+    thresholds.dedup();
+    for t in thresholds {
+        let mut correct = 0;
+        let mut escalated = 0;
+        for (&c, &a) in candidate.confidence.iter().zip(&candidate.agrees) {
+            if c >= t {
+                correct += usize::from(a);
+            } else {
+                escalated += 1;
+                correct += 1;
+            }
+        }
+        plans.push(CheapPlan {
+            threshold: Some(t),
+            escalated: escalated as f64 / n as f64,
+            quality: correct as f64 / n as f64,
+            quality_lower: wilson_lower_bound(correct, n, z),
+        });
+    }
+    plans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_bound_matches_known_values() {
+        // 45 of 50 at z = 1.645: about 0.808.
+        assert!((wilson_lower_bound(45, 50, Z_95) - 0.808).abs() < 0.002);
+        assert_eq!(wilson_lower_bound(0, 0, Z_95), 0.0);
+        assert!(wilson_lower_bound(50, 50, Z_95) < 1.0, "a perfect sample is still a sample");
+        assert!(wilson_lower_bound(500, 500, Z_95) > wilson_lower_bound(50, 50, Z_95));
+    }
+
+    #[test]
+    fn cascades_trade_escalations_for_agreement() {
+        // Confident rows agree, unsure rows do not.
+        let candidate = CandidateOutcome {
+            model: "small".into(),
+            confidence: vec![0.99, 0.98, 0.97, 0.6, 0.55],
+            agrees: vec![true, true, true, false, false],
+        };
+        let plans = cheap_plans(&candidate, Z_95);
+        assert_eq!(plans[0].threshold, None);
+        assert!((plans[0].quality - 0.6).abs() < 1e-9);
+        let at_97 = plans.iter().find(|p| p.threshold == Some(0.97)).unwrap();
+        assert!((at_97.quality - 1.0).abs() < 1e-9, "the unsure rows went to the reference");
+        assert!((at_97.escalated - 0.4).abs() < 1e-9);
+        let at_99 = plans.iter().find(|p| p.threshold == Some(0.99)).unwrap();
+        assert!(at_99.escalated > at_97.escalated);
+    }
+}

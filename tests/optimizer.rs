@@ -1,0 +1,266 @@
+//! The cost-based optimizer's model choice, against a backend with a cheap model that is sure
+//! and right on easy rows and unsure and wrong on hard ones, and a reference model that is
+//! always right: the rule must find the cascade, meet the quality target, keep its statistics,
+//! and never run a model for plain EXPLAIN.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use murakkab::arrow::array::{Array, AsArray};
+use murakkab::catalog::{ModelCard, MurakkabHome, Task, builtin_models};
+use murakkab::{
+    AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue, Session,
+};
+
+const CHEAP: &str = "smollm2-135m-instruct";
+const REFERENCE: &str = "qwen2.5-coder-0.5b-instruct";
+
+/// Rows whose text says "upbeat" are positive, the others negative. The reference model always
+/// knows; the cheap one knows with 0.97 on "easy" rows and guesses wrong with 0.55 on "hard".
+#[derive(Debug)]
+struct TwoModels {
+    home: MurakkabHome,
+    /// (model, rows) of every scoring call.
+    calls: Mutex<Vec<(String, usize)>>,
+}
+
+impl TwoModels {
+    fn new(home: &std::path::Path) -> Arc<Self> {
+        Arc::new(Self { home: MurakkabHome::at(home), calls: Mutex::new(Vec::new()) })
+    }
+
+    /// Rows scored by `model` so far.
+    fn rows(&self, model: &str) -> usize {
+        self.calls.lock().unwrap().iter().filter(|(m, _)| m == model).map(|(_, n)| n).sum()
+    }
+}
+
+impl AiBackend for TwoModels {
+    fn resolve_model(&self, requested: Option<&str>, _task: Task) -> Result<ModelCard, String> {
+        let id = requested.filter(|r| *r != "auto").unwrap_or(CHEAP);
+        builtin_models().into_iter().find(|c| c.id == id).ok_or(format!("unknown model '{id}'"))
+    }
+
+    fn largest_model(&self, task: Task) -> Result<ModelCard, String> {
+        self.resolve_model(Some(REFERENCE), task)
+    }
+
+    fn embed(&self, _model: &str, _texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
+        Err("no embeddings here".into())
+    }
+
+    fn score_labels(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        _labels: &[String],
+    ) -> Result<BatchOutput<Vec<f32>>, String> {
+        self.calls.lock().unwrap().push((model.to_string(), batch.rows.len()));
+        let rows = batch
+            .rows
+            .iter()
+            .map(|r| {
+                let positive = r.contains("upbeat");
+                let (right, sure) = match (model, r.contains("hard")) {
+                    (REFERENCE, _) => (true, 0.9),
+                    (_, false) => (true, 0.97),
+                    (_, true) => (false, 0.55),
+                };
+                let first = if positive == right { sure } else { 1.0 - sure };
+                Ok(vec![first, 1.0 - first])
+            })
+            .collect();
+        Ok(BatchOutput { rows, truncated: 0 })
+    }
+
+    fn complete(
+        &self,
+        _model: &str,
+        _batch: &ChatBatch,
+        _options: &CompletionOptions,
+    ) -> Result<BatchOutput<String>, String> {
+        Err("no generation here".into())
+    }
+
+    fn extract(
+        &self,
+        _model: &str,
+        _batch: &ChatBatch,
+        _fields: &[(String, FieldType)],
+    ) -> Result<BatchOutput<Vec<Option<FieldValue>>>, String> {
+        Err("no extraction here".into())
+    }
+
+    fn count_tokens(&self, _model: &str, text: &str) -> Result<usize, String> {
+        Ok(text.split_whitespace().count())
+    }
+
+    fn context_length(&self, _model: &str) -> Result<usize, String> {
+        Ok(400)
+    }
+
+    fn home(&self) -> &MurakkabHome {
+        &self.home
+    }
+}
+
+async fn session(backend: &Arc<TwoModels>, home: &std::path::Path, cache: bool) -> Session {
+    let backend: Arc<dyn AiBackend> = Arc::clone(backend) as Arc<dyn AiBackend>;
+    Session::builder()
+        .home(home)
+        .threads(2)
+        .ai_backend(backend)
+        .result_cache(cache)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// 1,000 reviews, one in ten hard for the cheap model, half of them upbeat.
+const REVIEWS: &str = "CREATE VIEW reviews AS SELECT v AS id, 'review ' || v || ' ' || \
+    CASE WHEN v % 10 = 0 THEN 'hard ' ELSE 'easy ' END || \
+    CASE WHEN v % 2 = 0 THEN 'upbeat' ELSE 'gloomy' END AS text \
+    FROM generate_series(1, 1000) AS s(v)";
+
+const CLASSIFY: &str =
+    "SELECT id, ai_classify(text, ['positive', 'negative']) AS label FROM reviews ORDER BY id";
+
+async fn run(db: &Session, sql: &str) -> Vec<murakkab::arrow::array::RecordBatch> {
+    db.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+async fn text_of(db: &Session, sql: &str) -> String {
+    let batches = run(db, sql).await;
+    murakkab::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
+}
+
+fn labels(batches: &[murakkab::arrow::array::RecordBatch]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let l = b.column(1).as_string::<i32>();
+            (0..l.len()).map(|i| l.value(i).to_string()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn truth() -> Vec<String> {
+    (1..=1000).map(|v| if v % 2 == 0 { "positive" } else { "negative" }.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_cascade_meets_the_quality_target_at_a_fraction_of_the_reference_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
+    assert!(
+        plan.contains(&format!("cascade({CHEAP}, {REFERENCE}, 0.9")),
+        "the cheap model alone misses 1 row in 10, so only a cascade meets 0.9:\n{plan}"
+    );
+    assert!(plan.contains("est. rows=1000"), "{plan}");
+    assert!(plan.contains("escalated_rows="), "{plan}");
+    // Every answer is the reference's: hard rows were escalated, easy ones were right.
+    assert_eq!(labels(&run(&db, CLASSIFY).await), truth());
+    // Sample: 64 rows on each model. Run: 1,000 on the cheap one (the sampled rows from the
+    // cache), the ~100 hard rows again on the reference.
+    let reference_rows = backend.rows(REFERENCE);
+    assert!((100..=164).contains(&reference_rows), "reference scored {reference_rows} rows");
+    assert_eq!(backend.rows(CHEAP), 1000);
+}
+
+#[tokio::test]
+async fn statistics_persist_so_a_repeated_query_skips_the_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    {
+        let db = session(&backend, dir.path(), false).await;
+        run(&db, REVIEWS).await;
+        run(&db, CLASSIFY).await;
+    }
+    let stats: Vec<_> = std::fs::read_dir(dir.path().join("stats")).unwrap().collect();
+    assert_eq!(stats.len(), 1, "one record for the one call");
+    backend.calls.lock().unwrap().clear();
+    // A new session without the result cache: nothing is sampled, so the reference model
+    // sees exactly the 100 hard rows.
+    let db = session(&backend, dir.path(), false).await;
+    run(&db, REVIEWS).await;
+    assert_eq!(labels(&run(&db, CLASSIFY).await), truth());
+    assert_eq!(backend.rows(REFERENCE), 100);
+    assert_eq!(backend.rows(CHEAP), 1000);
+}
+
+#[tokio::test]
+async fn a_target_no_sample_can_prove_keeps_the_reference_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    run(&db, "SET murakkab.quality_target = 1.0").await;
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
+    assert!(plan.contains(&format!("ai_classify: {REFERENCE} for balanced")), "{plan}");
+    assert!(!plan.contains("cascade("), "{plan}");
+}
+
+#[tokio::test]
+async fn plain_explain_runs_no_model_and_says_when_the_choice_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    let plan = text_of(&db, &format!("EXPLAIN {CLASSIFY}")).await;
+    assert!(plan.contains("model chosen from a 64-row sample when the query runs"), "{plan}");
+    assert!(backend.calls.lock().unwrap().is_empty(), "EXPLAIN ran a model");
+    // Once the statistics exist, EXPLAIN shows the choice, still without running anything.
+    run(&db, CLASSIFY).await;
+    backend.calls.lock().unwrap().clear();
+    let plan = text_of(&db, &format!("EXPLAIN {CLASSIFY}")).await;
+    assert!(plan.contains("cascade("), "{plan}");
+    assert!(plan.contains("(recorded, 64-row sample)"), "{plan}");
+    assert!(backend.calls.lock().unwrap().is_empty(), "EXPLAIN ran a model");
+}
+
+#[tokio::test]
+async fn with_the_optimizer_off_or_a_model_named_nothing_is_sampled() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), false).await;
+    run(&db, REVIEWS).await;
+    let named = CLASSIFY.replace("])", &format!("], model => '{CHEAP}')"));
+    run(&db, &named).await;
+    assert_eq!((backend.rows(CHEAP), backend.rows(REFERENCE)), (1000, 0));
+    run(&db, "SET murakkab.optimizer.enabled = false").await;
+    assert_eq!(labels(&run(&db, CLASSIFY).await), truth());
+    assert_eq!((backend.rows(CHEAP), backend.rows(REFERENCE)), (1000, 1000));
+    assert!(!dir.path().join("stats").exists(), "no statistics were gathered");
+}
+
+#[tokio::test]
+async fn a_hand_written_cascade_runs_and_a_malformed_one_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), false).await;
+    run(&db, REVIEWS).await;
+    let cascade =
+        CLASSIFY.replace("])", &format!("], model => 'cascade({CHEAP}, {REFERENCE}, 0.9)')"));
+    assert_eq!(labels(&run(&db, &cascade).await), truth());
+    assert_eq!((backend.rows(CHEAP), backend.rows(REFERENCE)), (1000, 100));
+    let err = db
+        .sql(&CLASSIFY.replace("])", "], model => 'cascade(a, b, 2)')"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ai_classify: model: cascade threshold must be a number in [0, 1], got '2'"),
+        "{err}"
+    );
+    let err = db
+        .sql(&CLASSIFY.replace("])", &format!("], model => 'cascade(nope, {REFERENCE}, 0.5)')")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ai_classify: unknown model 'nope'"), "{err}");
+}
