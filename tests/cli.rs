@@ -104,7 +104,10 @@ fn bad_option_value_names_the_key() {
     let home = tempfile::tempdir().unwrap();
     let out = murakkab(home.path(), &["-c", "SET murakkab.objective = 'fast'"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("murakkab.objective: expected one of balanced, latency, energy, carbon"));
+    assert!(
+        stderr(&out)
+            .contains("murakkab.objective: expected one of balanced, latency, energy, carbon")
+    );
 }
 
 #[test]

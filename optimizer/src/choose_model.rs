@@ -14,14 +14,17 @@
 //!                AS __ai_1; ai_classify: cascade(...) for balanced: est. rows=3000, ...
 //! ```
 //!
-//! How the estimate is made: the call's input is run (a uniform reservoir sample of
-//! `murakkab.optimizer.sample_rows` rows; only the first rows when another AI call sits below,
-//! so that call is not run over the whole input for a sample) and every candidate scores the
-//! sample. The answers go through the result cache, so the sampled rows are not computed again
-//! when the query runs, and the figures persist under `MURAKKAB_HOME/stats`, keyed by the
-//! function, its condition or labels, the lineage of the column (the plan below the call) and
-//! the candidate models, so a repeated workload skips the sampling. Costs come from the device
-//! profile (`murakkab calibrate`, or defaults from model size) and the sample's token counts.
+//! How the estimate is made: the call's input is run (a seeded uniform sample of 5% of its
+//! rows, between `murakkab.optimizer.sample_rows` and four times that; only the first rows when
+//! another AI call sits below, so that call is not run over the whole input for a sample) and
+//! every candidate scores the sample. When an encoder is pulled, a proxy model (logistic
+//! regression on the rows' embeddings, `proxy_training`) is trained on the reference's answers
+//! and is a candidate too, its agreement measured out of fold. The answers go through the
+//! result cache, so the sampled rows are not computed again when the query runs, and the
+//! figures persist under `MURAKKAB_HOME/stats`, keyed by the function, its condition or labels,
+//! the lineage of the column (the plan below the call) and the candidate models, so a repeated
+//! workload skips the sampling. Costs come from the device profile (`murakkab calibrate`, or
+//! defaults from model size) and the sample's token counts.
 //!
 //! Does not apply: with `murakkab.optimizer.enabled = false`; to calls that name a model or a
 //! cascade; to per-row conditions or label lists; to other AI functions (generation has no
@@ -54,16 +57,23 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::StreamExt;
 use murakkab_catalog::{
-    CandidateOutcome, DeviceProfile, LabelCallStats, ModelCard, StatsStore, Task,
+    CandidateOutcome, DeviceProfile, LabelCallStats, ModelCard, PROXY_PREFIX, StatsStore, Task,
 };
 use murakkab_compiler::{AiMap, MurakkabOptions};
 use murakkab_udfs::{AiBackend, Cascade, ModelPlan, prompts, top_probability};
 
-use crate::cost_model::{Cost, label_row_cost};
+use crate::cost_model::{Cost, embed_row_cost, label_row_cost};
+use crate::proxy_training::{out_of_fold, train};
 use crate::quality::{Z_95, cheap_plans};
 
 /// Rows per scoring call while sampling (as the executor's chunks).
 const SAMPLE_BATCH_ROWS: usize = 16;
+/// The largest sample, as a multiple of `murakkab.optimizer.sample_rows`.
+const MAX_SAMPLE_FACTOR: usize = 4;
+/// Fewest labelled sample rows a proxy is trained on.
+const PROXY_MIN_ROWS: usize = 24;
+/// Folds of the out-of-fold estimate of a proxy's agreement.
+const PROXY_FOLDS: usize = 5;
 /// Seed of the reservoir sample: the same input gives the same sample.
 const SAMPLE_SEED: u64 = 0x6d75_726b_616b_6b61;
 
@@ -134,6 +144,8 @@ struct Pass<'a> {
     profile: DeviceProfile,
     candidates: Vec<ModelCard>,
     reference: ModelCard,
+    /// The encoder proxies are trained on, if one is pulled.
+    encoder: Option<ModelCard>,
     may_sample: bool,
 }
 
@@ -152,7 +164,9 @@ impl ModelChooser {
         }
         let candidates = self.backend.candidate_models(Task::ScoreLabels);
         let Some(reference) = candidates.last().cloned() else { return Ok(plan.clone()) };
-        let sites = sites(plan, &candidates)?;
+        let encoder =
+            self.backend.candidate_models(Task::Embed).into_iter().find(|c| c.can(Task::Embed));
+        let sites = sites(plan, &candidates, encoder.as_ref())?;
         if sites.is_empty() {
             return Ok(plan.clone());
         }
@@ -162,6 +176,7 @@ impl ModelChooser {
             profile: DeviceProfile::load(self.backend.home()),
             candidates,
             reference,
+            encoder,
             // Plain EXPLAIN shows the plan without running anything.
             may_sample: !matches!(plan, LogicalPlan::Explain(_)),
         };
@@ -172,7 +187,7 @@ impl ModelChooser {
                 decisions.insert(site.key.clone(), decision);
             }
         }
-        rewrite(plan, &decisions, &pass.candidates)
+        rewrite(plan, &decisions, &pass.candidates, pass.encoder.as_ref())
     }
 
     async fn decide(&self, site: &Site, pass: &Pass<'_>) -> Result<Decision> {
@@ -196,11 +211,12 @@ impl ModelChooser {
         }
         if !pass.may_sample {
             let note = format!(
-                "{}: model chosen from a {}-row sample when the query runs",
+                "{}: model chosen from a sample (at least {} rows) when the query runs",
                 site.function, pass.options.sample_rows
             );
             return Ok(Decision { plan: ModelPlan::Auto, note });
         }
+        let started = std::time::Instant::now();
         let sample = self.sample(site, pass).await?;
         if sample.texts.is_empty() {
             let note = format!("{}: {reference} (empty input)", site.function);
@@ -226,13 +242,20 @@ impl ModelChooser {
         if let Err(e) = self.store.save_label_stats(&site.key, &stats) {
             tracing::warn!("could not store optimizer statistics: {e}");
         }
-        Ok(choose_plan(site, &stats, pass, "sampled"))
+        let mut decision = choose_plan(site, &stats, pass, "sampled");
+        decision.note.push_str(&format!("; sampling took {:.1}s", started.elapsed().as_secs_f64()));
+        Ok(decision)
     }
 
     /// Draws the sample: a seeded reservoir over the whole input, or its first rows when an AI
     /// call sits below (so that call is not run over every row for a sample).
+    ///
+    /// The sample grows with the input: 5% of its rows, at least `murakkab.optimizer.sample_rows`
+    /// and at most four times that (a proxy model learns more from more rows, and a larger
+    /// sample narrows the confidence bound, while its cost stays a small share of the input's).
     async fn sample(&self, site: &Site, pass: &Pass<'_>) -> Result<Sample> {
-        let size = pass.options.sample_rows;
+        let least = pass.options.sample_rows;
+        let size = MAX_SAMPLE_FACTOR * least;
         let ai_below = contains_ai_map(&site.input)?;
         let projection = LogicalPlanBuilder::from(site.input.clone())
             .project(vec![site.text.clone().alias("__sample_text")])?
@@ -261,14 +284,21 @@ impl ModelChooser {
                     }
                 }
             }
-            if ai_below && texts.len() >= size {
+            if ai_below && texts.len() >= least {
                 return Ok(Sample { texts, input_rows: seen, complete: false });
             }
         }
+        // A shuffled reservoir's every prefix is a uniform sample of the input too.
+        for i in (1..texts.len()).rev() {
+            texts.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let wanted = ((seen as usize) / 20).clamp(least, size);
+        texts.truncate(wanted);
         Ok(Sample { texts, input_rows: seen, complete: true })
     }
 
-    /// Scores the sample with every candidate and compares each with the reference.
+    /// Scores the sample with every candidate and compares each with the reference; trains a
+    /// proxy on the sample's embeddings when an encoder is pulled.
     async fn measure(
         &self,
         site: &Site,
@@ -277,49 +307,117 @@ impl ModelChooser {
         pass: &Pass<'_>,
     ) -> Result<LabelCallStats> {
         let backend = Arc::clone(&self.backend);
-        let texts = sample.texts.clone();
-        let instruction = site.instruction.clone();
-        let models: Vec<String> = pass.candidates.iter().map(|c| c.id.clone()).collect();
-        let reference = pass.reference.id.clone();
-        let input_rows = sample.input_rows;
-        let function = site.function.clone();
-        SpawnedTask::spawn_blocking(move || {
-            let answers = |model: &str| score_sample(backend.as_ref(), model, &texts, &instruction);
-            let truth = answers(&reference).map_err(|e| {
-                DataFusionError::Execution(format!("{function}: sampling {reference}: {e}"))
-            })?;
-            let mut candidates = Vec::new();
-            for model in models.iter().filter(|m| **m != reference) {
-                let Ok(answers) = answers(model) else { continue };
-                let mut outcome = CandidateOutcome {
-                    model: model.clone(),
-                    confidence: Vec::new(),
-                    agrees: Vec::new(),
-                };
-                for (mine, theirs) in answers.iter().zip(&truth) {
-                    // A row the reference could not answer says nothing about agreement.
-                    let Some(theirs) = theirs else { continue };
-                    outcome.confidence.push(mine.as_ref().map_or(0.0, |p| top_probability(p)));
-                    outcome
-                        .agrees
-                        .push(mine.as_ref().is_some_and(|p| best_label(p) == best_label(theirs)));
-                }
-                candidates.push(outcome);
-            }
-            let answered: Vec<&Vec<f32>> = truth.iter().flatten().collect();
-            let first = answered.iter().filter(|p| best_label(p) == 0).count();
-            Ok(LabelCallStats {
-                input_rows,
-                reference,
-                mean_row_tokens: tokens,
-                first_label_rate: first as f64 / answered.len().max(1) as f64,
-                candidates,
-            })
-        })
-        .join()
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?
+        let job = MeasureJob {
+            function: site.function.clone(),
+            texts: sample.texts.clone(),
+            instruction: site.instruction.clone(),
+            models: pass.candidates.iter().map(|c| c.id.clone()).collect(),
+            reference: pass.reference.id.clone(),
+            encoder: pass.encoder.as_ref().map(|c| c.id.clone()),
+            proxy_id: StatsStore::id_of(&site.key),
+            input_rows: sample.input_rows,
+            tokens,
+        };
+        SpawnedTask::spawn_blocking(move || measure_blocking(backend.as_ref(), &job))
+            .join()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
     }
+}
+
+/// What measuring a sample needs, owned so it can move to a blocking thread.
+struct MeasureJob {
+    function: String,
+    texts: Vec<String>,
+    instruction: Instruction,
+    models: Vec<String>,
+    reference: String,
+    encoder: Option<String>,
+    proxy_id: String,
+    input_rows: u64,
+    tokens: f64,
+}
+
+fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCallStats> {
+    let answers = |model: &str| score_sample(backend, model, &job.texts, &job.instruction);
+    let truth = answers(&job.reference).map_err(|e| {
+        DataFusionError::Execution(format!("{}: sampling {}: {e}", job.function, job.reference))
+    })?;
+    let mut candidates = Vec::new();
+    for model in job.models.iter().filter(|m| **m != job.reference) {
+        let Ok(answers) = answers(model) else { continue };
+        let mut outcome =
+            CandidateOutcome { model: model.clone(), confidence: Vec::new(), agrees: Vec::new() };
+        for (mine, theirs) in answers.iter().zip(&truth) {
+            // A row the reference could not answer says nothing about agreement.
+            let Some(theirs) = theirs else { continue };
+            outcome.confidence.push(mine.as_ref().map_or(0.0, |p| top_probability(p)));
+            outcome.agrees.push(mine.as_ref().is_some_and(|p| best_label(p) == best_label(theirs)));
+        }
+        candidates.push(outcome);
+    }
+    if let Some(outcome) =
+        job.encoder.as_deref().and_then(|e| proxy_outcome(backend, job, e, &truth))
+    {
+        candidates.push(outcome);
+    }
+    let answered: Vec<&Vec<f32>> = truth.iter().flatten().collect();
+    let first = answered.iter().filter(|p| best_label(p) == 0).count();
+    Ok(LabelCallStats {
+        input_rows: job.input_rows,
+        reference: job.reference.clone(),
+        mean_row_tokens: job.tokens,
+        first_label_rate: first as f64 / answered.len().max(1) as f64,
+        candidates,
+    })
+}
+
+/// Trains a proxy on the sample's embeddings and the reference's answers and reports its
+/// out-of-fold agreement; `None` when the sample cannot train one (no encoder output, too few
+/// rows, a single label).
+fn proxy_outcome(
+    backend: &dyn AiBackend,
+    job: &MeasureJob,
+    encoder: &str,
+    truth: &[Option<Vec<f32>>],
+) -> Option<CandidateOutcome> {
+    let texts: Vec<&str> = job.texts.iter().map(String::as_str).collect();
+    let mut embeddings: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(64) {
+        let out = backend.embed(encoder, chunk).ok()?;
+        embeddings.extend(out.rows.into_iter().map(std::result::Result::ok));
+    }
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for (e, t) in embeddings.iter().zip(truth) {
+        if let (Some(e), Some(t)) = (e, t) {
+            xs.push(e.clone());
+            ys.push(best_label(t));
+        }
+    }
+    let n_labels = job.instruction.labels().len();
+    let distinct: std::collections::HashSet<usize> = ys.iter().copied().collect();
+    if xs.len() < PROXY_MIN_ROWS || distinct.len() < 2 {
+        return None;
+    }
+    let predicted = out_of_fold(&xs, &ys, n_labels, PROXY_FOLDS);
+    let proxy = train(encoder, &xs, &ys, n_labels);
+    if let Err(e) = proxy.save(backend.home(), &job.proxy_id) {
+        tracing::warn!("could not store proxy model: {e}");
+        return None;
+    }
+    let mut outcome = CandidateOutcome {
+        model: format!("{PROXY_PREFIX}{}", job.proxy_id),
+        confidence: Vec::new(),
+        agrees: Vec::new(),
+    };
+    let mut predicted = predicted.iter();
+    for (e, t) in embeddings.iter().zip(truth) {
+        let Some(t) = t else { continue };
+        let p = if e.is_some() { predicted.next() } else { None };
+        outcome.confidence.push(p.map_or(0.0, |p| top_probability(p)));
+        outcome.agrees.push(p.is_some_and(|p| best_label(p) == best_label(t)));
+    }
+    Some(outcome)
 }
 
 /// Whether sampling can save more than it costs: the rows after the sample, moved from the
@@ -392,8 +490,13 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         escalated: None,
     };
     for outcome in &stats.candidates {
-        let Some(cheap) = card(&outcome.model) else { continue };
-        let cheap_cost = row_cost(cheap);
+        let cheap_cost = if outcome.model.starts_with(PROXY_PREFIX) {
+            let Some(encoder) = &pass.encoder else { continue };
+            embed_row_cost(&pass.profile.speed(encoder), options)
+        } else {
+            let Some(cheap) = card(&outcome.model) else { continue };
+            row_cost(cheap)
+        };
         for option in cheap_plans(outcome, Z_95) {
             if option.quality_lower < options.quality_target {
                 continue;
@@ -402,9 +505,9 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
             if cost.value(objective, options) < best.cost.value(objective, options) {
                 best = Choice {
                     plan: match option.threshold {
-                        None => ModelPlan::Model(cheap.id.clone()),
+                        None => ModelPlan::Model(outcome.model.clone()),
                         Some(threshold) => ModelPlan::Cascade(Cascade {
-                            cheap: cheap.id.clone(),
+                            cheap: outcome.model.clone(),
                             reference: reference_card.id.clone(),
                             threshold,
                         }),
@@ -453,9 +556,14 @@ struct Choice {
 }
 
 /// The calls of every AI node in `plan` the rule may decide.
-fn sites(plan: &LogicalPlan, candidates: &[ModelCard]) -> Result<Vec<Site>> {
+fn sites(
+    plan: &LogicalPlan,
+    candidates: &[ModelCard],
+    encoder: Option<&ModelCard>,
+) -> Result<Vec<Site>> {
+    let models = model_set(candidates, encoder);
     let mut found = Vec::new();
-    collect_sites(plan, None, candidates, &mut found)?;
+    collect_sites(plan, None, &models, &mut found)?;
     Ok(found)
 }
 
@@ -464,14 +572,14 @@ fn sites(plan: &LogicalPlan, candidates: &[ModelCard]) -> Result<Vec<Site>> {
 fn collect_sites(
     node: &LogicalPlan,
     limit: Option<usize>,
-    candidates: &[ModelCard],
+    models: &str,
     found: &mut Vec<Site>,
 ) -> Result<()> {
     if let Some(map) = as_ai_map(node) {
         found.extend(
-            map.calls.iter().filter_map(|c| {
-                site_of(c, &map.input, candidates).map(|site| Site { limit, ..site })
-            }),
+            map.calls
+                .iter()
+                .filter_map(|c| site_of(c, &map.input, models).map(|site| Site { limit, ..site })),
         );
     }
     let limit = match node {
@@ -487,7 +595,7 @@ fn collect_sites(
         _ => None,
     };
     for input in node.inputs() {
-        collect_sites(input, limit, candidates, found)?;
+        collect_sites(input, limit, models, found)?;
     }
     Ok(())
 }
@@ -512,7 +620,14 @@ fn function_call(call: &Expr) -> Option<&ScalarFunction> {
     }
 }
 
-fn site_of(call: &Expr, input: &LogicalPlan, candidates: &[ModelCard]) -> Option<Site> {
+/// The models a decision depends on, as they enter the statistics key.
+fn model_set(candidates: &[ModelCard], encoder: Option<&ModelCard>) -> String {
+    let mut ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
+    ids.extend(encoder.map(|e| e.id.as_str()));
+    ids.join(",")
+}
+
+fn site_of(call: &Expr, input: &LogicalPlan, models: &str) -> Option<Site> {
     let f = function_call(call)?;
     let function = f.func.name().to_string();
     let auto = match f.args.get(2) {
@@ -532,10 +647,8 @@ fn site_of(call: &Expr, input: &LogicalPlan, candidates: &[ModelCard]) -> Option
         _ => return None,
     };
     let text = f.args.first()?.clone();
-    let models: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
     let key = format!(
-        "label-call v1\n{function}\n{instruction:?}\n{text}\n{}\n{}",
-        models.join(","),
+        "label-call v1\n{function}\n{instruction:?}\n{text}\n{models}\n{}",
         input.display_indent()
     );
     Some(Site { key, function, text, instruction, input: input.clone(), limit: None })
@@ -579,7 +692,9 @@ fn rewrite(
     plan: &LogicalPlan,
     decisions: &HashMap<String, Decision>,
     candidates: &[ModelCard],
+    encoder: Option<&ModelCard>,
 ) -> Result<LogicalPlan> {
+    let models = model_set(candidates, encoder);
     // Top-down, so each node's key is computed over its input before that input is rewritten,
     // exactly as `sites` computed it.
     plan.clone()
@@ -590,7 +705,7 @@ fn rewrite(
             let mut changed = false;
             for call in &map.calls {
                 let decision =
-                    site_of(call, &map.input, candidates).and_then(|site| decisions.get(&site.key));
+                    site_of(call, &map.input, &models).and_then(|site| decisions.get(&site.key));
                 let Some(decision) = decision else {
                     calls.push(call.clone());
                     continue;

@@ -65,6 +65,13 @@ pub fn label_row_cost(speed: &ModelSpeed, row_tokens: f64, options: &MurakkabOpt
     Cost { seconds, joules: seconds * busy_watts(options) }
 }
 
+/// The cost of embedding one row on an encoder of `speed` (what a proxy model costs; its
+/// logistic regression is negligible beside it).
+pub fn embed_row_cost(speed: &ModelSpeed, options: &MurakkabOptions) -> Cost {
+    let seconds = 1.0 / speed.embeddings_per_s.max(1e-9);
+    Cost { seconds, joules: seconds * busy_watts(options) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 
 mod choose_model;
 pub mod cost_model;
+pub mod proxy_training;
 pub mod quality;
 mod top_k_below_ai_map;
 

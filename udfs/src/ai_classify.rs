@@ -16,7 +16,7 @@ use datafusion::logical_expr::{
 
 use crate::args::{self, AiContext, Kind, Param, optional, required};
 use crate::docs::ai_doc;
-use crate::model_plan::{self, ModelPlan};
+use crate::model_plan::{self, ModelPlan, ScoringRows};
 use crate::prompts;
 
 const NAME: &str = "ai_classify";
@@ -139,19 +139,16 @@ impl ScalarUDFImpl for AiClassify {
                 reps,
                 |r| labels[r].clone().unwrap_or_default(),
                 |label_set, rows| {
-                    let prompt = |subset: &[usize]| {
-                        let batch: Vec<&str> = subset.iter().map(|&r| texts.value(r)).collect();
-                        prompts::classify(&batch, label_set)
+                    let scoring = ScoringRows {
+                        rows,
+                        texts: rows.iter().map(|&r| texts.value(r)).collect(),
+                        prompt: |subset: &[usize]| {
+                            let batch: Vec<&str> = subset.iter().map(|&r| texts.value(r)).collect();
+                            prompts::classify(&batch, label_set)
+                        },
                     };
                     let config = &call.config_options;
-                    model_plan::score_with_plan(
-                        &self.context,
-                        config,
-                        &plan,
-                        rows,
-                        prompt,
-                        label_set,
-                    )
+                    model_plan::score_with_plan(&self.context, config, &plan, &scoring, label_set)
                 },
                 |label_set, p| {
                     let best = p

@@ -14,7 +14,7 @@ use datafusion::logical_expr::{
 
 use crate::args::{self, AiContext, Kind, Param, optional, required};
 use crate::docs::ai_doc;
-use crate::model_plan::{self, ModelPlan};
+use crate::model_plan::{self, ModelPlan, ScoringRows};
 use crate::prompts;
 
 const NAME: &str = "ai_filter";
@@ -105,12 +105,16 @@ impl ScalarUDFImpl for AiFilter {
                 reps,
                 |r| conditions.value(r),
                 |condition, rows| {
-                    let prompt = |subset: &[usize]| {
-                        let batch: Vec<&str> = subset.iter().map(|&r| texts.value(r)).collect();
-                        prompts::filter(&batch, condition)
+                    let scoring = ScoringRows {
+                        rows,
+                        texts: rows.iter().map(|&r| texts.value(r)).collect(),
+                        prompt: |subset: &[usize]| {
+                            let batch: Vec<&str> = subset.iter().map(|&r| texts.value(r)).collect();
+                            prompts::filter(&batch, condition)
+                        },
                     };
                     let config = &call.config_options;
-                    model_plan::score_with_plan(&self.context, config, &plan, rows, prompt, &labels)
+                    model_plan::score_with_plan(&self.context, config, &plan, &scoring, &labels)
                 },
                 |_, p| p[0] >= p[1],
             )

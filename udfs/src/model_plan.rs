@@ -11,7 +11,7 @@
 use std::fmt;
 
 use datafusion::common::config::ConfigOptions;
-use murakkab_catalog::Task;
+use murakkab_catalog::{PROXY_PREFIX, ProxyModel, Task};
 
 use crate::args::{self, AiContext};
 use crate::backend::{BatchOutput, ChatBatch};
@@ -108,33 +108,47 @@ pub(crate) fn check_plan(
         }
         _ => {
             for id in plan.models() {
-                args::check_model(function, context, Some(id), Task::ScoreLabels)?;
+                if let Some(proxy) = id.strip_prefix(PROXY_PREFIX) {
+                    ProxyModel::load(context.backend.home(), proxy)
+                        .map_err(|e| datafusion::common::plan_datafusion_err!("{function}: {e}"))?;
+                } else {
+                    args::check_model(function, context, Some(id), Task::ScoreLabels)?;
+                }
             }
             Ok(())
         }
     }
 }
 
-/// Scores `rows` under `plan`: `prompt` builds the batch for any subset of them (the
-/// reference model of a cascade sees only the rows it is asked about). Counts the rows a
-/// cascade sent on to its reference model.
-pub(crate) fn score_with_plan(
+/// The rows of one scoring call: which rows, their texts, and how to prompt any subset.
+pub(crate) struct ScoringRows<'a, P: Fn(&[usize]) -> ChatBatch> {
+    /// Row indices in the function's input.
+    pub rows: &'a [usize],
+    /// Each row's own text, aligned with `rows` (what a proxy model embeds).
+    pub texts: Vec<&'a str>,
+    /// Builds the prompt batch for any subset of the rows (the reference model of a cascade
+    /// sees only the rows it is asked about).
+    pub prompt: P,
+}
+
+/// Scores the rows under `plan`, counting the rows a cascade sent on to its reference model.
+pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
     context: &AiContext,
     config: &ConfigOptions,
     plan: &ModelPlan,
-    rows: &[usize],
-    prompt: impl Fn(&[usize]) -> ChatBatch,
+    scoring: &ScoringRows<'_, P>,
     labels: &[String],
 ) -> Result<BatchOutput<Vec<f32>>, String> {
+    let rows = scoring.rows;
     let cascade = match plan {
         ModelPlan::Auto => {
             let card = args::model_for(context, config, None, Task::ScoreLabels)?;
-            return context.backend.score_labels(&card.id, &prompt(rows), labels);
+            return context.backend.score_labels(&card.id, &(scoring.prompt)(rows), labels);
         }
-        ModelPlan::Model(id) => return context.backend.score_labels(id, &prompt(rows), labels),
+        ModelPlan::Model(id) => return score_on(context, id, scoring, labels),
         ModelPlan::Cascade(c) => c,
     };
-    let mut first = context.backend.score_labels(&cascade.cheap, &prompt(rows), labels)?;
+    let mut first = score_on(context, &cascade.cheap, scoring, labels)?;
     let unsure: Vec<usize> = first
         .rows
         .iter()
@@ -146,12 +160,48 @@ pub(crate) fn score_with_plan(
         return Ok(first);
     }
     let unsure_rows: Vec<usize> = unsure.iter().map(|&slot| rows[slot]).collect();
-    let second = context.backend.score_labels(&cascade.reference, &prompt(&unsure_rows), labels)?;
+    let second = context.backend.score_labels(
+        &cascade.reference,
+        &(scoring.prompt)(&unsure_rows),
+        labels,
+    )?;
     function_stats::record(|s| s.escalated_rows += unsure.len() as u64);
     for (slot, answer) in unsure.into_iter().zip(second.rows) {
         first.rows[slot] = answer;
     }
     Ok(first)
+}
+
+/// Scores every row on one model: a language model, or a proxy (`proxy:<id>`) over the rows'
+/// embeddings.
+fn score_on<P: Fn(&[usize]) -> ChatBatch>(
+    context: &AiContext,
+    model: &str,
+    scoring: &ScoringRows<'_, P>,
+    labels: &[String],
+) -> Result<BatchOutput<Vec<f32>>, String> {
+    let Some(id) = model.strip_prefix(PROXY_PREFIX) else {
+        return context.backend.score_labels(model, &(scoring.prompt)(scoring.rows), labels);
+    };
+    let proxy = ProxyModel::load(context.backend.home(), id)?;
+    if proxy.weights.len() != labels.len() {
+        return Err(format!(
+            "proxy '{id}' was trained for {} labels, the call has {}",
+            proxy.weights.len(),
+            labels.len()
+        ));
+    }
+    let embedded = context.backend.embed(&proxy.encoder, &scoring.texts)?;
+    let rows = embedded
+        .rows
+        .into_iter()
+        .map(|row| {
+            row.and_then(|v| {
+                proxy.predict(&v).ok_or_else(|| format!("proxy '{id}': embedding size differs"))
+            })
+        })
+        .collect();
+    Ok(BatchOutput { rows, truncated: 0 })
 }
 
 /// The probability of the most likely label.
