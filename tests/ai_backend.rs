@@ -527,3 +527,22 @@ async fn ai_calls_in_aggregates_run_in_a_map_below_them_and_keep_their_names() {
     );
     assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 4, "two distinct texts, two functions");
 }
+
+#[tokio::test]
+async fn a_second_ai_predicate_sees_only_the_rows_that_passed_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    let query = "SELECT t FROM (VALUES ('a'), ('nope b'), ('c nope'), ('d')) AS v(t) \
+                 WHERE ai_filter(t, 'one') AND ai_filter(t, 'two') AND t <> 'zzz'";
+    let plan = format!("{:?}", run(&db, &format!("EXPLAIN {query}")).await);
+    let rows = run(&db, query).await;
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    // 4 rows asked the first question, the 2 that passed asked the second.
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 6, "{plan}");
+    // The naive plan asks both questions of every row.
+    run(&db, "SET murakkab.optimizer.enabled = false").await;
+    run(&db, "SET murakkab.exec.batching = false").await;
+    run(&db, query).await;
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 6 + 8);
+}

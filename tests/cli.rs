@@ -269,3 +269,22 @@ fn energy_and_co2e_are_reported_by_timing_explain_analyze_and_jobs() {
     assert!(["modeled", "measured"].contains(&manifest["energy_source"].as_str().unwrap()));
     assert!(manifest["co2e_g"].as_f64().unwrap() > 0.0, "{manifest}");
 }
+
+#[test]
+fn calibrate_measures_every_pulled_model_and_stores_the_profile() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = murakkab(empty.path(), &["calibrate"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("calibrate: no model is pulled"), "{}", stderr(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let home = murakkab::catalog::MurakkabHome::at(dir.path());
+    murakkab_exec::tiny_models::install_tiny_models(&home).unwrap();
+    let out = murakkab(dir.path(), &["calibrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("tiny-llama: prefill "), "{}", stdout(&out));
+    assert!(stdout(&out).contains(" embeddings/s"), "{}", stdout(&out));
+    let profile = murakkab::catalog::DeviceProfile::load(&home);
+    let speed = profile.models.get("tiny-llama").expect("tiny-llama measured");
+    assert!(speed.measured && speed.prefill_tokens_per_s > 0.0 && speed.decode_tokens_per_s > 0.0);
+}

@@ -16,6 +16,10 @@
 //!           Filter: t.id > 3              (pushed below by DataFusion: fewer model calls)
 //!             TableScan: t
 //! ```
+//! A conjunction of AI predicates (`WHERE ai_filter(a, 'x') AND ai_filter(b, 'y')`) becomes one
+//! map and filter per conjunct, stacked, when the optimizer is on: a row reaches the second
+//! model only if it passed the first (see `lift_from_filter`).
+//!
 //! Aggregates are handled the same way: AI calls in grouping expressions and aggregate arguments
 //! move into a map below the aggregate, and a projection above restores the output names.
 //!
@@ -214,17 +218,50 @@ fn lift_from_join(j: Join) -> Result<(LogicalPlan, Vec<Expr>)> {
 }
 
 /// A filter's AI calls in a map below it; a projection above drops their columns again.
-fn lift_from_filter(f: Filter) -> Result<LogicalPlan> {
+///
+/// With `one_map_per_conjunct` (the optimizer on), each conjunct that calls a model gets its
+/// own map and filter, stacked so a row reaches a conjunct's model only if it passed those
+/// below: `WHERE ai_filter(a, 'x') AND ai_filter(b, 'y')` asks the second question only about
+/// rows that passed the first. Conjuncts without AI calls go below all of them, and the kinds
+/// of call that only score labels go below the ones that generate text. Without it (the naive
+/// baseline), one map computes every call for every row.
+fn lift_from_filter(f: Filter, one_map_per_conjunct: bool) -> Result<LogicalPlan> {
     let mut next_id = first_free_id(&f.input);
     let input_schema = Arc::clone(f.input.schema());
-    let (mut predicate, calls) = extract_calls(vec![f.predicate.clone()], &mut next_id)?;
-    let map = AiMap::try_new(Arc::unwrap_or_clone(f.input), calls)?;
-    let filter = Filter::try_new(
-        predicate.remove(0),
-        Arc::new(LogicalPlan::Extension(Extension { node: Arc::new(map) })),
-    )?;
+    let (plain, mut ai): (Vec<Expr>, Vec<Expr>) =
+        split_conjunction_owned(f.predicate).into_iter().partition(|c| !contains_model_call(c));
+    // Stable: conjuncts of the same cost class keep the order they were written in.
+    ai.sort_by_key(generates_text);
+    let groups: Vec<Vec<Expr>> =
+        if one_map_per_conjunct { ai.into_iter().map(|c| vec![c]).collect() } else { vec![ai] };
+    let mut plan = Arc::unwrap_or_clone(f.input);
+    if let Some(predicate) = conjunction(plain) {
+        plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
+    }
+    for group in groups {
+        let Some(predicate) = conjunction(group) else { continue };
+        let (mut predicate, calls) = extract_calls(vec![predicate], &mut next_id)?;
+        let map = AiMap::try_new(plan, calls)?;
+        plan = LogicalPlan::Filter(Filter::try_new(
+            predicate.remove(0),
+            Arc::new(LogicalPlan::Extension(Extension { node: Arc::new(map) })),
+        )?);
+    }
     // The filter's output is its input's columns: drop the AI columns again.
-    project_columns(&input_schema, Arc::new(LogicalPlan::Filter(filter)))
+    project_columns(&input_schema, Arc::new(plan))
+}
+
+/// Whether the session runs Murakkab's cost-based rules (off: the naive baseline's plan).
+fn optimizer_on(config: &dyn OptimizerConfig) -> bool {
+    crate::MurakkabOptions::from_config(&config.options()).optimizer_enabled
+}
+
+/// Whether `e` calls a function that generates text (far costlier per row than scoring labels).
+fn generates_text(e: &Expr) -> bool {
+    e.exists(|x| {
+        Ok(matches!(x, Expr::ScalarFunction(f) if matches!(f.func.name(), "ai_complete" | "ai_extract")))
+    })
+    .unwrap_or(false)
 }
 
 impl OptimizerRule for LiftAiCalls {
@@ -243,7 +280,7 @@ impl OptimizerRule for LiftAiCalls {
     fn rewrite(
         &self,
         plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
+        config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
         match plan {
             LogicalPlan::Projection(p) if p.expr.iter().any(contains_model_call) => {
@@ -267,7 +304,7 @@ impl OptimizerRule for LiftAiCalls {
                 Ok(Transformed::yes(LogicalPlan::Projection(projection)))
             }
             LogicalPlan::Filter(f) if contains_model_call(&f.predicate) => {
-                Ok(Transformed::yes(lift_from_filter(f)?))
+                Ok(Transformed::yes(lift_from_filter(f, optimizer_on(config))?))
             }
             LogicalPlan::Aggregate(a)
                 if a.group_expr.iter().chain(&a.aggr_expr).any(contains_model_call) =>
@@ -300,7 +337,7 @@ impl OptimizerRule for LiftAiCalls {
                     return Ok(Transformed::yes(join));
                 };
                 let filter = Filter::try_new(predicate, Arc::new(join))?;
-                let lifted = lift_from_filter(filter)?;
+                let lifted = lift_from_filter(filter, optimizer_on(config))?;
                 Ok(Transformed::yes(project_columns(&schema, Arc::new(lifted))?))
             }
             other => Ok(Transformed::no(other)),

@@ -12,6 +12,7 @@ mod ai_runtime;
 mod batcher;
 mod batching;
 mod bert_encoder;
+pub mod calibrate;
 pub mod call_stats;
 mod constrained_json;
 mod device;

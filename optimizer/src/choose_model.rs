@@ -568,7 +568,7 @@ fn sites(
 }
 
 /// Walks `node`, knowing the `limit` on the rows a streaming ancestor will ever pull from it
-/// (a LIMIT or top-k above it with only row-by-row nodes between).
+/// (a LIMIT above it with only row-by-row nodes between).
 fn collect_sites(
     node: &LogicalPlan,
     limit: Option<usize>,
@@ -587,7 +587,8 @@ fn collect_sites(
             (SkipType::Literal(skip), FetchType::Literal(Some(fetch))) => Some(skip + fetch),
             _ => None,
         },
-        LogicalPlan::Sort(s) => s.fetch,
+        // A sort reads all its input whatever its fetch; a top-k on plain columns sits below
+        // the map already (`TopKBelowAiMap`), where the sample sees only k rows.
         LogicalPlan::Projection(_) | LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {
             limit
         }

@@ -52,6 +52,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Measure every pulled model's speed on this machine for the optimizer's cost model.
+    Calibrate,
 }
 
 /// `murakkab run`.

@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod args;
+mod calibrate;
 mod command;
 mod exec;
 mod helper;
@@ -57,6 +58,7 @@ async fn main_inner(args: Args) -> Result<()> {
         Some(Command::Models { command: ModelsCommand::Pull { ids, default } }) => {
             models::pull(&session, &ids, default)
         }
+        Some(Command::Calibrate) => calibrate::run(&session, args.threads),
         None if args.commands.is_empty() && args.files.is_empty() => {
             shell::run(session, ExecOptions { format: args.format, timing: true }).await
         }

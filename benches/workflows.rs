@@ -1,0 +1,246 @@
+//! The headline comparison: whole AI workflows over real labeled data, optimized plan against
+//! the naive plan, at equal quality.
+//!
+//! `cargo bench --profile dev --bench workflows` (needs `scripts/fetch-data.sh` and the default
+//! models pulled: all-minilm-l6-v2, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
+//! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 400). Each workflow runs twice in
+//! one process on the same weights and 2 threads, each time in a fresh scratch home (empty
+//! result cache, no optimizer statistics) whose models directory links to the real one:
+//!
+//! - **naive**: `murakkab.optimizer.enabled = false`, `murakkab.exec.batching = false`: the
+//!   largest pulled model, one row per model call, nothing reused;
+//! - **optimized**: the defaults: model choice from a sample (cascades, proxy models),
+//!   batching, deduplication, the result cache filling as it goes. The sampling is included in
+//!   the optimized time and energy.
+//!
+//! Reported per workflow: wall seconds and joules (modeled on this machine, which has no RAPL)
+//! of each plan and their ratios, the optimized plan's agreement with the naive plan's answers
+//! (the quality the optimizer promises: `murakkab.quality_target`, default 0.9), and both plans'
+//! accuracy against the dataset's labels. Results go to stdout and to
+//! `<target>/bench-report/workflows.json`.
+
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use murakkab::Session;
+use murakkab::arrow::array::{Array, AsArray};
+use murakkab::arrow::compute::cast;
+use murakkab::arrow::datatypes::DataType;
+use murakkab::catalog::{ModelStatus, MurakkabHome, find_model};
+
+const MODELS: &[&str] =
+    &["all-minilm-l6-v2", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"];
+
+/// One workflow: a query whose rows are `(id, answer, truth)` over `rows` input rows.
+struct Workflow {
+    name: &'static str,
+    /// SQL with `{step}`: keep rows whose id is a multiple of it (spreads the rows over the file).
+    sql: &'static str,
+    /// Rows in the dataset.
+    dataset_rows: usize,
+}
+
+const WORKFLOWS: &[Workflow] = &[
+    Workflow {
+        name: "sentiment of product, film and restaurant reviews (UCI)",
+        sql: "SELECT id, ai_classify(text, ['positive', 'negative']) AS answer, \
+              CASE WHEN label = 1 THEN 'positive' ELSE 'negative' END AS truth \
+              FROM uci WHERE id % {step} = 0",
+        dataset_rows: 3000,
+    },
+    Workflow {
+        name: "topic of BBC news headlines, 5 labels",
+        sql: "SELECT id, ai_classify(headline, ['business', 'entertainment', 'politics', \
+              'sport', 'tech']) AS answer, topic AS truth FROM bbc WHERE id % {step} = 0",
+        dataset_rows: 2225,
+    },
+    Workflow {
+        name: "spam filter on email subjects (SpamAssassin)",
+        sql: "SELECT id, ai_filter(subject, 'The email is unsolicited spam') AS answer, \
+              spam AS truth FROM spam WHERE id % {step} = 0 AND subject <> ''",
+        dataset_rows: 6046,
+    },
+];
+
+/// What one run of a workflow measured.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Run {
+    seconds: f64,
+    joules: f64,
+    rows: usize,
+    /// Answer per id, as text.
+    #[serde(skip)]
+    answers: HashMap<i64, Option<String>>,
+    accuracy: f64,
+    /// The model plans the optimizer chose (from EXPLAIN after the run).
+    plans: Vec<String>,
+}
+
+fn text_column(column: &murakkab::arrow::array::ArrayRef) -> Vec<Option<String>> {
+    let column = cast(column, &DataType::Utf8).unwrap();
+    let column = column.as_string::<i32>();
+    (0..column.len()).map(|i| (!column.is_null(i)).then(|| column.value(i).to_string())).collect()
+}
+
+async fn run(db: &Session, sql: &str) -> Run {
+    let before = db.model_work();
+    let started = Instant::now();
+    let batches = db.sql(sql).await.unwrap().collect().await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let joules = db.energy_since(before).joules;
+    let mut answers = HashMap::new();
+    let mut right = 0;
+    for batch in &batches {
+        let ids = cast(batch.column(0), &DataType::Int64).unwrap();
+        let ids = ids.as_any().downcast_ref::<murakkab::arrow::array::Int64Array>().unwrap();
+        let answer = text_column(batch.column(1));
+        let truth = text_column(batch.column(2));
+        for i in 0..batch.num_rows() {
+            right += usize::from(answer[i].is_some() && answer[i] == truth[i]);
+            answers.insert(ids.value(i), answer[i].clone());
+        }
+    }
+    let rows = answers.len();
+    Run {
+        seconds,
+        joules,
+        rows,
+        answers,
+        accuracy: right as f64 / rows.max(1) as f64,
+        plans: chosen_plans(db, sql).await,
+    }
+}
+
+/// The optimizer's notes on each AI call, as plain EXPLAIN shows them once statistics exist:
+/// `ai_classify: cascade(...)` up to the objective.
+async fn chosen_plans(db: &Session, sql: &str) -> Vec<String> {
+    let batches = db.sql(&format!("EXPLAIN {sql}")).await.unwrap().collect().await.unwrap();
+    let text = murakkab::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    let mut plans = Vec::new();
+    for function in ["ai_classify: ", "ai_filter: "] {
+        for (at, _) in text.match_indices(function) {
+            let note = &text[at..];
+            let end = note.find(" for ").unwrap_or(note.len().min(120));
+            plans.push(note[..end].to_string());
+        }
+    }
+    plans
+}
+
+async fn session(scratch: &std::path::Path, naive: bool) -> Session {
+    let db = Session::builder().home(scratch).threads(2).build().await.unwrap();
+    db.register_json("uci", "data/uci-sentiment.jsonl").await.unwrap();
+    db.register_json("bbc", "data/bbc-news.jsonl").await.unwrap();
+    db.register_json("spam", "data/spam-assassin.jsonl").await.unwrap();
+    if naive {
+        db.sql("SET murakkab.optimizer.enabled = false").await.unwrap();
+        db.sql("SET murakkab.exec.batching = false").await.unwrap();
+    }
+    db
+}
+
+/// A scratch home whose models are the real ones: empty caches, no statistics.
+fn scratch_home(home: &MurakkabHome) -> tempfile::TempDir {
+    let scratch = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(home.models_dir(), scratch.path().join("models")).unwrap();
+    scratch
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    workflow: &'static str,
+    rows: usize,
+    naive: Run,
+    optimized: Run,
+    speedup: f64,
+    energy_ratio: f64,
+    agreement_with_naive: f64,
+}
+
+#[allow(unsafe_code)]
+fn main() {
+    // SAFETY: first thing in main, before any thread starts.
+    unsafe { murakkab::init_model_threads(Some(2)) };
+    let home = MurakkabHome::from_env();
+    for model in MODELS {
+        if !find_model(&home, model).is_ok_and(|c| c.status(&home) == ModelStatus::Pulled) {
+            println!("skipped: run `murakkab models pull --default` ({model} is missing)");
+            return;
+        }
+    }
+    if !std::path::Path::new("data/spam-assassin.jsonl").exists() {
+        println!("skipped: run scripts/fetch-data.sh");
+        return;
+    }
+    let rows: usize =
+        std::env::var("MURAKKAB_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let report = runtime.block_on(async {
+        // Load every model once, outside any timing.
+        let warm = scratch_home(&home);
+        let db = session(warm.path(), false).await;
+        for model in &MODELS[1..] {
+            let sql = format!("SELECT ai_classify('x', ['a', 'b'], model => '{model}')");
+            db.sql(&sql).await.unwrap().collect().await.unwrap();
+        }
+        db.sql("SELECT ai_embed('x')").await.unwrap().collect().await.unwrap();
+
+        let mut report = Vec::new();
+        for workflow in WORKFLOWS {
+            let step = (workflow.dataset_rows / rows).max(1);
+            let sql = workflow.sql.replace("{step}", &step.to_string());
+            let naive_home = scratch_home(&home);
+            let naive = run(&session(naive_home.path(), true).await, &sql).await;
+            let optimized_home = scratch_home(&home);
+            let optimized = run(&session(optimized_home.path(), false).await, &sql).await;
+            let agree =
+                optimized.answers.iter().filter(|(id, a)| naive.answers.get(id) == Some(a)).count();
+            let row = Row {
+                workflow: workflow.name,
+                rows: naive.rows,
+                speedup: naive.seconds / optimized.seconds,
+                energy_ratio: naive.joules / optimized.joules.max(1e-9),
+                agreement_with_naive: agree as f64 / naive.rows.max(1) as f64,
+                naive,
+                optimized,
+            };
+            println!("{}: chosen: {}", row.workflow, row.optimized.plans.join("; "));
+            println!(
+                "{}: {} rows\n  naive     {:8.1} s {:8.0} J  accuracy {:.3}\n  optimized {:8.1} s \
+                 {:8.0} J  accuracy {:.3}  agreement with naive {:.3}\n  speedup {:.2}x, energy \
+                 {:.2}x less",
+                row.workflow,
+                row.rows,
+                row.naive.seconds,
+                row.naive.joules,
+                row.naive.accuracy,
+                row.optimized.seconds,
+                row.optimized.joules,
+                row.optimized.accuracy,
+                row.agreement_with_naive,
+                row.speedup,
+                row.energy_ratio
+            );
+            report.push(row);
+        }
+        report
+    });
+    let total = |f: &dyn Fn(&Row) -> f64| report.iter().map(f).sum::<f64>();
+    println!(
+        "all workflows: {:.2}x faster, {:.2}x less energy",
+        total(&|r| r.naive.seconds) / total(&|r| r.optimized.seconds),
+        total(&|r| r.naive.joules) / total(&|r| r.optimized.joules)
+    );
+    let dir = std::path::PathBuf::from(
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
+    )
+    .join("bench-report");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("workflows.json"), serde_json::to_string_pretty(&report).unwrap())
+        .unwrap();
+    println!("written: {}", dir.join("workflows.json").display());
+}

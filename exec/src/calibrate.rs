@@ -1,0 +1,113 @@
+//! `murakkab calibrate`: how fast each pulled model runs on this machine, for the optimizer's
+//! cost model (`murakkab_catalog::DeviceProfile`).
+//!
+//! Each figure is the shape of work the cost model prices: label scoring of short rows after a
+//! shared instruction, in batches of 16 (prefill tokens/s, counting each row's tokens plus the
+//! cost model's per-row overhead), one-row decoding, and 64-text encoder batches. One warm-up
+//! pass, then the median of three timed passes; a few seconds per model.
+
+use std::time::Instant;
+
+use murakkab_catalog::{Architecture, ModelCard, ModelSpeed, MurakkabHome};
+
+use crate::error::ModelError;
+use crate::language_model::{GenerateOptions, Sampling};
+use crate::registry::ModelRegistry;
+
+/// Tokens each scored row adds besides its own (the optimizer's `ROW_OVERHEAD_TOKENS`).
+const ROW_OVERHEAD_TOKENS: usize = 14;
+/// Rows per timed pass.
+const ROWS: usize = 32;
+
+/// Short review-like sentences: the kind of row label scoring sees.
+fn sentences() -> Vec<String> {
+    let things = ["battery", "screen", "waiter", "plot", "price", "sound", "delivery", "soup"];
+    let verdicts = [
+        "was better than I expected",
+        "broke after two days and support never answered",
+        "is fine, nothing special",
+        "made the whole evening a pleasure",
+    ];
+    (0..64)
+        .map(|i| format!("The {} {}.", things[i % things.len()], verdicts[i % verdicts.len()]))
+        .collect()
+}
+
+fn median_seconds(mut f: impl FnMut() -> Result<(), ModelError>) -> Result<f64, ModelError> {
+    f()?;
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        f()?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[1])
+}
+
+/// Measures `card`'s model (loading it if needed).
+pub fn calibrate_model(home: &MurakkabHome, card: &ModelCard) -> Result<ModelSpeed, ModelError> {
+    let texts = sentences();
+    if card.architecture == Architecture::Bert {
+        let encoder = ModelRegistry::global().encoder(home, &card.id)?;
+        let batch: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let seconds = median_seconds(|| encoder.embed(&batch).map(|_| ()))?;
+        return Ok(ModelSpeed {
+            prefill_tokens_per_s: 0.0,
+            decode_tokens_per_s: 0.0,
+            embeddings_per_s: batch.len() as f64 / seconds,
+            measured: true,
+        });
+    }
+    let model = ModelRegistry::global().language_model(home, &card.id)?;
+    // The chat turns the runtime wraps prompts in (see `ai_runtime`).
+    let chatml = card.chat_template.as_deref() == Some("chatml");
+    let (open, close) = if chatml {
+        ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
+    } else {
+        ("", "\n")
+    };
+    let instruction = model.encode(&format!(
+        "{open}Is the sentiment of this review positive or negative?\n\nReview:\n"
+    ))?;
+    let rows: Vec<Vec<u32>> = texts
+        .iter()
+        .take(ROWS)
+        .map(|t| model.encode(&format!("{t}{close}")))
+        .collect::<Result<_, _>>()?;
+    let labels = vec![model.encode("positive")?, model.encode("negative")?];
+    let prefix = model.prefix_cache(&instruction)?;
+    let seconds = median_seconds(|| {
+        for chunk in rows.chunks(16) {
+            model.score_labels(&prefix, chunk, &labels)?;
+        }
+        Ok(())
+    })?;
+    let tokens: usize = rows.iter().map(|r| r.len() + ROW_OVERHEAD_TOKENS).sum();
+    let empty = model.prefix_cache(&[])?;
+    let prompt =
+        vec![model.encode(&format!("{open}Write a long story about a lighthouse keeper.{close}"))?];
+    let produced = std::cell::Cell::new(0usize);
+    let generate = |max_tokens| {
+        let options = GenerateOptions {
+            max_tokens,
+            sampling: Sampling::Seeded { temperature: 1.0, seed: 1 },
+        };
+        median_seconds(|| {
+            let out = model.generate(&empty, &prompt, &options)?;
+            produced.set(out.iter().map(Vec::len).sum());
+            Ok(())
+        })
+    };
+    // Decode rate: (prefill + 17 steps) - (prefill + 1 step), over the tokens after the first
+    // (a stop token may end the row early).
+    let short = generate(1)?;
+    let long = generate(17)?;
+    let steps = produced.get().saturating_sub(1).max(1);
+    Ok(ModelSpeed {
+        prefill_tokens_per_s: tokens as f64 / seconds,
+        decode_tokens_per_s: steps as f64 / (long - short).max(1e-6),
+        embeddings_per_s: 0.0,
+        measured: true,
+    })
+}
