@@ -64,7 +64,7 @@ use murakkab_udfs::{AiBackend, Cascade, ModelPlan, prompts, top_probability};
 
 use crate::cost_model::{Cost, embed_row_cost, label_row_cost};
 use crate::proxy_training::{out_of_fold, train};
-use crate::quality::{Z_95, cheap_plans};
+use crate::quality::{Z_95, cheap_plans, two_stage_plans};
 
 /// Rows per scoring call while sampling (as the executor's chunks).
 const SAMPLE_BATCH_ROWS: usize = 16;
@@ -489,34 +489,66 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         quality_lower: 1.0,
         escalated: None,
     };
-    for outcome in &stats.candidates {
-        let cheap_cost = if outcome.model.starts_with(PROXY_PREFIX) {
-            let Some(encoder) = &pass.encoder else { continue };
-            embed_row_cost(&pass.profile.speed(encoder), options)
-        } else {
-            let Some(cheap) = card(&outcome.model) else { continue };
-            row_cost(cheap)
-        };
+    // Each cheaper candidate with its per-row cost (a proxy costs its encoder's embedding).
+    let cheap: Vec<(&CandidateOutcome, Cost)> = stats
+        .candidates
+        .iter()
+        .filter_map(|outcome| {
+            let cost = if outcome.model.starts_with(PROXY_PREFIX) {
+                embed_row_cost(&pass.profile.speed(pass.encoder.as_ref()?), options)
+            } else {
+                row_cost(card(&outcome.model)?)
+            };
+            Some((outcome, cost))
+        })
+        .collect();
+    let value = |c: Cost| c.value(objective, options);
+    let mut consider = |choice: Choice| {
+        if choice.quality_lower >= options.quality_target && value(choice.cost) < value(best.cost) {
+            best = choice;
+        }
+    };
+    let reference_id = &reference_card.id;
+    for &(outcome, cheap_cost) in &cheap {
         for option in cheap_plans(outcome, Z_95) {
-            if option.quality_lower < options.quality_target {
+            consider(Choice {
+                plan: match option.threshold {
+                    None => ModelPlan::Model(outcome.model.clone()),
+                    Some(threshold) => ModelPlan::Cascade(Cascade {
+                        stages: vec![(outcome.model.clone(), threshold)],
+                        reference: reference_id.clone(),
+                    }),
+                },
+                cost: cheap_cost.plus(reference_cost.times(option.escalated)),
+                quality: option.quality,
+                quality_lower: option.quality_lower,
+                escalated: option.threshold.map(|_| option.escalated),
+            });
+        }
+    }
+    // Two cheap stages, the cheaper first: what the first is unsure of, the second may know.
+    for &(first, first_cost) in &cheap {
+        for &(second, second_cost) in &cheap {
+            if value(first_cost) >= value(second_cost) {
                 continue;
             }
-            let cost = cheap_cost.plus(reference_cost.times(option.escalated));
-            if cost.value(objective, options) < best.cost.value(objective, options) {
-                best = Choice {
-                    plan: match option.threshold {
-                        None => ModelPlan::Model(outcome.model.clone()),
-                        Some(threshold) => ModelPlan::Cascade(Cascade {
-                            cheap: outcome.model.clone(),
-                            reference: reference_card.id.clone(),
-                            threshold,
-                        }),
-                    },
+            for option in two_stage_plans(first, second, Z_95) {
+                let cost = first_cost
+                    .plus(second_cost.times(option.reach_second))
+                    .plus(reference_cost.times(option.escalated));
+                consider(Choice {
+                    plan: ModelPlan::Cascade(Cascade {
+                        stages: vec![
+                            (first.model.clone(), option.thresholds.0),
+                            (second.model.clone(), option.thresholds.1),
+                        ],
+                        reference: reference_id.clone(),
+                    }),
                     cost,
                     quality: option.quality,
                     quality_lower: option.quality_lower,
-                    escalated: option.threshold.map(|_| option.escalated),
-                };
+                    escalated: Some(option.escalated),
+                });
             }
         }
     }

@@ -78,6 +78,75 @@ pub fn cheap_plans(candidate: &CandidateOutcome, z: f64) -> Vec<CheapPlan> {
     plans
 }
 
+/// A two-stage cascade measured on the sample: `first` keeps rows at or above `thresholds.0`,
+/// `second` keeps the rest at or above `thresholds.1`, the reference answers what is left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TwoStagePlan {
+    /// The thresholds of the first and second stage.
+    pub thresholds: (f32, f32),
+    /// Share of rows the second stage scores.
+    pub reach_second: f64,
+    /// Share of rows the reference scores.
+    pub escalated: f64,
+    /// Agreement with the reference on the sample.
+    pub quality: f64,
+    /// Its lower confidence bound.
+    pub quality_lower: f64,
+}
+
+/// At most this many thresholds per stage are tried (quantiles of the sample's confidences).
+const MAX_THRESHOLDS: usize = 48;
+
+/// Candidate thresholds of one stage: the distinct confidences, thinned to quantiles.
+fn thresholds_of(confidence: &[f32]) -> Vec<f32> {
+    let mut all = confidence.to_vec();
+    all.sort_by(f32::total_cmp);
+    all.dedup();
+    if all.len() <= MAX_THRESHOLDS {
+        return all;
+    }
+    (0..MAX_THRESHOLDS).map(|i| all[i * (all.len() - 1) / (MAX_THRESHOLDS - 1)]).collect()
+}
+
+/// Every two-stage cascade of `first` then `second` (their outcomes are over the same sampled
+/// rows, in the same order). The same caveat as [`cheap_plans`] applies to the bound.
+pub fn two_stage_plans(
+    first: &CandidateOutcome,
+    second: &CandidateOutcome,
+    z: f64,
+) -> Vec<TwoStagePlan> {
+    let n = first.agrees.len().min(second.agrees.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut plans = Vec::new();
+    for t1 in thresholds_of(&first.confidence[..n]) {
+        for t2 in thresholds_of(&second.confidence[..n]) {
+            let (mut correct, mut second_rows, mut reference_rows) = (0, 0, 0);
+            for i in 0..n {
+                if first.confidence[i] >= t1 {
+                    correct += usize::from(first.agrees[i]);
+                } else if second.confidence[i] >= t2 {
+                    second_rows += 1;
+                    correct += usize::from(second.agrees[i]);
+                } else {
+                    second_rows += 1;
+                    reference_rows += 1;
+                    correct += 1;
+                }
+            }
+            plans.push(TwoStagePlan {
+                thresholds: (t1, t2),
+                reach_second: second_rows as f64 / n as f64,
+                escalated: reference_rows as f64 / n as f64,
+                quality: correct as f64 / n as f64,
+                quality_lower: wilson_lower_bound(correct, n, z),
+            });
+        }
+    }
+    plans
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +176,25 @@ mod tests {
         assert!((at_97.escalated - 0.4).abs() < 1e-9);
         let at_99 = plans.iter().find(|p| p.threshold == Some(0.99)).unwrap();
         assert!(at_99.escalated > at_97.escalated);
+    }
+
+    #[test]
+    fn a_second_stage_catches_what_the_first_is_unsure_of() {
+        // The first stage is sure of rows 0-2, the second of rows 3-4, nobody of row 5.
+        let first = CandidateOutcome {
+            model: "proxy".into(),
+            confidence: vec![0.99, 0.99, 0.99, 0.5, 0.5, 0.5],
+            agrees: vec![true, true, true, false, false, false],
+        };
+        let second = CandidateOutcome {
+            model: "small".into(),
+            confidence: vec![0.6, 0.6, 0.6, 0.9, 0.9, 0.6],
+            agrees: vec![true, true, true, true, true, false],
+        };
+        let plans = two_stage_plans(&first, &second, Z_95);
+        let best = plans.iter().find(|p| p.thresholds == (0.99, 0.9)).unwrap();
+        assert!((best.quality - 1.0).abs() < 1e-9);
+        assert!((best.reach_second - 0.5).abs() < 1e-9);
+        assert!((best.escalated - 1.0 / 6.0).abs() < 1e-9);
     }
 }

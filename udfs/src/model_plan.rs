@@ -1,12 +1,13 @@
 //! What the `model` argument of a label-scoring call (`ai_filter`, `ai_classify`) may say:
-//! `auto`, one model id, or a cascade of two models.
+//! `auto`, one model id, or a cascade of models.
 //!
-//! `cascade(cheap, reference, threshold)` scores every row with `cheap` and keeps its answer
-//! where the cheap model's most probable label has probability at least `threshold`; the other
-//! rows (and rows the cheap model could not answer) are scored again with `reference`, whose
-//! answer is final. The optimizer writes cascades into plans (its `choose_model` rule, which
-//! also picks the threshold); a user may write one by hand. Because the plan is an ordinary
-//! argument, EXPLAIN shows it and a plan sent to another process keeps it.
+//! `cascade(m1, ..., mk, reference, t1, ..., tk)` scores every row with `m1` and keeps its answer
+//! where `m1`'s most probable label has probability at least `t1`; the other rows (and rows
+//! `m1` could not answer) go on to `m2` with `t2`, and so on; what no stage is sure of is scored
+//! by `reference`, whose answer is final. The optimizer writes cascades into plans (its
+//! `choose_model` rule, which also picks the thresholds); a user may write one by hand. Because
+//! the plan is an ordinary argument, EXPLAIN shows it and a plan sent to another process keeps
+//! it. A model id may name a proxy model (`proxy:<id>`, see `murakkab_catalog::ProxyModel`).
 
 use std::fmt;
 
@@ -28,15 +29,14 @@ pub enum ModelPlan {
     Cascade(Cascade),
 }
 
-/// A two-model cascade; see the module doc.
+/// A cascade; see the module doc.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cascade {
-    /// Scores every row.
-    pub cheap: String,
-    /// Scores the rows whose cheap answer is below `threshold`.
+    /// The cheap stages in order: each model and the lowest top-label probability at which
+    /// its answer is kept, in [0, 1].
+    pub stages: Vec<(String, f32)>,
+    /// Scores the rows no stage was sure of.
     pub reference: String,
-    /// Lowest top-label probability at which the cheap answer is kept, in [0, 1].
-    pub threshold: f32,
 }
 
 impl ModelPlan {
@@ -55,22 +55,28 @@ impl ModelPlan {
             return Ok(Self::Model(text.to_string()));
         };
         let parts: Vec<&str> = inner.split(',').map(str::trim).collect();
-        let [cheap, reference, threshold] = parts[..] else {
+        if parts.len() < 3 || parts.len().is_multiple_of(2) {
             return Err(format!(
-                "expected cascade(cheap_model, reference_model, threshold), got '{text}'"
+                "expected cascade(cheap_model, ..., reference_model, threshold, ...) with one \
+                 threshold per cheap model, got '{text}'"
             ));
-        };
-        let threshold: f32 =
-            threshold.parse().ok().filter(|t: &f32| (0.0..=1.0).contains(t)).ok_or_else(|| {
-                format!("cascade threshold must be a number in [0, 1], got '{threshold}'")
-            })?;
-        if cheap.is_empty() || reference.is_empty() {
-            return Err(format!("cascade needs two model ids, got '{text}'"));
         }
+        let stages = parts.len() / 2;
+        let (models, thresholds) = parts.split_at(stages + 1);
+        if models.iter().any(|m| m.is_empty()) {
+            return Err(format!("cascade needs a model id in every model position, got '{text}'"));
+        }
+        let thresholds = thresholds
+            .iter()
+            .map(|t| {
+                t.parse().ok().filter(|t: &f32| (0.0..=1.0).contains(t)).ok_or_else(|| {
+                    format!("cascade threshold must be a number in [0, 1], got '{t}'")
+                })
+            })
+            .collect::<Result<Vec<f32>, String>>()?;
         Ok(Self::Cascade(Cascade {
-            cheap: cheap.to_string(),
-            reference: reference.to_string(),
-            threshold,
+            stages: models[..stages].iter().map(|m| m.to_string()).zip(thresholds).collect(),
+            reference: models[stages].to_string(),
         }))
     }
 
@@ -79,7 +85,9 @@ impl ModelPlan {
         match self {
             Self::Auto => vec![],
             Self::Model(m) => vec![m.as_str()],
-            Self::Cascade(c) => vec![c.cheap.as_str(), c.reference.as_str()],
+            Self::Cascade(c) => {
+                c.stages.iter().map(|(m, _)| m.as_str()).chain([c.reference.as_str()]).collect()
+            }
         }
     }
 }
@@ -89,7 +97,17 @@ impl fmt::Display for ModelPlan {
         match self {
             Self::Auto => f.write_str("auto"),
             Self::Model(m) => f.write_str(m),
-            Self::Cascade(c) => write!(f, "cascade({}, {}, {})", c.cheap, c.reference, c.threshold),
+            Self::Cascade(c) => {
+                write!(f, "cascade(")?;
+                for (model, _) in &c.stages {
+                    write!(f, "{model}, ")?;
+                }
+                write!(f, "{}", c.reference)?;
+                for (_, threshold) in &c.stages {
+                    write!(f, ", {threshold}")?;
+                }
+                write!(f, ")")
+            }
         }
     }
 }
@@ -148,28 +166,45 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
         ModelPlan::Model(id) => return score_on(context, id, scoring, labels),
         ModelPlan::Cascade(c) => c,
     };
-    let mut first = score_on(context, &cascade.cheap, scoring, labels)?;
-    let unsure: Vec<usize> = first
-        .rows
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.as_ref().map_or(true, |p| top_probability(p) < cascade.threshold))
-        .map(|(slot, _)| slot)
-        .collect();
-    if unsure.is_empty() {
-        return Ok(first);
+    // `pending`: slots (positions in `rows`) no stage has been sure of yet.
+    let mut out: Vec<Result<Vec<f32>, String>> = vec![Err(String::new()); rows.len()];
+    let mut pending: Vec<usize> = (0..rows.len()).collect();
+    let mut truncated = 0;
+    for (model, threshold) in &cascade.stages {
+        if pending.is_empty() {
+            break;
+        }
+        let subset_rows: Vec<usize> = pending.iter().map(|&slot| rows[slot]).collect();
+        let subset = ScoringRows {
+            rows: &subset_rows,
+            texts: pending.iter().map(|&slot| scoring.texts[slot]).collect(),
+            prompt: &scoring.prompt,
+        };
+        let scored = score_on(context, model, &subset, labels)?;
+        truncated = truncated.max(scored.truncated);
+        let mut unsure = Vec::new();
+        for (slot, answer) in pending.into_iter().zip(scored.rows) {
+            match answer {
+                Ok(p) if top_probability(&p) >= *threshold => out[slot] = Ok(p),
+                _ => unsure.push(slot),
+            }
+        }
+        pending = unsure;
     }
-    let unsure_rows: Vec<usize> = unsure.iter().map(|&slot| rows[slot]).collect();
-    let second = context.backend.score_labels(
-        &cascade.reference,
-        &(scoring.prompt)(&unsure_rows),
-        labels,
-    )?;
-    function_stats::record(|s| s.escalated_rows += unsure.len() as u64);
-    for (slot, answer) in unsure.into_iter().zip(second.rows) {
-        first.rows[slot] = answer;
+    if !pending.is_empty() {
+        let reference_rows: Vec<usize> = pending.iter().map(|&slot| rows[slot]).collect();
+        let scored = context.backend.score_labels(
+            &cascade.reference,
+            &(scoring.prompt)(&reference_rows),
+            labels,
+        )?;
+        truncated = truncated.max(scored.truncated);
+        function_stats::record(|s| s.escalated_rows += pending.len() as u64);
+        for (slot, answer) in pending.into_iter().zip(scored.rows) {
+            out[slot] = answer;
+        }
     }
-    Ok(first)
+    Ok(BatchOutput { rows: out, truncated })
 }
 
 /// Scores every row on one model: a language model, or a proxy (`proxy:<id>`) over the rows'
@@ -221,21 +256,21 @@ mod tests {
         let plan = ModelPlan::parse(Some("Cascade(a, b, 0.85)")).unwrap();
         assert_eq!(
             plan,
-            ModelPlan::Cascade(Cascade {
-                cheap: "a".into(),
-                reference: "b".into(),
-                threshold: 0.85
-            })
+            ModelPlan::Cascade(Cascade { stages: vec![("a".into(), 0.85)], reference: "b".into() })
         );
         assert_eq!(plan.to_string(), "cascade(a, b, 0.85)");
         assert_eq!(ModelPlan::parse(Some(&plan.to_string())), Ok(plan));
+        let three = ModelPlan::parse(Some("cascade(proxy:x, a, b, 0.9, 0.6)")).unwrap();
+        assert_eq!(three.models(), ["proxy:x", "a", "b"]);
+        assert_eq!(three.to_string(), "cascade(proxy:x, a, b, 0.9, 0.6)");
     }
 
     #[test]
     fn malformed_cascades_say_what_is_expected() {
         assert_eq!(
             ModelPlan::parse(Some("cascade(a, b)")).unwrap_err(),
-            "expected cascade(cheap_model, reference_model, threshold), got 'cascade(a, b)'"
+            "expected cascade(cheap_model, ..., reference_model, threshold, ...) with one \
+             threshold per cheap model, got 'cascade(a, b)'"
         );
         assert_eq!(
             ModelPlan::parse(Some("cascade(a, b, 1.5)")).unwrap_err(),
