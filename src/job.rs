@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Session;
+use crate::carbon_schedule::{Clock, SystemClock, best_start};
+use murakkab_compiler::CarbonSeries;
 
 /// The manifest's path inside the output directory. It sits in a subdirectory because a
 /// directory read as a table (`SELECT * FROM 'out.parquet/'`) takes its file format from the
@@ -42,13 +44,51 @@ pub struct JobSpec {
     pub rows_per_part: usize,
     /// Replace an existing job output at `output`.
     pub overwrite: bool,
+    /// Start in the lowest-carbon window before a deadline; `None` starts at once.
+    pub carbon_schedule: Option<CarbonSchedule>,
+    /// The clock a schedule waits on.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl JobSpec {
-    /// A spec with 100,000 rows per part and no overwrite.
+    /// A spec with 100,000 rows per part, no overwrite, starting at once.
     pub fn new(output: impl Into<PathBuf>) -> Self {
-        Self { output: output.into(), rows_per_part: 100_000, overwrite: false }
+        Self {
+            output: output.into(),
+            rows_per_part: 100_000,
+            overwrite: false,
+            carbon_schedule: None,
+            clock: Arc::new(SystemClock),
+        }
     }
+}
+
+/// A deadline and a grid-intensity forecast for a carbon-aware start.
+#[derive(Debug, Clone)]
+pub struct CarbonSchedule {
+    /// Seconds from submission by which the job should be done.
+    pub deadline_s: i64,
+    /// Forecast grid intensity (`timestamp,g_per_kwh`).
+    pub forecast: CarbonSeries,
+}
+
+/// What a carbon-aware start decided, as recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// When the job was submitted, Unix seconds.
+    pub submitted_unix: i64,
+    /// When it started.
+    pub start_unix: i64,
+    /// When it had to be done.
+    pub deadline_unix: i64,
+    /// The optimizer's estimate of its model time, seconds (0 when it made none).
+    pub estimated_seconds: f64,
+    /// Mean forecast intensity over the run from the chosen start, g/kWh.
+    pub forecast_g_per_kwh: f64,
+    /// The same had it started at submission.
+    pub forecast_at_submission_g_per_kwh: f64,
+    /// The estimate did not fit before the deadline, so it started at once.
+    pub misses_deadline: bool,
 }
 
 /// Receives progress while a job runs (a progress bar, log lines, or nothing).
@@ -57,6 +97,8 @@ pub trait JobProgress: Send + Sync {
     fn started(&self, _estimated_rows: Option<u64>) {}
     /// `rows` more rows were produced (they are durable once their part is complete).
     fn advanced(&self, _rows: u64) {}
+    /// A carbon-aware schedule chose its start; the job waits for it now.
+    fn scheduled(&self, _schedule: &ScheduleRecord) {}
 }
 
 /// Ignores progress.
@@ -115,6 +157,9 @@ pub struct Manifest {
     /// Grams CO2e of that energy at the session's grid intensity.
     #[serde(default)]
     pub co2e_g: Option<f64>,
+    /// The carbon-aware start, when the job had a deadline and a forecast.
+    #[serde(default)]
+    pub schedule: Option<ScheduleRecord>,
 }
 
 impl Manifest {
@@ -160,6 +205,34 @@ pub struct JobSummary {
     pub energy: crate::EnergyReport,
 }
 
+/// Picks the start with the lowest forecast intensity over the optimizer's time estimate that
+/// still ends before the deadline, and waits for it.
+async fn wait_for_clean_window(
+    carbon: &CarbonSchedule,
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    spec: &JobSpec,
+    progress: &dyn JobProgress,
+) -> ScheduleRecord {
+    let estimated_seconds = murakkab_exec::estimated_model_seconds(plan).unwrap_or(0.0);
+    let submitted = spec.clock.now_unix();
+    let deadline = submitted + carbon.deadline_s;
+    let start = best_start(&carbon.forecast, submitted, deadline, estimated_seconds);
+    let record = ScheduleRecord {
+        submitted_unix: submitted,
+        start_unix: start.start,
+        deadline_unix: deadline,
+        estimated_seconds,
+        forecast_g_per_kwh: start.mean_g_per_kwh,
+        forecast_at_submission_g_per_kwh: start.now_mean_g_per_kwh,
+        misses_deadline: start.misses_deadline,
+    };
+    progress.scheduled(&record);
+    if start.start > submitted {
+        spec.clock.sleep_until(start.start).await;
+    }
+    record
+}
+
 /// Runs `script` (statements separated by `;`, the last one a query) in `session` and writes
 /// the final query's rows as described in the module docs.
 pub async fn run_job(
@@ -199,6 +272,11 @@ pub async fn run_job(
         .compute(plan.as_ref(), &StatisticsArgs::new())
         .ok()
         .and_then(|s| s.num_rows.get_value().map(|n| *n as u64));
+    // Planning chose the models (sampling if needed), so the time estimate exists now.
+    let schedule = match &spec.carbon_schedule {
+        Some(carbon) => Some(wait_for_clean_window(carbon, &plan, spec, progress).await),
+        None => None,
+    };
     progress.started(estimated);
 
     let mut manifest = Manifest {
@@ -218,6 +296,7 @@ pub async fn run_job(
         energy_j: None,
         energy_source: None,
         co2e_g: None,
+        schedule,
     };
     manifest.write(&spec.output)?;
 

@@ -31,6 +31,7 @@
 //! Options that shape the session (home directory, threads, memory limit) are set once with
 //! [`Session::builder`]; per-query options are SQL: `SET murakkab.objective = 'energy'`.
 
+pub mod carbon_schedule;
 mod energy_report;
 mod error;
 mod functions;
@@ -46,7 +47,9 @@ pub use error::user_message;
 pub use functions::{FunctionInfo, FunctionKind};
 pub use model_threads::init_model_threads;
 pub use murakkab_catalog as catalog;
-pub use murakkab_compiler::{MurakkabOptions, Objective, OnError, Priority};
+pub use murakkab_compiler::{
+    CarbonSeries, MurakkabOptions, Objective, OnError, OverBudget, Priority,
+};
 pub use murakkab_exec::energy::ModelWork;
 pub use murakkab_udfs::{
     AiBackend, AiWarning, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue,

@@ -78,7 +78,7 @@ pub(crate) fn new_context(
         // AiMapExec, which streams chunks to the model).
         .with_query_planner(Arc::new(ChoosingQueryPlanner::new(
             Arc::new(MurakkabQueryPlanner),
-            ModelChooser::new(Arc::clone(&ai.backend)),
+            ModelChooser::new(&ai),
         )));
     // Murakkab's SQL functions, registered after DataFusion's so a name clash resolves to ours.
     // They run models in-process through the executor's runtime (the shared model registry).

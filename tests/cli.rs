@@ -288,3 +288,44 @@ fn calibrate_measures_every_pulled_model_and_stores_the_profile() {
     let speed = profile.models.get("tiny-llama").expect("tiny-llama measured");
     assert!(speed.measured && speed.prefill_tokens_per_s > 0.0 && speed.decode_tokens_per_s > 0.0);
 }
+
+#[test]
+fn run_with_a_forecast_says_when_it_starts_and_checks_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.sql");
+    std::fs::write(&job, "SELECT value AS n FROM generate_series(1, 10);\n").unwrap();
+    let forecast = dir.path().join("grid.csv");
+    std::fs::write(&forecast, "timestamp,g_per_kwh\n0,200\n").unwrap();
+    let output = dir.path().join("out");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        murakkab(dir.path(), &a)
+    };
+    let out = args(&["--deadline", "2h", "--carbon-forecast", forecast.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "carbon-aware start: now is the cleanest window before the deadline (200 g/kWh)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = args(&["--overwrite", "--carbon-forecast", forecast.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--deadline"), "{}", stderr(&out));
+    let out = args(&["--overwrite", "--deadline", "soon"]);
+    assert!(
+        stderr(&out).contains("expected a duration such as 90m or 6h, got 'soon'"),
+        "{}",
+        stderr(&out)
+    );
+    let missing = dir.path().join("none.csv");
+    let out =
+        args(&["--overwrite", "--deadline", "1h", "--carbon-forecast", missing.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("--carbon-forecast: cannot read carbon intensity file"),
+        "{}",
+        stderr(&out)
+    );
+}

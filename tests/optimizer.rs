@@ -267,3 +267,47 @@ async fn a_hand_written_cascade_runs_and_a_malformed_one_names_the_problem() {
         .to_string();
     assert!(err.contains("ai_classify: unknown model 'nope'"), "{err}");
 }
+
+#[tokio::test]
+async fn an_energy_budget_refuses_with_the_estimate_or_degrades_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    run(&db, "SET murakkab.max_energy_j = 0.5").await;
+    let err = db.sql(CLASSIFY).await.unwrap().collect().await.unwrap_err().to_string();
+    assert!(err.contains("estimated energy "), "{err}");
+    assert!(err.contains("(ai_classify "), "{err}");
+    assert!(err.contains("exceeds murakkab.max_energy_j = 0.5 J"), "{err}");
+    run(&db, "SET murakkab.over_budget = 'degrade'").await;
+    let answers = labels(&run(&db, CLASSIFY).await);
+    assert_eq!(answers.len(), 1000);
+    let warnings: Vec<String> = db.take_warnings().iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("ai_classify: 1000 rows: estimated energy ")
+            && w.contains(&format!("ran the cheapest plan, {CHEAP}"))),
+        "{warnings:?}"
+    );
+    // The cheap model alone: the hard rows are wrong.
+    let right = answers.iter().zip(truth()).filter(|(a, t)| **a == *t).count();
+    assert_eq!(right, 900);
+}
+
+#[tokio::test]
+async fn the_time_estimate_reaches_a_carbon_aware_job() {
+    use murakkab::carbon_schedule::{Clock, FakeClock};
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    let clock = FakeClock::at(1_000_000);
+    let mut spec = murakkab::job::JobSpec::new(dir.path().join("out"));
+    spec.carbon_schedule = Some(murakkab::job::CarbonSchedule {
+        deadline_s: 3600,
+        forecast: murakkab::CarbonSeries::parse("timestamp,g_per_kwh\n0,100\n").unwrap(),
+    });
+    spec.clock = clock as std::sync::Arc<dyn Clock>;
+    let script = format!("{REVIEWS}; {CLASSIFY}");
+    murakkab::job::run_job(&db, &script, &spec, &murakkab::job::NoProgress).await.unwrap();
+    let schedule = murakkab::job::Manifest::read(&spec.output).unwrap().schedule.unwrap();
+    assert!(schedule.estimated_seconds > 0.0, "{schedule:?}");
+}

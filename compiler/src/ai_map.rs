@@ -21,6 +21,8 @@ pub struct AiMap {
     pub calls: Vec<Expr>,
     /// What the optimizer decided and estimated for the calls (shown by EXPLAIN).
     pub notes: Vec<String>,
+    /// The optimizer's estimate of the calls' model time, in milliseconds, where it made one.
+    pub estimated_ms: Option<u64>,
     schema: DFSchemaRef,
 }
 
@@ -34,12 +36,18 @@ impl AiMap {
             fields.push((qualifier, field));
         }
         let schema = DFSchema::new_with_metadata(fields, input.schema().metadata().clone())?;
-        Ok(Self { input, calls, notes: Vec::new(), schema: Arc::new(schema) })
+        Ok(Self { input, calls, notes: Vec::new(), estimated_ms: None, schema: Arc::new(schema) })
     }
 
     /// This map with the optimizer's notes attached.
     pub fn with_notes(mut self, notes: Vec<String>) -> Self {
         self.notes = notes;
+        self
+    }
+
+    /// This map with the optimizer's time estimate attached.
+    pub fn with_estimate(mut self, estimated_ms: Option<u64>) -> Self {
+        self.estimated_ms = estimated_ms;
         self
     }
 
@@ -53,7 +61,8 @@ impl PartialOrd for AiMap {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         match self.input.partial_cmp(&other.input) {
             Some(Ordering::Equal) => match self.calls.partial_cmp(&other.calls) {
-                Some(Ordering::Equal) => self.notes.partial_cmp(&other.notes),
+                Some(Ordering::Equal) => (&self.notes, self.estimated_ms)
+                    .partial_cmp(&(&other.notes, other.estimated_ms)),
                 ordering => ordering,
             },
             ordering => ordering,
@@ -106,6 +115,8 @@ impl UserDefinedLogicalNodeCore for AiMap {
         let input = inputs.pop().ok_or_else(|| {
             datafusion::common::DataFusionError::Internal("AiMap needs one input".into())
         })?;
-        Ok(Self::try_new(input, exprs)?.with_notes(self.notes.clone()))
+        Ok(Self::try_new(input, exprs)?
+            .with_notes(self.notes.clone())
+            .with_estimate(self.estimated_ms))
     }
 }

@@ -17,4 +17,4 @@ pub use ai_map::AiMap;
 pub use carbon_series::CarbonSeries;
 pub use lift_ai_calls::{LiftAiCalls, MODEL_FUNCTIONS};
 pub use named_arguments::make_arguments_positional;
-pub use options::{MurakkabOptions, Objective, OnError, Priority};
+pub use options::{MurakkabOptions, Objective, OnError, OverBudget, Priority};

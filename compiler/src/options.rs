@@ -37,6 +37,16 @@ pub enum OnError {
     Fail,
 }
 
+/// What happens when a query's estimated energy exceeds `murakkab.max_energy_j`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverBudget {
+    /// The query fails before its main work, with the estimate.
+    #[default]
+    Refuse,
+    /// The cheapest plan runs whatever its estimated quality, with a warning.
+    Degrade,
+}
+
 /// Scheduling class of a query's model work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Priority {
@@ -80,6 +90,7 @@ keyword_enum!(Objective {
 });
 keyword_enum!(OnError { Null => "null", Fail => "fail" });
 keyword_enum!(Priority { Interactive => "interactive", Batch => "batch" });
+keyword_enum!(OverBudget { Refuse => "refuse", Degrade => "degrade" });
 
 /// The `murakkab.*` session options.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +103,10 @@ pub struct MurakkabOptions {
     pub optimizer_enabled: bool,
     /// Rows sampled to estimate a call's quality per candidate model.
     pub sample_rows: usize,
+    /// Most joules a query's AI calls may be estimated to use; 0 for no limit.
+    pub max_energy_j: f64,
+    /// See [`OverBudget`].
+    pub over_budget: OverBudget,
     /// See [`OnError`].
     pub on_error: OnError,
     /// Grid carbon intensity used to turn joules into grams of CO2e.
@@ -125,6 +140,8 @@ impl Default for MurakkabOptions {
             quality_target: 0.9,
             optimizer_enabled: true,
             sample_rows: 64,
+            max_energy_j: 0.0,
+            over_budget: OverBudget::default(),
             on_error: OnError::default(),
             // Roughly the world-average grid intensity of recent years; set the local value.
             carbon_intensity_g_per_kwh: 475.0,
@@ -161,6 +178,14 @@ const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         key: "optimizer.sample_rows",
         description: "Rows of an AI call's input sampled to estimate each candidate model's agreement with the reference model (at least 8); the answers are kept in the result cache.",
+    },
+    OptionDoc {
+        key: "max_energy_j",
+        description: "Most joules a query's AI calls may be estimated to use (after the optimizer's sample); 0: no limit.",
+    },
+    OptionDoc {
+        key: "over_budget",
+        description: "When the estimate exceeds max_energy_j: refuse (the query fails with the estimate) or degrade (the cheapest plan runs whatever its quality, with a warning).",
     },
     OptionDoc {
         key: "on_error",
@@ -227,6 +252,8 @@ impl MurakkabOptions {
             "quality_target" => self.quality_target.to_string(),
             "optimizer.enabled" => self.optimizer_enabled.to_string(),
             "optimizer.sample_rows" => self.sample_rows.to_string(),
+            "max_energy_j" => self.max_energy_j.to_string(),
+            "over_budget" => self.over_budget.to_string(),
             "on_error" => self.on_error.to_string(),
             "carbon_intensity_g_per_kwh" => self.carbon_intensity_g_per_kwh.to_string(),
             "carbon_intensity_file" => self.carbon_intensity_file.clone(),
@@ -300,6 +327,16 @@ impl ExtensionOptions for MurakkabOptions {
                 }
                 self.sample_rows = v;
             }
+            "max_energy_j" => {
+                let v: f64 = parse(key, value, "expected a number of joules >= 0")?;
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(key, value, "expected a finite number of joules >= 0"));
+                }
+                self.max_energy_j = v;
+            }
+            "over_budget" => {
+                self.over_budget = value.parse().map_err(|e| invalid(key, value, e))?
+            }
             "on_error" => self.on_error = value.parse().map_err(|e| invalid(key, value, e))?,
             "carbon_intensity_g_per_kwh" => {
                 let v: f64 = parse(key, value, "expected a number of grams CO2e per kWh")?;
@@ -360,6 +397,8 @@ mod tests {
             ("quality_target", "0.75"),
             ("optimizer.enabled", "false"),
             ("optimizer.sample_rows", "32"),
+            ("max_energy_j", "500"),
+            ("over_budget", "degrade"),
             ("on_error", "fail"),
             ("carbon_intensity_g_per_kwh", "350"),
             ("carbon_intensity_file", ""),

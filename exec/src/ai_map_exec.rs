@@ -60,13 +60,21 @@ pub struct AiMapExec {
     carbon_intensity: Arc<std::sync::atomic::AtomicU64>,
     /// The optimizer's choices and estimates for the calls, shown beside the actual figures.
     notes: Vec<String>,
+    /// The optimizer's estimate of the calls' model time, ms.
+    estimated_ms: Option<u64>,
 }
 
 impl AiMapExec {
-    /// This operator with the optimizer's notes attached.
-    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+    /// This operator with the optimizer's notes and time estimate (ms) attached.
+    pub fn with_notes(mut self, notes: Vec<String>, estimated_ms: Option<u64>) -> Self {
         self.notes = notes;
+        self.estimated_ms = estimated_ms;
         self
+    }
+
+    /// The optimizer's estimate of this operator's model time, seconds.
+    pub fn estimated_seconds(&self) -> Option<f64> {
+        self.estimated_ms.map(|ms| ms as f64 / 1000.0)
     }
 
     /// The operator over `input`; each call produces the column of the given name.
@@ -98,8 +106,16 @@ impl AiMapExec {
             chunk_rows: Arc::new(std::sync::atomic::AtomicUsize::new(CHUNK_ROWS)),
             carbon_intensity: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             notes: Vec::new(),
+            estimated_ms: None,
         })
     }
+}
+
+/// The optimizer's estimate of the model time of every AI operator in `plan`, summed; `None`
+/// when it estimated none of them.
+pub fn estimated_model_seconds(plan: &Arc<dyn ExecutionPlan>) -> Option<f64> {
+    let own = plan.downcast_ref::<AiMapExec>().and_then(AiMapExec::estimated_seconds);
+    plan.children().into_iter().filter_map(estimated_model_seconds).chain(own).reduce(|a, b| a + b)
 }
 
 impl DisplayAs for AiMapExec {
@@ -284,7 +300,10 @@ impl ExecutionPlan for AiMapExec {
         let Some(input) = children.pop() else {
             return exec_err!("AiMapExec needs one input");
         };
-        Ok(Arc::new(AiMapExec::try_new(input, self.calls.clone())?.with_notes(self.notes.clone())))
+        Ok(Arc::new(
+            AiMapExec::try_new(input, self.calls.clone())?
+                .with_notes(self.notes.clone(), self.estimated_ms),
+        ))
     }
 
     fn execute(

@@ -27,7 +27,7 @@ mod result_cache;
 mod scheduler;
 pub mod tiny_models;
 
-pub use ai_map_exec::{AiMapExec, CHUNK_ROWS};
+pub use ai_map_exec::{AiMapExec, CHUNK_ROWS, estimated_model_seconds};
 pub use ai_runtime::ModelRuntime;
 pub use bert_encoder::{BertEncoder, Embeddings};
 pub use device::ComputeDevice;

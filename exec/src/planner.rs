@@ -48,7 +48,8 @@ impl ExtensionPlanner for AiExtensionPlanner {
             )?;
             calls.push((physical, name));
         }
-        let exec = AiMapExec::try_new(Arc::clone(input), calls)?.with_notes(map.notes.clone());
+        let exec = AiMapExec::try_new(Arc::clone(input), calls)?
+            .with_notes(map.notes.clone(), map.estimated_ms);
         Ok(Some(Arc::new(exec)))
     }
 }

@@ -59,8 +59,10 @@ use futures::StreamExt;
 use murakkab_catalog::{
     CandidateOutcome, DeviceProfile, LabelCallStats, ModelCard, PROXY_PREFIX, StatsStore, Task,
 };
-use murakkab_compiler::{AiMap, MurakkabOptions};
-use murakkab_udfs::{AiBackend, Cascade, ModelPlan, prompts, top_probability};
+use murakkab_compiler::{AiMap, MurakkabOptions, OverBudget};
+use murakkab_udfs::{
+    AiBackend, AiContext, AiWarnings, Cascade, ModelPlan, prompts, top_probability,
+};
 
 use crate::cost_model::{Cost, embed_row_cost, label_row_cost};
 use crate::proxy_training::{out_of_fold, train};
@@ -81,6 +83,7 @@ const SAMPLE_SEED: u64 = 0x6d75_726b_616b_6b61;
 #[derive(Debug)]
 pub struct ModelChooser {
     backend: Arc<dyn AiBackend>,
+    warnings: Arc<AiWarnings>,
     store: StatsStore,
 }
 
@@ -127,6 +130,20 @@ struct Site {
 struct Decision {
     plan: ModelPlan,
     note: String,
+    /// The call's estimated time and energy under `plan`, when it was estimated.
+    estimate: Option<Cost>,
+    /// The least-energy plan whatever its quality (what `over_budget = 'degrade'` runs), with
+    /// its estimate and estimated quality.
+    cheapest: Option<(ModelPlan, Cost, f64)>,
+    /// Rows the estimate is for.
+    rows: u64,
+}
+
+impl Decision {
+    /// A decision without estimates.
+    fn plain(plan: ModelPlan, note: String) -> Self {
+        Self { plan, note, estimate: None, cheapest: None, rows: 0 }
+    }
 }
 
 /// Rows drawn from a call's input.
@@ -150,10 +167,15 @@ struct Pass<'a> {
 }
 
 impl ModelChooser {
-    /// A chooser that samples with `backend` and keeps its statistics under the backend's home.
-    pub fn new(backend: Arc<dyn AiBackend>) -> Self {
-        let store = StatsStore::new(backend.home());
-        Self { backend, store }
+    /// A chooser that samples with the functions' backend, keeps its statistics under the
+    /// backend's home and reports budget warnings with the functions' warnings.
+    pub fn new(context: &AiContext) -> Self {
+        let store = StatsStore::new(context.backend.home());
+        Self {
+            backend: Arc::clone(&context.backend),
+            warnings: Arc::clone(&context.warnings),
+            store,
+        }
     }
 
     /// `plan` with a model plan written into every call the rule applies to.
@@ -187,7 +209,52 @@ impl ModelChooser {
                 decisions.insert(site.key.clone(), decision);
             }
         }
+        self.enforce_budget(&mut decisions, &pass.options)?;
         rewrite(plan, &decisions, &pass.candidates, pass.encoder.as_ref())
+    }
+
+    /// `murakkab.max_energy_j`: refuses a query estimated to use more, or switches every call to
+    /// its least-energy plan with a warning (`murakkab.over_budget`).
+    fn enforce_budget(
+        &self,
+        decisions: &mut HashMap<String, Decision>,
+        options: &MurakkabOptions,
+    ) -> Result<()> {
+        let budget = options.max_energy_j;
+        let total: f64 = decisions.values().filter_map(|d| d.estimate).map(|c| c.joules).sum();
+        if budget <= 0.0 || total <= budget {
+            return Ok(());
+        }
+        let mut parts: Vec<String> = decisions
+            .values()
+            .filter_map(|d| {
+                let function = d.note.split(':').next().unwrap_or("ai call");
+                d.estimate.map(|c| format!("{function} {:.0} J", c.joules))
+            })
+            .collect();
+        parts.sort();
+        if options.over_budget == OverBudget::Refuse {
+            return Err(DataFusionError::Plan(format!(
+                "estimated energy {total:.0} J ({}) exceeds murakkab.max_energy_j = {budget} J; \
+                 raise the budget, lower murakkab.quality_target, or SET murakkab.over_budget = \
+                 'degrade' to run the cheapest plan",
+                parts.join(", ")
+            )));
+        }
+        for decision in decisions.values_mut() {
+            let Some((plan, cost, quality)) = decision.cheapest.clone() else { continue };
+            let function = decision.note.split(':').next().unwrap_or("ai call").to_string();
+            let message = format!(
+                "estimated energy {total:.0} J over murakkab.max_energy_j = {budget} J: ran the \
+                 cheapest plan, {plan} (estimated {:.0} J, agreement with the reference {quality:.3})",
+                cost.joules
+            );
+            self.warnings.record(&function, &message, decision.rows as usize, None);
+            decision.note = format!("{function}: {plan} (over budget: {message})");
+            decision.plan = plan;
+            decision.estimate = Some(cost);
+        }
+        Ok(())
     }
 
     async fn decide(&self, site: &Site, pass: &Pass<'_>) -> Result<Decision> {
@@ -200,27 +267,27 @@ impl ModelChooser {
                 "{}: {reference} (the only pulled model that can score labels)",
                 site.function
             );
-            return Ok(Decision { plan: reference, note });
+            return Ok(Decision::plain(reference, note));
         }
         if let Some(limit) = site.limit.filter(|&l| l < 2 * pass.options.sample_rows) {
             let note = format!(
                 "{}: {reference} (LIMIT {limit}: too few rows for a sample to pay off)",
                 site.function
             );
-            return Ok(Decision { plan: reference, note });
+            return Ok(Decision::plain(reference, note));
         }
         if !pass.may_sample {
             let note = format!(
                 "{}: model chosen from a sample (at least {} rows) when the query runs",
                 site.function, pass.options.sample_rows
             );
-            return Ok(Decision { plan: ModelPlan::Auto, note });
+            return Ok(Decision::plain(ModelPlan::Auto, note));
         }
         let started = std::time::Instant::now();
         let sample = self.sample(site, pass).await?;
         if sample.texts.is_empty() {
             let note = format!("{}: {reference} (empty input)", site.function);
-            return Ok(Decision { plan: reference, note });
+            return Ok(Decision::plain(reference, note));
         }
         let backend = Arc::clone(&self.backend);
         let (texts, instruction) = (sample.texts.clone(), site.instruction.clone());
@@ -232,11 +299,20 @@ impl ModelChooser {
         .await
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
         if sample.complete && !sampling_pays(&sample, tokens, pass) {
+            let rows = sample.input_rows;
+            let per_row =
+                label_row_cost(&pass.profile.speed(&pass.reference), tokens, &pass.options);
+            let estimate = per_row.times(rows as f64);
             let note = format!(
-                "{}: {reference} (input of {} rows too small for a sample to pay off)",
-                site.function, sample.input_rows
+                "{}: {reference} (input of {rows} rows too small for a sample to pay off): \
+                 time={:.1}s, energy={:.0}J",
+                site.function, estimate.seconds, estimate.joules
             );
-            return Ok(Decision { plan: reference, note });
+            return Ok(Decision {
+                estimate: Some(estimate),
+                rows,
+                ..Decision::plain(reference, note)
+            });
         }
         let stats = self.measure(site, &sample, tokens, pass).await?;
         if let Err(e) = self.store.save_label_stats(&site.key, &stats) {
@@ -503,7 +579,11 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         })
         .collect();
     let value = |c: Cost| c.value(objective, options);
+    let mut cheapest: (ModelPlan, Cost, f64) = (best.plan.clone(), best.cost, 1.0);
     let mut consider = |choice: Choice| {
+        if choice.cost.joules < cheapest.1.joules {
+            cheapest = (choice.plan.clone(), choice.cost, choice.quality);
+        }
         if choice.quality_lower >= options.quality_target && value(choice.cost) < value(best.cost) {
             best = choice;
         }
@@ -575,7 +655,14 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
             reference_total.seconds, reference_total.joules
         ));
     }
-    Decision { plan: best.plan, note }
+    let (cheap_plan, cheap_cost, cheap_quality) = cheapest;
+    Decision {
+        plan: best.plan,
+        note,
+        estimate: Some(total),
+        cheapest: Some((cheap_plan, cheap_cost.times(rows), cheap_quality)),
+        rows: stats.input_rows,
+    }
 }
 
 /// A candidate plan and its estimates.
@@ -734,6 +821,7 @@ fn rewrite(
         .transform_down(|node| {
             let Some(map) = as_ai_map(&node) else { return Ok(Transformed::no(node)) };
             let mut notes = map.notes.clone();
+            let mut estimated_ms = map.estimated_ms;
             let mut calls = Vec::with_capacity(map.calls.len());
             let mut changed = false;
             for call in &map.calls {
@@ -744,6 +832,10 @@ fn rewrite(
                     continue;
                 };
                 notes.push(decision.note.clone());
+                if let Some(cost) = decision.estimate {
+                    let ms = (cost.seconds * 1000.0).round() as u64;
+                    estimated_ms = Some(estimated_ms.unwrap_or(0) + ms);
+                }
                 changed = true;
                 calls.push(if decision.plan == ModelPlan::Auto {
                     call.clone()
@@ -754,7 +846,9 @@ fn rewrite(
             if !changed {
                 return Ok(Transformed::no(node));
             }
-            let map = AiMap::try_new(map.input.clone(), calls)?.with_notes(notes);
+            let map = AiMap::try_new(map.input.clone(), calls)?
+                .with_notes(notes)
+                .with_estimate(estimated_ms);
             Ok(Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(map) })))
         })
         .map(|t| t.data)

@@ -70,6 +70,14 @@ pub struct RunArgs {
     /// Replace an existing job output.
     #[arg(long)]
     pub overwrite: bool,
+    /// Finish within this long from now, e.g. 90m or 6h; with --carbon-forecast the job starts
+    /// in the lowest-carbon window that still meets it.
+    #[arg(long, value_name = "DURATION", value_parser = murakkab::carbon_schedule::parse_duration)]
+    pub deadline: Option<i64>,
+    /// CSV of timestamp,g_per_kwh (RFC 3339 or Unix seconds) forecasting the grid's carbon
+    /// intensity; needs --deadline. Without it the job starts at once.
+    #[arg(long, value_name = "FILE", requires = "deadline")]
+    pub carbon_forecast: Option<PathBuf>,
 }
 
 /// `murakkab models ...`.

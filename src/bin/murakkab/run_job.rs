@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use murakkab::job::{JobProgress, JobSpec, run_job};
+use murakkab::job::{CarbonSchedule, JobProgress, JobSpec, ScheduleRecord, run_job};
 use murakkab::{Error, Result, Session};
 
 use crate::args::RunArgs;
@@ -15,11 +15,14 @@ pub async fn run(session: &Session, args: &RunArgs) -> Result<()> {
     let script = std::fs::read_to_string(&args.job).map_err(|e| {
         Error::IoError(e).context(format!("reading job file '{}'", args.job.display()))
     })?;
-    let spec = JobSpec {
-        output: args.output.clone(),
-        rows_per_part: usize::try_from(args.rows_per_part).unwrap_or(usize::MAX),
-        overwrite: args.overwrite,
-    };
+    let mut spec = JobSpec::new(args.output.clone());
+    spec.rows_per_part = usize::try_from(args.rows_per_part).unwrap_or(usize::MAX);
+    spec.overwrite = args.overwrite;
+    if let (Some(deadline_s), Some(path)) = (args.deadline, &args.carbon_forecast) {
+        let forecast = murakkab::CarbonSeries::read(path)
+            .map_err(|e| Error::Plan(format!("--carbon-forecast: {e}")))?;
+        spec.carbon_schedule = Some(CarbonSchedule { deadline_s, forecast });
+    }
     let progress: Box<dyn JobProgress> = if std::io::stderr().is_terminal() {
         Box::new(BarProgress::new())
     } else {
@@ -79,6 +82,38 @@ impl JobProgress for BarProgress {
     fn advanced(&self, rows: u64) {
         self.bar.inc(rows);
     }
+
+    fn scheduled(&self, schedule: &ScheduleRecord) {
+        self.bar.suspend(|| print_schedule(schedule));
+    }
+}
+
+/// One line on stderr saying when a carbon-aware job starts and why.
+fn print_schedule(s: &ScheduleRecord) {
+    let wait = s.start_unix - s.submitted_unix;
+    if s.misses_deadline {
+        eprintln!(
+            "carbon-aware start: the estimated {:.0}s of model work does not fit before the \
+             deadline; starting now",
+            s.estimated_seconds
+        );
+    } else if wait > 0 {
+        eprintln!(
+            "carbon-aware start: waiting {}h{:02}m (until Unix time {}) for a forecast {:.0} g/kWh \
+             over the estimated {:.0}s run, instead of {:.0} g/kWh now",
+            wait / 3600,
+            wait % 3600 / 60,
+            s.start_unix,
+            s.forecast_g_per_kwh,
+            s.estimated_seconds,
+            s.forecast_at_submission_g_per_kwh
+        );
+    } else {
+        eprintln!(
+            "carbon-aware start: now is the cleanest window before the deadline ({:.0} g/kWh)",
+            s.forecast_g_per_kwh
+        );
+    }
 }
 
 impl Drop for BarProgress {
@@ -132,5 +167,9 @@ impl JobProgress for LineProgress {
         let rate = s.rows as f64 / s.started.elapsed().as_secs_f64().max(1e-9);
         let of = s.estimated.map(|t| format!(" of ~{t}")).unwrap_or_default();
         eprintln!("progress: {} rows{of}, {rate:.0} rows/s", s.rows);
+    }
+
+    fn scheduled(&self, schedule: &ScheduleRecord) {
+        print_schedule(schedule);
     }
 }
