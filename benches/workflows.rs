@@ -44,6 +44,9 @@ struct Workflow {
     sql: &'static str,
     /// Rows in the dataset.
     dataset_rows: usize,
+    /// For a filtering workflow (its query returns only the ids it keeps): the ids it filters
+    /// from, with `{step}`; the answer of each is kept or dropped, and there is no label.
+    population: Option<&'static str>,
 }
 
 const WORKFLOWS: &[Workflow] = &[
@@ -54,6 +57,7 @@ const WORKFLOWS: &[Workflow] = &[
               CASE WHEN label = 1 THEN 'positive' ELSE 'negative' END AS truth \
               FROM uci WHERE id % {step} = 0",
         dataset_rows: 3000,
+        population: None,
     },
     Workflow {
         key: "bbc-topics",
@@ -61,6 +65,7 @@ const WORKFLOWS: &[Workflow] = &[
         sql: "SELECT id, ai_classify(headline, ['business', 'entertainment', 'politics', \
               'sport', 'tech']) AS answer, topic AS truth FROM bbc WHERE id % {step} = 0",
         dataset_rows: 2225,
+        population: None,
     },
     Workflow {
         key: "spam-filter",
@@ -68,6 +73,16 @@ const WORKFLOWS: &[Workflow] = &[
         sql: "SELECT id, ai_filter(subject, 'The email is unsolicited spam') AS answer, \
               spam AS truth FROM spam WHERE id % {step} = 0 AND subject <> ''",
         dataset_rows: 6046,
+        population: None,
+    },
+    Workflow {
+        key: "bbc-sport-good-news",
+        name: "BBC sport headlines that report good news (two AI predicates)",
+        sql: "SELECT id FROM bbc WHERE id % {step} = 0 AND ai_classify(headline, ['business', \
+              'entertainment', 'politics', 'sport', 'tech']) = 'sport' \
+              AND ai_filter(headline, 'The headline reports good news')",
+        dataset_rows: 2225,
+        population: Some("SELECT id FROM bbc WHERE id % {step} = 0"),
     },
 ];
 
@@ -102,6 +117,13 @@ async fn run(db: &Session, sql: &str) -> Run {
     for batch in &batches {
         let ids = cast(batch.column(0), &DataType::Int64).unwrap();
         let ids = ids.as_any().downcast_ref::<murakkab::arrow::array::Int64Array>().unwrap();
+        if batch.num_columns() == 1 {
+            // A filtering workflow: the ids it keeps.
+            for i in 0..batch.num_rows() {
+                answers.insert(ids.value(i), Some("kept".to_string()));
+            }
+            continue;
+        }
         let answer = text_column(batch.column(1));
         let truth = text_column(batch.column(2));
         for i in 0..batch.num_rows() {
@@ -110,12 +132,13 @@ async fn run(db: &Session, sql: &str) -> Run {
         }
     }
     let rows = answers.len();
+    let labelled = batches.first().is_none_or(|b| b.num_columns() > 2);
     Run {
         seconds,
         joules,
         rows,
         answers,
-        accuracy: right as f64 / rows.max(1) as f64,
+        accuracy: if labelled { right as f64 / rows.max(1) as f64 } else { f64::NAN },
         plans: chosen_plans(db, sql).await,
     }
 }
@@ -204,9 +227,29 @@ fn main() {
             let step = (workflow.dataset_rows / rows).max(1);
             let sql = workflow.sql.replace("{step}", &step.to_string());
             let naive_home = scratch_home(&home);
-            let naive = run(&session(naive_home.path(), true).await, &sql).await;
+            let naive_db = session(naive_home.path(), true).await;
+            let mut naive = run(&naive_db, &sql).await;
             let optimized_home = scratch_home(&home);
-            let optimized = run(&session(optimized_home.path(), false).await, &sql).await;
+            let mut optimized = run(&session(optimized_home.path(), false).await, &sql).await;
+            if let Some(population) = workflow.population {
+                let population = population.replace("{step}", &step.to_string());
+                let batches = naive_db.sql(&population).await.unwrap().collect().await.unwrap();
+                for run in [&mut naive, &mut optimized] {
+                    for batch in &batches {
+                        let ids = cast(batch.column(0), &DataType::Int64).unwrap();
+                        let ids = ids
+                            .as_any()
+                            .downcast_ref::<murakkab::arrow::array::Int64Array>()
+                            .unwrap();
+                        for i in 0..ids.len() {
+                            run.answers
+                                .entry(ids.value(i))
+                                .or_insert_with(|| Some("dropped".to_string()));
+                        }
+                    }
+                    run.rows = run.answers.len();
+                }
+            }
             let agree =
                 optimized.answers.iter().filter(|(id, a)| naive.answers.get(id) == Some(a)).count();
             let row = Row {

@@ -181,7 +181,8 @@ impl ModelChooser {
     /// `plan` with a model plan written into every call the rule applies to.
     pub async fn choose(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<LogicalPlan> {
         let options = MurakkabOptions::from_config(session.config_options());
-        if !options.optimizer_enabled {
+        // Plain SQL pays for one walk of its plan, nothing more.
+        if !options.optimizer_enabled || !contains_ai_map(plan)? {
             return Ok(plan.clone());
         }
         let candidates = self.backend.candidate_models(Task::ScoreLabels);
