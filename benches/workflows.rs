@@ -4,12 +4,15 @@
 //! `cargo bench --profile dev --bench workflows` (needs `scripts/fetch-data.sh` and the default
 //! models pulled: all-minilm-l6-v2, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
 //! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 400), `MURAKKAB_BENCH_ONLY` a
-//! comma-separated subset (`uci-sentiment,bbc-topics,spam-filter`). Each workflow runs twice in
-//! one process on the same weights and 2 threads, each time in a fresh scratch home (empty
-//! result cache, no optimizer statistics) whose models directory links to the real one:
+//! comma-separated subset (`uci-sentiment,bbc-topics,spam-filter,bbc-sport-good-news`). Each
+//! workflow runs three times in one process on the same weights and 2 threads, each time in a
+//! fresh scratch home (empty result cache, no optimizer statistics) whose models directory links
+//! to the real one:
 //!
 //! - **naive**: `murakkab.optimizer.enabled = false`, `murakkab.exec.batching = false`: the
 //!   largest pulled model, one row per model call, nothing reused;
+//! - **batching only**: the optimizer off, batching, dedup and the result cache on (the largest
+//!   model, batched);
 //! - **optimized**: the defaults: model choice from a sample (cascades, proxy models),
 //!   batching, deduplication, the result cache filling as it goes. The sampling is included in
 //!   the optimized time and energy.
@@ -18,7 +21,7 @@
 //! of each plan and their ratios, the optimized plan's agreement with the naive plan's answers
 //! (the quality the optimizer promises: `murakkab.quality_target`, default 0.9), and both plans'
 //! accuracy against the dataset's labels. Results go to stdout and to
-//! `<target>/bench-report/workflows.json`.
+//! `<target>/bench-report/workflows.json` and `workflows.md`.
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -91,6 +94,7 @@ const WORKFLOWS: &[Workflow] = &[
 struct Run {
     seconds: f64,
     joules: f64,
+    grams_co2e: f64,
     rows: usize,
     /// Answer per id, as text.
     #[serde(skip)]
@@ -111,7 +115,8 @@ async fn run(db: &Session, sql: &str) -> Run {
     let started = Instant::now();
     let batches = db.sql(sql).await.unwrap().collect().await.unwrap();
     let seconds = started.elapsed().as_secs_f64();
-    let joules = db.energy_since(before).joules;
+    let energy = db.energy_since(before);
+    let joules = energy.joules;
     let mut answers = HashMap::new();
     let mut right = 0;
     for batch in &batches {
@@ -136,6 +141,7 @@ async fn run(db: &Session, sql: &str) -> Run {
     Run {
         seconds,
         joules,
+        grams_co2e: energy.grams_co2e,
         rows,
         answers,
         accuracy: if labelled { right as f64 / rows.max(1) as f64 } else { f64::NAN },
@@ -152,23 +158,38 @@ async fn chosen_plans(db: &Session, sql: &str) -> Vec<String> {
     for function in ["ai_classify: ", "ai_filter: "] {
         for (at, _) in text.match_indices(function) {
             let note = &text[at..];
-            let end = note.find(" for ").unwrap_or(note.len().min(120));
+            let note = &note[..note.find(['|', '\n']).unwrap_or(note.len())];
+            let end = note.find(" for ").unwrap_or(note.len());
+            let note = note[..end].trim_end();
             // The logical and the physical plan both carry the note.
-            if !plans.iter().any(|p| p == &note[..end]) {
-                plans.push(note[..end].to_string());
+            if !plans.iter().any(|p| p == note) {
+                plans.push(note.to_string());
             }
         }
     }
     plans
 }
 
-async fn session(scratch: &std::path::Path, naive: bool) -> Session {
+/// How a workflow is planned and run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Optimizer and batching off: the largest model, one row per call, nothing reused.
+    Naive,
+    /// Batching, dedup and the result cache on, the optimizer off (the largest model).
+    BatchingOnly,
+    /// Everything on: the defaults.
+    Optimized,
+}
+
+async fn session(scratch: &std::path::Path, mode: Mode) -> Session {
     let db = Session::builder().home(scratch).threads(2).build().await.unwrap();
     db.register_json("uci", "data/uci-sentiment.jsonl").await.unwrap();
     db.register_json("bbc", "data/bbc-news.jsonl").await.unwrap();
     db.register_json("spam", "data/spam-assassin.jsonl").await.unwrap();
-    if naive {
+    if mode != Mode::Optimized {
         db.sql("SET murakkab.optimizer.enabled = false").await.unwrap();
+    }
+    if mode == Mode::Naive {
         db.sql("SET murakkab.exec.batching = false").await.unwrap();
     }
     db
@@ -186,10 +207,46 @@ struct Row {
     workflow: &'static str,
     rows: usize,
     naive: Run,
+    batching_only: Run,
     optimized: Run,
     speedup: f64,
     energy_ratio: f64,
     agreement_with_naive: f64,
+    batching_only_agreement_with_naive: f64,
+}
+
+/// Share of the naive run's rows on which `run` gives the same answer.
+fn agreement(run: &Run, naive: &Run) -> f64 {
+    let agree = run.answers.iter().filter(|(id, a)| naive.answers.get(id) == Some(a)).count();
+    agree as f64 / naive.rows.max(1) as f64
+}
+
+/// The report as a Markdown table.
+fn markdown(report: &[Row], rows: usize) -> String {
+    let mut md = format!(
+        "# Workflow benchmark\n\n{rows} rows per workflow, 2 threads, energy modeled (no RAPL), \
+         gCO2e at the session's grid intensity.\n\n| workflow | rows | naive s / J | batching \
+         only s / J | optimized s / J | speedup | energy | agreement with naive | plan |\n\
+         |---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in report {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} / {:.0} | {:.1} / {:.0} | {:.1} / {:.0} | {:.2}x | {:.2}x | {:.3} | {} |\n",
+            r.workflow,
+            r.rows,
+            r.naive.seconds,
+            r.naive.joules,
+            r.batching_only.seconds,
+            r.batching_only.joules,
+            r.optimized.seconds,
+            r.optimized.joules,
+            r.speedup,
+            r.energy_ratio,
+            r.agreement_with_naive,
+            r.optimized.plans.join("; ")
+        ));
+    }
+    md
 }
 
 #[allow(unsafe_code)]
@@ -214,7 +271,7 @@ fn main() {
     let report = runtime.block_on(async {
         // Load every model once, outside any timing.
         let warm = scratch_home(&home);
-        let db = session(warm.path(), false).await;
+        let db = session(warm.path(), Mode::Optimized).await;
         for model in &MODELS[1..] {
             let sql = format!("SELECT ai_classify('x', ['a', 'b'], model => '{model}')");
             db.sql(&sql).await.unwrap().collect().await.unwrap();
@@ -227,14 +284,18 @@ fn main() {
             let step = (workflow.dataset_rows / rows).max(1);
             let sql = workflow.sql.replace("{step}", &step.to_string());
             let naive_home = scratch_home(&home);
-            let naive_db = session(naive_home.path(), true).await;
+            let naive_db = session(naive_home.path(), Mode::Naive).await;
             let mut naive = run(&naive_db, &sql).await;
+            let batching_home = scratch_home(&home);
+            let mut batching_only =
+                run(&session(batching_home.path(), Mode::BatchingOnly).await, &sql).await;
             let optimized_home = scratch_home(&home);
-            let mut optimized = run(&session(optimized_home.path(), false).await, &sql).await;
+            let mut optimized =
+                run(&session(optimized_home.path(), Mode::Optimized).await, &sql).await;
             if let Some(population) = workflow.population {
                 let population = population.replace("{step}", &step.to_string());
                 let batches = naive_db.sql(&population).await.unwrap().collect().await.unwrap();
-                for run in [&mut naive, &mut optimized] {
+                for run in [&mut naive, &mut batching_only, &mut optimized] {
                     for batch in &batches {
                         let ids = cast(batch.column(0), &DataType::Int64).unwrap();
                         let ids = ids
@@ -248,22 +309,25 @@ fn main() {
                         }
                     }
                     run.rows = run.answers.len();
+                    // Kept or dropped has no label to be checked against.
+                    run.accuracy = f64::NAN;
                 }
             }
-            let agree =
-                optimized.answers.iter().filter(|(id, a)| naive.answers.get(id) == Some(a)).count();
             let row = Row {
                 workflow: workflow.name,
                 rows: naive.rows,
                 speedup: naive.seconds / optimized.seconds,
                 energy_ratio: naive.joules / optimized.joules.max(1e-9),
-                agreement_with_naive: agree as f64 / naive.rows.max(1) as f64,
+                agreement_with_naive: agreement(&optimized, &naive),
+                batching_only_agreement_with_naive: agreement(&batching_only, &naive),
                 naive,
+                batching_only,
                 optimized,
             };
             println!("{}: chosen: {}", row.workflow, row.optimized.plans.join("; "));
             println!(
-                "{}: {} rows\n  naive     {:8.1} s {:8.0} J  accuracy {:.3}\n  optimized {:8.1} s \
+                "{}: {} rows\n  naive         {:8.1} s {:8.0} J  accuracy {:.3}\n  batching only \
+                 {:8.1} s {:8.0} J  accuracy {:.3}\n  optimized     {:8.1} s \
                  {:8.0} J  accuracy {:.3}  agreement with naive {:.3}\n  speedup {:.2}x, energy \
                  {:.2}x less",
                 row.workflow,
@@ -271,6 +335,9 @@ fn main() {
                 row.naive.seconds,
                 row.naive.joules,
                 row.naive.accuracy,
+                row.batching_only.seconds,
+                row.batching_only.joules,
+                row.batching_only.accuracy,
                 row.optimized.seconds,
                 row.optimized.joules,
                 row.optimized.accuracy,
@@ -295,5 +362,6 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("workflows.json"), serde_json::to_string_pretty(&report).unwrap())
         .unwrap();
-    println!("written: {}", dir.join("workflows.json").display());
+    std::fs::write(dir.join("workflows.md"), markdown(&report, rows)).unwrap();
+    println!("written: {} and workflows.md", dir.join("workflows.json").display());
 }
