@@ -13,7 +13,8 @@ use crate::language_model::LanguageModel;
 
 type Key = (std::path::PathBuf, String);
 
-/// Loaded models, keyed by home directory and model id.
+/// Loaded models, keyed by the model's directory with symlinks resolved and its id: homes
+/// whose `models` link to the same files share one loaded copy.
 #[derive(Default)]
 pub struct ModelRegistry {
     encoders: Mutex<HashMap<Key, Arc<BertEncoder>>>,
@@ -98,7 +99,8 @@ fn load_once<T>(
     check: impl FnOnce(&ModelCard) -> Result<(), ModelError>,
     load: impl FnOnce(&ModelCard) -> Result<T, ModelError>,
 ) -> Result<Arc<T>, ModelError> {
-    let key = (home.root().to_path_buf(), id.to_string());
+    let dir = home.model_dir(id);
+    let key = (std::fs::canonicalize(&dir).unwrap_or(dir), id.to_string());
     let mut loaded = cache.lock().map_err(|_| ModelError::Load {
         id: id.to_string(),
         detail: "the model registry was poisoned by an earlier panic".into(),
@@ -119,6 +121,18 @@ fn load_once<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn homes_that_link_the_same_model_files_share_one_loaded_copy() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        crate::tiny_models::install_tiny_models(&MurakkabHome::at(a.path())).unwrap();
+        std::os::unix::fs::symlink(a.path().join("models"), b.path().join("models")).unwrap();
+        let registry = ModelRegistry::default();
+        let first = registry.language_model(&MurakkabHome::at(a.path()), "tiny-llama").unwrap();
+        let second = registry.language_model(&MurakkabHome::at(b.path()), "tiny-llama").unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+    }
 
     #[test]
     fn an_unpulled_model_names_the_pull_command() {

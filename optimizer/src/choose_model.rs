@@ -128,6 +128,8 @@ struct Site {
 /// The plan chosen for a call and the note EXPLAIN shows.
 #[derive(Debug, Clone)]
 struct Decision {
+    /// The SQL function decided for.
+    function: String,
     plan: ModelPlan,
     note: String,
     /// The call's estimated time and energy under `plan`, when it was estimated.
@@ -142,7 +144,7 @@ struct Decision {
 impl Decision {
     /// A decision without estimates.
     fn plain(plan: ModelPlan, note: String) -> Self {
-        Self { plan, note, estimate: None, cheapest: None, rows: 0 }
+        Self { function: String::new(), plan, note, estimate: None, cheapest: None, rows: 0 }
     }
 }
 
@@ -207,6 +209,7 @@ impl ModelChooser {
         for site in sites {
             if !decisions.contains_key(&site.key) {
                 let decision = self.decide(&site, &pass).await?;
+                let decision = Decision { function: site.function.clone(), ..decision };
                 decisions.insert(site.key.clone(), decision);
             }
         }
@@ -228,10 +231,7 @@ impl ModelChooser {
         }
         let mut parts: Vec<String> = decisions
             .values()
-            .filter_map(|d| {
-                let function = d.note.split(':').next().unwrap_or("ai call");
-                d.estimate.map(|c| format!("{function} {:.0} J", c.joules))
-            })
+            .filter_map(|d| d.estimate.map(|c| format!("{} {:.0} J", d.function, c.joules)))
             .collect();
         parts.sort();
         if options.over_budget == OverBudget::Refuse {
@@ -244,7 +244,7 @@ impl ModelChooser {
         }
         for decision in decisions.values_mut() {
             let Some((plan, cost, quality)) = decision.cheapest.clone() else { continue };
-            let function = decision.note.split(':').next().unwrap_or("ai call").to_string();
+            let function = decision.function.clone();
             let message = format!(
                 "estimated energy {total:.0} J over murakkab.max_energy_j = {budget} J: ran the \
                  cheapest plan, {plan} (estimated {:.0} J, agreement with the reference {quality:.3})",
@@ -658,6 +658,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
     }
     let (cheap_plan, cheap_cost, cheap_quality) = cheapest;
     Decision {
+        function: site.function.clone(),
         plan: best.plan,
         note,
         estimate: Some(total),

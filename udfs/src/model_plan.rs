@@ -193,11 +193,12 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
     }
     if !pending.is_empty() {
         let reference_rows: Vec<usize> = pending.iter().map(|&slot| rows[slot]).collect();
-        let scored = context.backend.score_labels(
-            &cascade.reference,
-            &(scoring.prompt)(&reference_rows),
-            labels,
-        )?;
+        let subset = ScoringRows {
+            rows: &reference_rows,
+            texts: pending.iter().map(|&slot| scoring.texts[slot]).collect(),
+            prompt: &scoring.prompt,
+        };
+        let scored = score_on(context, &cascade.reference, &subset, labels)?;
         truncated = truncated.max(scored.truncated);
         function_stats::record(|s| s.escalated_rows += pending.len() as u64);
         for (slot, answer) in pending.into_iter().zip(scored.rows) {
