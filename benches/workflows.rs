@@ -110,6 +110,12 @@ fn text_column(column: &murakkab::arrow::array::ArrayRef) -> Vec<Option<String>>
     (0..column.len()).map(|i| (!column.is_null(i)).then(|| column.value(i).to_string())).collect()
 }
 
+/// The first column of a result batch: the row ids.
+fn ids_of(batch: &murakkab::arrow::array::RecordBatch) -> Vec<i64> {
+    let ids = cast(batch.column(0), &DataType::Int64).unwrap();
+    ids.as_any().downcast_ref::<murakkab::arrow::array::Int64Array>().unwrap().values().to_vec()
+}
+
 async fn run(db: &Session, sql: &str) -> Run {
     let before = db.model_work();
     let started = Instant::now();
@@ -120,12 +126,11 @@ async fn run(db: &Session, sql: &str) -> Run {
     let mut answers = HashMap::new();
     let mut right = 0;
     for batch in &batches {
-        let ids = cast(batch.column(0), &DataType::Int64).unwrap();
-        let ids = ids.as_any().downcast_ref::<murakkab::arrow::array::Int64Array>().unwrap();
+        let ids = ids_of(batch);
         if batch.num_columns() == 1 {
             // A filtering workflow: the ids it keeps.
-            for i in 0..batch.num_rows() {
-                answers.insert(ids.value(i), Some("kept".to_string()));
+            for id in ids {
+                answers.insert(id, Some("kept".to_string()));
             }
             continue;
         }
@@ -133,7 +138,7 @@ async fn run(db: &Session, sql: &str) -> Run {
         let truth = text_column(batch.column(2));
         for i in 0..batch.num_rows() {
             right += usize::from(answer[i].is_some() && answer[i] == truth[i]);
-            answers.insert(ids.value(i), answer[i].clone());
+            answers.insert(ids[i], answer[i].clone());
         }
     }
     let rows = answers.len();
@@ -296,17 +301,8 @@ fn main() {
                 let population = population.replace("{step}", &step.to_string());
                 let batches = naive_db.sql(&population).await.unwrap().collect().await.unwrap();
                 for run in [&mut naive, &mut batching_only, &mut optimized] {
-                    for batch in &batches {
-                        let ids = cast(batch.column(0), &DataType::Int64).unwrap();
-                        let ids = ids
-                            .as_any()
-                            .downcast_ref::<murakkab::arrow::array::Int64Array>()
-                            .unwrap();
-                        for i in 0..ids.len() {
-                            run.answers
-                                .entry(ids.value(i))
-                                .or_insert_with(|| Some("dropped".to_string()));
-                        }
+                    for id in batches.iter().flat_map(ids_of) {
+                        run.answers.entry(id).or_insert_with(|| Some("dropped".to_string()));
                     }
                     run.rows = run.answers.len();
                     // Kept or dropped has no label to be checked against.

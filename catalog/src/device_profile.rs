@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ModelCard, MurakkabHome};
 
+/// Tokens a label-scored row adds besides its own text: the chat template around it, the
+/// question and the label scored after it. `murakkab calibrate` counts them when it measures
+/// prefill speed and the cost model adds them when it prices a row, so both agree.
+pub const LABEL_ROW_OVERHEAD_TOKENS: usize = 14;
+
 /// Measured or default speeds of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpeed {

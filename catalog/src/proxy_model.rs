@@ -43,15 +43,18 @@ impl ProxyModel {
         if embedding.len() != self.mean.len() {
             return None;
         }
-        let x = self.standardize(embedding);
-        Some(softmax(
-            &self
-                .weights
-                .iter()
-                .zip(&self.bias)
-                .map(|(w, b)| b + w.iter().zip(&x).map(|(w, x)| w * x).sum::<f32>())
-                .collect::<Vec<_>>(),
-        ))
+        Some(self.probabilities(&self.standardize(embedding)))
+    }
+
+    /// Label probabilities of an already standardized embedding (training works on those).
+    pub fn probabilities(&self, standardized: &[f32]) -> Vec<f32> {
+        let logits: Vec<f32> = self
+            .weights
+            .iter()
+            .zip(&self.bias)
+            .map(|(w, b)| b + w.iter().zip(standardized).map(|(w, x)| w * x).sum::<f32>())
+            .collect();
+        softmax(&logits)
     }
 
     fn path(home: &MurakkabHome, id: &str) -> PathBuf {

@@ -8,14 +8,14 @@
 
 use std::time::Instant;
 
-use murakkab_catalog::{Architecture, ModelCard, ModelSpeed, MurakkabHome};
+use murakkab_catalog::{
+    Architecture, LABEL_ROW_OVERHEAD_TOKENS, ModelCard, ModelSpeed, MurakkabHome,
+};
 
 use crate::error::ModelError;
 use crate::language_model::{GenerateOptions, Sampling};
 use crate::registry::ModelRegistry;
 
-/// Tokens each scored row adds besides its own (the optimizer's `ROW_OVERHEAD_TOKENS`).
-const ROW_OVERHEAD_TOKENS: usize = 14;
 /// Rows per timed pass.
 const ROWS: usize = 32;
 
@@ -83,7 +83,7 @@ pub fn calibrate_model(home: &MurakkabHome, card: &ModelCard) -> Result<ModelSpe
         }
         Ok(())
     })?;
-    let tokens: usize = rows.iter().map(|r| r.len() + ROW_OVERHEAD_TOKENS).sum();
+    let tokens: usize = rows.iter().map(|r| r.len() + LABEL_ROW_OVERHEAD_TOKENS).sum();
     let empty = model.prefix_cache(&[])?;
     let prompt =
         vec![model.encode(&format!("{open}Write a long story about a lighthouse keeper.{close}"))?];

@@ -61,7 +61,7 @@ use murakkab_catalog::{
 };
 use murakkab_compiler::{AiMap, MurakkabOptions, OverBudget};
 use murakkab_udfs::{
-    AiBackend, AiContext, AiWarnings, Cascade, ModelPlan, prompts, top_probability,
+    AiBackend, AiContext, AiWarnings, Cascade, ModelPlan, best_label, prompts, top_probability,
 };
 
 use crate::cost_model::{Cost, embed_row_cost, label_row_cost};
@@ -511,14 +511,6 @@ fn sampling_pays(sample: &Sample, tokens: f64, pass: &Pass<'_>) -> bool {
     let n = sample.input_rows as f64;
     let s = sample.texts.len() as f64;
     (n - s) * (r - c) > s * (r + c)
-}
-
-/// The index of the most probable label.
-fn best_label(p: &[f32]) -> usize {
-    p.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-        .0
 }
 
 /// Each sampled row's label probabilities under `model` (`None` where the row failed).

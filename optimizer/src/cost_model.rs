@@ -6,12 +6,8 @@
 //! follows the same modeled power as the executor's meter where no hardware counter exists:
 //! every model thread busy at `energy.cpu_watts_per_core` plus `energy.idle_watts_per_core`.
 
-use murakkab_catalog::ModelSpeed;
+use murakkab_catalog::{LABEL_ROW_OVERHEAD_TOKENS, ModelSpeed};
 use murakkab_compiler::{MurakkabOptions, Objective};
-
-/// Tokens each row adds besides its own text: the chat template around it, the question and
-/// the label scored after it.
-pub const ROW_OVERHEAD_TOKENS: f64 = 14.0;
 
 /// Time and energy of some model work.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -61,7 +57,8 @@ pub fn busy_watts(options: &MurakkabOptions) -> f64 {
 
 /// The cost of scoring one row of `row_tokens` tokens on a model of `speed`.
 pub fn label_row_cost(speed: &ModelSpeed, row_tokens: f64, options: &MurakkabOptions) -> Cost {
-    let seconds = (row_tokens + ROW_OVERHEAD_TOKENS) / speed.prefill_tokens_per_s.max(1e-9);
+    let overhead = LABEL_ROW_OVERHEAD_TOKENS as f64;
+    let seconds = (row_tokens + overhead) / speed.prefill_tokens_per_s.max(1e-9);
     Cost { seconds, joules: seconds * busy_watts(options) }
 }
 

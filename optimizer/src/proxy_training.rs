@@ -4,7 +4,7 @@
 //! Its quality is estimated out of fold (each sampled row is predicted by a proxy trained
 //! without it), so the cascade threshold is not tuned on answers the proxy has memorised.
 
-use murakkab_catalog::{ProxyModel, softmax};
+use murakkab_catalog::ProxyModel;
 
 /// Gradient steps: enough for the loss to settle on a few hundred rows.
 const STEPS: usize = 300;
@@ -49,13 +49,7 @@ pub fn train(
         let mut grad_w = vec![vec![0.0f32; dim]; n_labels];
         let mut grad_b = vec![0.0f32; n_labels];
         for (x, &y) in xs.iter().zip(labels) {
-            let logits: Vec<f32> = proxy
-                .weights
-                .iter()
-                .zip(&proxy.bias)
-                .map(|(w, b)| b + w.iter().zip(x).map(|(w, v)| w * v).sum::<f32>())
-                .collect();
-            let p = softmax(&logits);
+            let p = proxy.probabilities(x);
             for k in 0..n_labels {
                 let err = p[k] - f32::from(u8::from(k == y));
                 grad_b[k] += err / n;

@@ -150,14 +150,7 @@ impl ScalarUDFImpl for AiClassify {
                     let config = &call.config_options;
                     model_plan::score_with_plan(&self.context, config, &plan, &scoring, label_set)
                 },
-                |label_set, p| {
-                    let best = p
-                        .iter()
-                        .enumerate()
-                        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
-                        .0;
-                    label_set[best].clone()
-                },
+                |label_set, p| label_set[model_plan::best_label(&p)].clone(),
             )
         })?;
         let mut out = StringBuilder::with_capacity(rows, rows * 8);

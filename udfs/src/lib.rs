@@ -44,7 +44,7 @@ pub use backend::{
 pub use cosine_similarity::CosineSimilarity;
 pub use docs::DOC_SECTION;
 pub use function_stats::{FunctionStats, function_stats};
-pub use model_plan::{Cascade, ModelPlan, top_probability};
+pub use model_plan::{Cascade, ModelPlan, best_label, top_probability};
 pub use warnings::{AiWarning, AiWarnings};
 
 /// Every scalar function this crate provides, ready to register in a session whose models run

@@ -46,14 +46,14 @@ impl ModelPlan {
         if text.is_empty() || text.eq_ignore_ascii_case("auto") {
             return Ok(Self::Auto);
         }
-        let lower = text.to_ascii_lowercase();
-        let Some(inner) = lower
-            .strip_prefix("cascade(")
-            .and_then(|rest| rest.strip_suffix(')'))
-            .map(|_| &text["cascade(".len()..text.len() - 1])
-        else {
+        const OPEN: &str = "cascade(";
+        let is_cascade = text.len() > OPEN.len()
+            && text[..OPEN.len()].eq_ignore_ascii_case(OPEN)
+            && text.ends_with(')');
+        if !is_cascade {
             return Ok(Self::Model(text.to_string()));
-        };
+        }
+        let inner = &text[OPEN.len()..text.len() - 1];
         let parts: Vec<&str> = inner.split(',').map(str::trim).collect();
         if parts.len() < 3 || parts.len().is_multiple_of(2) {
             return Err(format!(
@@ -161,7 +161,7 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
     let cascade = match plan {
         ModelPlan::Auto => {
             let card = args::model_for(context, config, None, Task::ScoreLabels)?;
-            return context.backend.score_labels(&card.id, &(scoring.prompt)(rows), labels);
+            return score_on(context, &card.id, scoring, labels);
         }
         ModelPlan::Model(id) => return score_on(context, id, scoring, labels),
         ModelPlan::Cascade(c) => c,
@@ -238,6 +238,15 @@ fn score_on<P: Fn(&[usize]) -> ChatBatch>(
         })
         .collect();
     Ok(BatchOutput { rows, truncated: 0 })
+}
+
+/// The index of the most likely label (the first of equals).
+pub fn best_label(probabilities: &[f32]) -> usize {
+    probabilities
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .0
 }
 
 /// The probability of the most likely label.
