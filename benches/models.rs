@@ -14,7 +14,10 @@ use murakkab_catalog::{ModelStatus, MurakkabHome, find_model};
 use murakkab_exec::{GenerateOptions, LanguageModel, ModelRegistry, Sampling};
 
 fn sentences() -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/uci-sentiment.jsonl");
+    let path = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("data/uci-sentiment.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     let mut out: Vec<String> = text
         .lines()

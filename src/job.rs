@@ -5,6 +5,11 @@
 //! name, flushed to disk and renamed, and the manifest (rewritten the same way after every part)
 //! lists only parts that are complete. A reader, or a later `--resume`, trusts the manifest and
 //! ignores anything else in the directory.
+//!
+//! Resuming needs a key (`--key`, or an output column named `id`): the query is run again,
+//! rows whose key is in a complete part are dropped (before the AI calls when the key passes
+//! through them, see [`crate::job_keys`]), and the rest go to new parts. Model answers computed
+//! before the interruption come from the result cache, so finished work is not paid twice.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -25,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Session;
 use crate::carbon_schedule::{Clock, SystemClock, best_start};
+use crate::job_keys::DoneKeys;
 use murakkab_compiler::CarbonSeries;
 
 /// The manifest's path inside the output directory. It sits in a subdirectory because a
@@ -48,6 +54,11 @@ pub struct JobSpec {
     pub carbon_schedule: Option<CarbonSchedule>,
     /// The clock a schedule waits on.
     pub clock: Arc<dyn Clock>,
+    /// Complete an interrupted job at `output` instead of refusing it (starts afresh when
+    /// there is none).
+    pub resume: bool,
+    /// Output columns that identify a row; empty means the column `id` when there is one.
+    pub key: Vec<String>,
 }
 
 impl JobSpec {
@@ -59,6 +70,8 @@ impl JobSpec {
             overwrite: false,
             carbon_schedule: None,
             clock: Arc::new(SystemClock),
+            resume: false,
+            key: Vec::new(),
         }
     }
 }
@@ -160,6 +173,12 @@ pub struct Manifest {
     /// The carbon-aware start, when the job had a deadline and a forecast.
     #[serde(default)]
     pub schedule: Option<ScheduleRecord>,
+    /// The output columns that identify a row (empty: the job cannot be resumed).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// How many times the job was resumed after an interruption.
+    #[serde(default)]
+    pub resumes: u32,
 }
 
 impl Manifest {
@@ -201,8 +220,10 @@ pub struct JobSummary {
     pub elapsed: Duration,
     /// The output directory.
     pub output: PathBuf,
-    /// Energy and emissions of the job's model work.
+    /// Energy and emissions of this run's model work.
     pub energy: crate::EnergyReport,
+    /// Rows already in complete parts when this run started (resumed jobs).
+    pub resumed_rows: u64,
 }
 
 /// Picks the start with the lowest forecast intensity over the optimizer's time estimate that
@@ -256,7 +277,24 @@ pub async fn run_job(
             first_words(&last.to_string())
         )));
     }
-    prepare_output(&spec.output, spec.overwrite)?;
+    let script_sha256 = sha256_hex(script.as_bytes());
+    let earlier = match resumable_manifest(spec, &script_sha256)? {
+        Some(manifest) if manifest.status == JobStatus::Complete => {
+            return Ok(JobSummary {
+                rows: manifest.total_rows,
+                parts: manifest.parts.len(),
+                elapsed: Duration::ZERO,
+                output: spec.output.clone(),
+                energy: session.energy_since(session.model_work()),
+                resumed_rows: manifest.total_rows,
+            });
+        }
+        Some(manifest) => Some(manifest),
+        None => {
+            prepare_output(&spec.output, spec.overwrite)?;
+            None
+        }
+    };
 
     let started = Instant::now();
     let work_before = session.model_work();
@@ -264,7 +302,26 @@ pub async fn run_job(
         session.execute(statement).await?.collect().await?;
     }
     let query_text = last.to_string();
-    let frame = session.execute(last).await?;
+    let mut frame = session.execute(last).await?;
+    let logical_schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let key = job_key(spec, earlier.as_ref(), &logical_schema)?;
+    let mut keys = if key.is_empty() { None } else { Some(DoneKeys::new(&key, &logical_schema)?) };
+    if let (Some(manifest), Some(keys)) = (&earlier, keys.as_mut()) {
+        for part in &manifest.parts {
+            let rows = keys.load_part(&spec.output.join(&part.file))?;
+            if rows != part.rows {
+                return Err(DataFusionError::Execution(format!(
+                    "job part '{}' holds {rows} rows but the manifest lists {}; the output is damaged, rerun with --overwrite",
+                    spec.output.join(&part.file).display(),
+                    part.rows
+                )));
+            }
+        }
+        remove_unlisted_parts(&spec.output, manifest)?;
+        if let Some(pending) = keys.pending_filter() {
+            frame = frame.filter(pending)?;
+        }
+    }
     let task = Arc::new(frame.task_ctx());
     let plan = frame.create_physical_plan().await?;
     let schema = plan.schema();
@@ -273,30 +330,40 @@ pub async fn run_job(
         .ok()
         .and_then(|s| s.num_rows.get_value().map(|n| *n as u64));
     // Planning chose the models (sampling if needed), so the time estimate exists now.
-    let schedule = match &spec.carbon_schedule {
-        Some(carbon) => Some(wait_for_clean_window(carbon, &plan, spec, progress).await),
-        None => None,
+    let schedule = match (&spec.carbon_schedule, &earlier) {
+        (Some(carbon), None) => Some(wait_for_clean_window(carbon, &plan, spec, progress).await),
+        (_, Some(manifest)) => manifest.schedule.clone(),
+        (None, None) => None,
     };
     progress.started(estimated);
 
-    let mut manifest = Manifest {
-        format: MANIFEST_FORMAT.to_string(),
-        script_sha256: sha256_hex(script.as_bytes()),
-        query: query_text,
-        status: JobStatus::Running,
-        columns: schema
-            .fields()
-            .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type()))
-            .collect(),
-        parts: Vec::new(),
-        total_rows: 0,
-        started_unix_ms: unix_ms(),
-        finished_unix_ms: None,
-        energy_j: None,
-        energy_source: None,
-        co2e_g: None,
-        schedule,
+    let resumed_rows = earlier.as_ref().map_or(0, |m| m.total_rows);
+    let mut manifest = match earlier {
+        Some(mut manifest) => {
+            manifest.resumes += 1;
+            manifest
+        }
+        None => Manifest {
+            format: MANIFEST_FORMAT.to_string(),
+            script_sha256,
+            query: query_text,
+            status: JobStatus::Running,
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect(),
+            parts: Vec::new(),
+            total_rows: 0,
+            started_unix_ms: unix_ms(),
+            finished_unix_ms: None,
+            energy_j: None,
+            energy_source: None,
+            co2e_g: None,
+            schedule,
+            key,
+            resumes: 0,
+        },
     };
     manifest.write(&spec.output)?;
 
@@ -305,6 +372,9 @@ pub async fn run_job(
     let mut pending_rows = 0usize;
     while let Some(batch) = stream.next().await {
         let mut batch = batch?;
+        if let Some(keys) = keys.as_mut() {
+            batch = keys.take_new(&batch)?;
+        }
         progress.advanced(batch.num_rows() as u64);
         while batch.num_rows() > 0 {
             let take = (spec.rows_per_part - pending_rows).min(batch.num_rows());
@@ -324,9 +394,10 @@ pub async fn run_job(
     let energy = session.energy_since(work_before);
     manifest.status = JobStatus::Complete;
     manifest.finished_unix_ms = Some(unix_ms());
-    manifest.energy_j = Some(energy.joules);
+    // A resumed job's totals add this run to the earlier ones.
+    manifest.energy_j = Some(manifest.energy_j.unwrap_or(0.0) + energy.joules);
     manifest.energy_source = Some(energy.source.to_string());
-    manifest.co2e_g = Some(energy.grams_co2e);
+    manifest.co2e_g = Some(manifest.co2e_g.unwrap_or(0.0) + energy.grams_co2e);
     manifest.write(&spec.output)?;
     Ok(JobSummary {
         rows: manifest.total_rows,
@@ -334,7 +405,79 @@ pub async fn run_job(
         elapsed: started.elapsed(),
         output: spec.output.clone(),
         energy,
+        resumed_rows,
     })
+}
+
+/// The manifest of the job to resume: `None` unless `--resume` was asked and the output holds
+/// a job started by the same script.
+fn resumable_manifest(spec: &JobSpec, script_sha256: &str) -> Result<Option<Manifest>> {
+    if !spec.resume || !spec.output.join(MANIFEST_FILE).is_file() {
+        return Ok(None);
+    }
+    if spec.overwrite {
+        return Err(DataFusionError::Plan(
+            "--resume and --overwrite contradict each other: one completes the output, the other replaces it".into(),
+        ));
+    }
+    let manifest = Manifest::read(&spec.output)?;
+    let shown = spec.output.display();
+    if manifest.format != MANIFEST_FORMAT {
+        return Err(DataFusionError::Plan(format!(
+            "output '{shown}' was written in format '{}', this version writes '{MANIFEST_FORMAT}'; rerun with --overwrite",
+            manifest.format
+        )));
+    }
+    if manifest.script_sha256 != script_sha256 {
+        return Err(DataFusionError::Plan(format!(
+            "output '{shown}' was started by a different job script; resuming needs the same script (or --overwrite to start again)"
+        )));
+    }
+    if manifest.status == JobStatus::Running && manifest.key.is_empty() {
+        return Err(DataFusionError::Plan(format!(
+            "output '{shown}' was started without a key, so its finished rows cannot be told apart; \
+             rerun with --overwrite and --key COLUMN (or an output column named 'id')"
+        )));
+    }
+    if !spec.key.is_empty() && spec.key != manifest.key {
+        return Err(DataFusionError::Plan(format!(
+            "output '{shown}' was started with key ({}), not ({})",
+            manifest.key.join(", "),
+            spec.key.join(", ")
+        )));
+    }
+    Ok(Some(manifest))
+}
+
+/// The key of the job: the manifest's when resuming, else `--key`, else an `id` column.
+fn job_key(spec: &JobSpec, earlier: Option<&Manifest>, schema: &SchemaRef) -> Result<Vec<String>> {
+    if let Some(manifest) = earlier {
+        return Ok(manifest.key.clone());
+    }
+    if !spec.key.is_empty() {
+        return Ok(spec.key.clone());
+    }
+    Ok(if schema.index_of("id").is_ok() { vec!["id".to_string()] } else { Vec::new() })
+}
+
+/// Removes part files (and temporary files) the manifest does not list: a crash between a
+/// part's rename and the manifest's rewrite leaves one, and a directory reader would see it.
+fn remove_unlisted_parts(output: &Path, manifest: &Manifest) -> Result<()> {
+    let listed: std::collections::HashSet<&str> =
+        manifest.parts.iter().map(|p| p.file.as_str()).collect();
+    let entries = fs::read_dir(output)
+        .map_err(|e| io_error(e, format!("reading output directory '{}'", output.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stray_part = name.starts_with("part-") && !listed.contains(name);
+        let temporary = name.starts_with(".part-") && name.ends_with(".tmp");
+        if stray_part || temporary {
+            fs::remove_file(entry.path())
+                .map_err(|e| io_error(e, format!("removing unfinished part '{name}'")))?;
+        }
+    }
+    Ok(())
 }
 
 fn is_query(statement: &Statement) -> bool {
@@ -368,7 +511,7 @@ fn prepare_output(output: &Path, overwrite: bool) -> Result<()> {
             }
             if !overwrite {
                 return Err(DataFusionError::Plan(format!(
-                    "output '{shown}' already exists; pass --overwrite to replace it"
+                    "output '{shown}' already exists; pass --resume to complete it or --overwrite to replace it"
                 )));
             }
             fs::remove_dir_all(output)

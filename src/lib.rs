@@ -36,6 +36,7 @@ mod energy_report;
 mod error;
 mod functions;
 pub mod job;
+pub mod job_keys;
 mod model_threads;
 mod session;
 mod session_state;

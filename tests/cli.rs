@@ -155,7 +155,11 @@ fn run_writes_parts_and_a_manifest() {
     let again =
         murakkab(dir.path(), &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(stderr(&again).contains("already exists; pass --overwrite"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already exists; pass --resume to complete it or --overwrite"),
+        "{}",
+        stderr(&again)
+    );
     let again = murakkab(
         dir.path(),
         &["run", job.to_str().unwrap(), "--output", output.to_str().unwrap(), "--overwrite"],

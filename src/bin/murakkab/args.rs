@@ -68,8 +68,16 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 100_000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub rows_per_part: u64,
     /// Replace an existing job output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Complete an interrupted job: rows already in complete parts are kept and not computed
+    /// again (starts afresh when the output does not exist yet).
+    #[arg(long)]
+    pub resume: bool,
+    /// Output column(s) that identify a row, so a resumed job writes each row exactly once;
+    /// defaults to a column named `id` when the output has one.
+    #[arg(long, value_name = "COLUMN", value_delimiter = ',')]
+    pub key: Vec<String>,
     /// Finish within this long from now, e.g. 90m or 6h; with --carbon-forecast the job starts
     /// in the lowest-carbon window that still meets it.
     #[arg(long, value_name = "DURATION", value_parser = murakkab::carbon_schedule::parse_duration)]

@@ -18,6 +18,8 @@ pub async fn run(session: &Session, args: &RunArgs) -> Result<()> {
     let mut spec = JobSpec::new(args.output.clone());
     spec.rows_per_part = usize::try_from(args.rows_per_part).unwrap_or(usize::MAX);
     spec.overwrite = args.overwrite;
+    spec.resume = args.resume;
+    spec.key = args.key.clone();
     if let (Some(deadline_s), Some(path)) = (args.deadline, &args.carbon_forecast) {
         let forecast = murakkab::CarbonSeries::read(path)
             .map_err(|e| Error::Plan(format!("--carbon-forecast: {e}")))?;
@@ -33,12 +35,18 @@ pub async fn run(session: &Session, args: &RunArgs) -> Result<()> {
         result = job => result?,
         _ = tokio::signal::ctrl_c() => {
             return Err(Error::Execution(format!(
-                "job cancelled by Ctrl-C; the complete parts are listed in '{}'",
+                "job cancelled by Ctrl-C; the complete parts are listed in '{}'; rerun with --resume to complete it",
                 spec.output.join(murakkab::job::MANIFEST_FILE).display()
             )));
         }
     };
     drop(progress);
+    if summary.resumed_rows > 0 {
+        eprintln!(
+            "resumed: {} of {} rows were already in complete parts",
+            summary.resumed_rows, summary.rows
+        );
+    }
     let secs = summary.elapsed.as_secs_f64();
     eprintln!(
         "wrote {} rows in {} part{} to {} in {:.2}s ({:.0} rows/s), {}",
