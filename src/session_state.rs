@@ -16,7 +16,7 @@ use murakkab_catalog::MurakkabHome;
 use murakkab_compiler::{LiftAiCalls, MurakkabOptions};
 use murakkab_exec::{CachedBackend, ModelRuntime, MurakkabQueryPlanner};
 use murakkab_optimizer::{ChoosingQueryPlanner, ModelChooser, TopKBelowAiMap};
-use murakkab_udfs::{AiBackend, AiContext, AiWarnings};
+use murakkab_udfs::{AiBackend, AiContext, AiWarnings, CheckedBackend};
 
 use crate::session::SessionBuilder;
 
@@ -25,7 +25,9 @@ use crate::session::SessionBuilder;
 fn ai_backend(options: &SessionBuilder, home: &MurakkabHome) -> Arc<dyn AiBackend> {
     let inner =
         options.ai_backend.clone().unwrap_or_else(|| Arc::new(ModelRuntime::new(home.clone())));
-    if options.result_cache { Arc::new(CachedBackend::new(inner, home)) } else { inner }
+    // Checked beneath the cache, so that only answers of the promised shape are cached.
+    let checked: Arc<dyn AiBackend> = Arc::new(CheckedBackend::new(inner));
+    if options.result_cache { Arc::new(CachedBackend::new(checked, home)) } else { checked }
 }
 
 /// Builds the context for a session from its fixed options. The AI functions run their models

@@ -15,6 +15,7 @@ mod ai_similarity;
 mod ai_summarize_agg;
 mod args;
 mod backend;
+mod checked_backend;
 mod cosine_similarity;
 mod docs;
 mod embedding_store;
@@ -41,6 +42,7 @@ pub use backend::{
     AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue, reuse_allowed,
     with_reuse,
 };
+pub use checked_backend::CheckedBackend;
 pub use cosine_similarity::CosineSimilarity;
 pub use docs::DOC_SECTION;
 pub use function_stats::{FunctionStats, function_stats};
