@@ -50,7 +50,9 @@ pub(crate) fn new_context(
         // One partition per thread: plain SQL uses every core the user gave us.
         .with_target_partitions(threads)
         // `SET murakkab.* = ...` is checked by this extension; SHOW ALL lists its keys.
-        .with_option_extension(murakkab);
+        .with_option_extension(murakkab)
+        // The AI operators report rows they gave up on (timeouts) beside the functions' own.
+        .with_extension(Arc::clone(warnings));
 
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(bytes) = options.memory_limit {

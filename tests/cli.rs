@@ -333,3 +333,34 @@ fn run_with_a_forecast_says_when_it_starts_and_checks_its_arguments() {
         stderr(&out)
     );
 }
+
+#[test]
+fn ctrl_c_cancels_a_long_ai_query_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    murakkab_exec::tiny_models::install_tiny_models(&murakkab::catalog::MurakkabHome::at(
+        dir.path(),
+    ))
+    .unwrap();
+    // About a minute of generation with the tiny model.
+    let query = "SELECT count(ai_complete('say something about ' || v, model => 'tiny-llama', max_tokens => 64)) \
+                 FROM generate_series(1, 20000) AS s(v)";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_murakkab"))
+        .args(["-c", query])
+        .env("MURAKKAB_HOME", dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the model load and the work queue up.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the query finished before Ctrl-C");
+    let sent = std::time::Instant::now();
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("query cancelled by Ctrl-C"), "{}", stderr(&out));
+    assert!(took < std::time::Duration::from_secs(1), "exited {took:?} after Ctrl-C");
+}

@@ -109,6 +109,9 @@ pub struct MurakkabOptions {
     pub over_budget: OverBudget,
     /// See [`OnError`].
     pub on_error: OnError,
+    /// Seconds one chunk of an AI operator's model work may take before its rows become NULL
+    /// (or the query fails under `on_error = 'fail'`); 0 for no limit.
+    pub model_timeout_s: f64,
     /// Grid carbon intensity used to turn joules into grams of CO2e.
     pub carbon_intensity_g_per_kwh: f64,
     /// A `timestamp,g_per_kwh` series whose value at the time of the work replaces
@@ -143,6 +146,7 @@ impl Default for MurakkabOptions {
             max_energy_j: 0.0,
             over_budget: OverBudget::default(),
             on_error: OnError::default(),
+            model_timeout_s: 0.0,
             // Roughly the world-average grid intensity of recent years; set the local value.
             carbon_intensity_g_per_kwh: 475.0,
             carbon_intensity_file: String::new(),
@@ -190,6 +194,10 @@ const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         key: "on_error",
         description: "When a row's model call fails or its output cannot be parsed: null (the value becomes NULL and a warning is counted) or fail (the query fails).",
+    },
+    OptionDoc {
+        key: "model_timeout_s",
+        description: "Seconds one chunk of an AI operator's model work may take; past it the chunk's AI values become NULL with a warning (or the query fails under on_error = 'fail') and the model work is cancelled. 0: no limit.",
     },
     OptionDoc {
         key: "carbon_intensity_g_per_kwh",
@@ -255,6 +263,7 @@ impl MurakkabOptions {
             "max_energy_j" => self.max_energy_j.to_string(),
             "over_budget" => self.over_budget.to_string(),
             "on_error" => self.on_error.to_string(),
+            "model_timeout_s" => self.model_timeout_s.to_string(),
             "carbon_intensity_g_per_kwh" => self.carbon_intensity_g_per_kwh.to_string(),
             "carbon_intensity_file" => self.carbon_intensity_file.clone(),
             "threads" => self.threads.to_string(),
@@ -338,6 +347,13 @@ impl ExtensionOptions for MurakkabOptions {
                 self.over_budget = value.parse().map_err(|e| invalid(key, value, e))?
             }
             "on_error" => self.on_error = value.parse().map_err(|e| invalid(key, value, e))?,
+            "model_timeout_s" => {
+                let v: f64 = parse(key, value, "expected a number of seconds >= 0")?;
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(key, value, "expected a finite number of seconds >= 0"));
+                }
+                self.model_timeout_s = v;
+            }
             "carbon_intensity_g_per_kwh" => {
                 let v: f64 = parse(key, value, "expected a number of grams CO2e per kWh")?;
                 if !(v.is_finite() && v >= 0.0) {
@@ -400,6 +416,7 @@ mod tests {
             ("max_energy_j", "500"),
             ("over_budget", "degrade"),
             ("on_error", "fail"),
+            ("model_timeout_s", "2.5"),
             ("carbon_intensity_g_per_kwh", "350"),
             ("carbon_intensity_file", ""),
             ("threads", "2"),

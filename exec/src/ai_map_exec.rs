@@ -11,14 +11,15 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
@@ -29,8 +30,8 @@ use datafusion::physical_plan::{
     SendableRecordBatchStream,
 };
 use futures::StreamExt;
-use murakkab_compiler::{MurakkabOptions, Priority};
-use murakkab_udfs::function_stats;
+use murakkab_compiler::{MurakkabOptions, OnError, Priority};
+use murakkab_udfs::{AiWarnings, function_stats};
 
 use crate::call_stats;
 use crate::scheduler::{with_cancellation, with_priority};
@@ -155,13 +156,43 @@ impl DisplayAs for AiMapExec {
     }
 }
 
-/// Sets its flag when dropped.
+/// The cancellation of one stream's model work. Each chunk gets its own flag, so a chunk that
+/// passes `murakkab.model_timeout_s` can be stopped alone; dropping the stream stops the chunk
+/// in flight and every later one.
+#[derive(Debug, Clone, Default)]
+struct StreamCancel {
+    /// Set when the stream is dropped; the flag of the chunk in flight, if any.
+    state: Arc<Mutex<(bool, Option<Arc<AtomicBool>>)>>,
+}
+
+impl StreamCancel {
+    /// A flag for the next chunk, already set if the stream is gone.
+    fn chunk_flag(&self) -> Arc<AtomicBool> {
+        let Ok(mut state) = self.state.lock() else {
+            return Arc::new(AtomicBool::new(true));
+        };
+        let flag = Arc::new(AtomicBool::new(state.0));
+        state.1 = Some(Arc::clone(&flag));
+        flag
+    }
+
+    fn cancel(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = true;
+            if let Some(flag) = &state.1 {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Cancels its stream's model work when dropped.
 #[derive(Debug)]
-struct CancelOnDrop(Arc<AtomicBool>);
+struct CancelOnDrop(StreamCancel);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.cancel();
     }
 }
 
@@ -220,13 +251,22 @@ struct ChunkContext {
     metrics: AiMetrics,
     models: Arc<Mutex<Vec<String>>>,
     priority: Priority,
-    cancel: Arc<AtomicBool>,
+    cancel: StreamCancel,
     power: crate::energy::CpuPowerModel,
+    /// `murakkab.model_timeout_s`, when set.
+    timeout: Option<Duration>,
+    on_error: OnError,
+    /// The session's warnings, for chunks that time out (the functions record their own).
+    warnings: Option<Arc<AiWarnings>>,
 }
 
-/// Evaluates the calls on one chunk and appends their columns.
-fn map_chunk(chunk: &RecordBatch, cx: &ChunkContext) -> Result<RecordBatch> {
-    let ChunkContext { calls, schema, baseline, metrics, models, priority, cancel, power } = cx;
+/// Evaluates the calls on one chunk and appends their columns; `cancel` stops the model work.
+fn map_chunk(
+    chunk: &RecordBatch,
+    cx: &ChunkContext,
+    cancel: &Arc<AtomicBool>,
+) -> Result<RecordBatch> {
+    let ChunkContext { calls, schema, baseline, metrics, models, priority, power, .. } = cx;
     let priority = *priority;
     let timer = baseline.elapsed_compute().timer();
     // Models recorded on this pooled thread by other work (the optimizer's sampling) are not
@@ -266,6 +306,34 @@ fn map_chunk(chunk: &RecordBatch, cx: &ChunkContext) -> Result<RecordBatch> {
     }
     baseline.record_output(chunk.num_rows());
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// The rows of a chunk whose model work passed the timeout: their AI values are NULL, with a
+/// warning per call, or the query fails under `on_error = 'fail'`.
+fn timed_out_chunk(chunk: &RecordBatch, cx: &ChunkContext, limit: Duration) -> Result<RecordBatch> {
+    let rows = chunk.num_rows();
+    let seconds = limit.as_secs_f64();
+    let mut columns = chunk.columns().to_vec();
+    for field in cx.schema.fields().iter().skip(chunk.num_columns()) {
+        columns.push(new_null_array(field.data_type(), rows));
+    }
+    for (expr, _) in &cx.calls {
+        let function = expr.downcast_ref::<ScalarFunctionExpr>().map_or("AI call", |f| f.name());
+        if cx.on_error == OnError::Fail {
+            return exec_err!(
+                "{function}: model work on {rows} row(s) took longer than murakkab.model_timeout_s = {seconds} s; \
+                 set murakkab.on_error = 'null' to return NULL for them instead"
+            );
+        }
+        if let Some(warnings) = &cx.warnings {
+            let message =
+                format!("model call timed out after {seconds} s (murakkab.model_timeout_s), NULL");
+            warnings.record(function, &message, rows, None);
+        }
+        cx.metrics.warned_rows.add(rows);
+    }
+    cx.baseline.record_output(rows);
+    Ok(RecordBatch::try_new(Arc::clone(&cx.schema), columns)?)
 }
 
 impl ExecutionPlan for AiMapExec {
@@ -321,6 +389,7 @@ impl ExecutionPlan for AiMapExec {
         };
         self.chunk_rows.store(chunk_rows, Ordering::Relaxed);
         self.carbon_intensity.store(options.carbon_intensity_now().to_bits(), Ordering::Relaxed);
+        let warnings = context.session_config().get_extension::<AiWarnings>();
         let input = self.input.execute(partition, context)?;
         // `cancel` is set when this stream is dropped (LIMIT satisfied, Ctrl-C, an error
         // elsewhere): the model work in flight stops at its next forward pass.
@@ -331,10 +400,14 @@ impl ExecutionPlan for AiMapExec {
             metrics: AiMetrics::new(&self.metrics, partition),
             models: Arc::clone(&self.models),
             priority,
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel: StreamCancel::default(),
             power: crate::energy::CpuPowerModel::from_options(&options),
+            timeout: (options.model_timeout_s > 0.0)
+                .then(|| Duration::from_secs_f64(options.model_timeout_s)),
+            on_error: options.on_error,
+            warnings: warnings.clone(),
         };
-        let on_drop = CancelOnDrop(Arc::clone(&cx.cancel));
+        let on_drop = CancelOnDrop(cx.cancel.clone());
         let out_schema = Arc::clone(&self.schema);
         // Each input batch becomes a stream of chunks; `flat_map` pulls them one at a time, so
         // nothing past the chunk being consumed is computed.
@@ -353,12 +426,24 @@ impl ExecutionPlan for AiMapExec {
                 async move {
                     let chunk = chunk?;
                     // Model work runs off the async threads, so dropping this stream (which
-                    // drops the await below and sets `cancel`) takes effect at once and the
-                    // work in flight stops at its next forward pass.
-                    SpawnedTask::spawn_blocking(move || map_chunk(&chunk, &cx))
-                        .join()
-                        .await
-                        .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    // drops the await below and sets the chunk's flag) takes effect at once and
+                    // the work in flight stops at its next forward pass. So does a timeout.
+                    let flag = cx.cancel.chunk_flag();
+                    let (input, work_cx, work_flag) =
+                        (chunk.clone(), cx.clone(), Arc::clone(&flag));
+                    let work = SpawnedTask::spawn_blocking(move || {
+                        map_chunk(&chunk, &work_cx, &work_flag)
+                    })
+                    .join();
+                    match crate::deadline::within(work, cx.timeout).await {
+                        Some(joined) => {
+                            joined.map_err(|e| DataFusionError::External(Box::new(e)))?
+                        }
+                        None => {
+                            flag.store(true, Ordering::Relaxed);
+                            timed_out_chunk(&input, &cx, cx.timeout.unwrap_or_default())
+                        }
+                    }
                 }
             })
         });

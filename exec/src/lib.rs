@@ -15,6 +15,7 @@ mod bert_encoder;
 pub mod calibrate;
 pub mod call_stats;
 mod constrained_json;
+mod deadline;
 mod device;
 pub mod energy;
 mod error;
