@@ -92,7 +92,18 @@ fn extract_calls_where(
             .transform_up(|e| {
                 if is_model_call(&e) {
                     let Expr::ScalarFunction(f) = &e else { return Ok(Transformed::no(e)) };
-                    if f.args.iter().any(contains_model_call) || !accept(&e) {
+                    // A call whose argument was lifted in this round (its children are
+                    // rewritten first) reads a column this map produces: it waits for the
+                    // next pass and a map above.
+                    let reads_lifted = |a: &Expr| {
+                        a.column_refs().iter().any(|c| {
+                            c.relation.is_none()
+                                && calls.iter().any(|call| call.schema_name().to_string() == c.name)
+                        })
+                    };
+                    if f.args.iter().any(|a| contains_model_call(a) || reads_lifted(a))
+                        || !accept(&e)
+                    {
                         return Ok(Transformed::no(e));
                     }
                     // The same call twice in one node is computed once.
