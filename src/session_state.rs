@@ -9,6 +9,7 @@ use std::sync::Arc;
 use datafusion::catalog::TableFunction;
 use datafusion::error::Result;
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
@@ -22,9 +23,16 @@ use crate::session::SessionBuilder;
 
 /// The backend the AI functions run on: the in-process models (or the one the embedder gave),
 /// behind the persistent result cache unless it is turned off.
-fn ai_backend(options: &SessionBuilder, home: &MurakkabHome) -> Arc<dyn AiBackend> {
-    let inner =
-        options.ai_backend.clone().unwrap_or_else(|| Arc::new(ModelRuntime::new(home.clone())));
+fn ai_backend(
+    options: &SessionBuilder,
+    home: &MurakkabHome,
+    pool: Arc<dyn MemoryPool>,
+) -> Arc<dyn AiBackend> {
+    // The models' weights and batches count against the same pool as the query's operators.
+    let inner = options
+        .ai_backend
+        .clone()
+        .unwrap_or_else(|| Arc::new(ModelRuntime::new(home.clone()).with_memory_pool(pool)));
     // Checked beneath the cache, so that only answers of the promised shape are cached.
     let checked: Arc<dyn AiBackend> = Arc::new(CheckedBackend::new(inner));
     if options.result_cache { Arc::new(CachedBackend::new(checked, home)) } else { checked }
@@ -60,11 +68,12 @@ pub(crate) fn new_context(
         runtime = runtime.with_memory_limit(bytes, 1.0);
     }
 
-    let ai =
-        Arc::new(AiContext { backend: ai_backend(options, home), warnings: Arc::clone(warnings) });
+    let runtime = runtime.build_arc()?;
+    let backend = ai_backend(options, home, Arc::clone(&runtime.memory_pool));
+    let ai = Arc::new(AiContext { backend, warnings: Arc::clone(warnings) });
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
-        .with_runtime_env(runtime.build_arc()?)
+        .with_runtime_env(runtime)
         // DataFusion's file formats (CREATE EXTERNAL TABLE ... STORED AS PARQUET|CSV|JSON|ARROW),
         // built-in functions, and its analyzer, logical and physical optimizer rules, unchanged
         // and in DataFusion's order. Murakkab's one rule below touches only plans with AI

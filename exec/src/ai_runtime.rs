@@ -13,8 +13,10 @@ use murakkab_udfs::{AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldT
 use crate::batcher::{Batcher, Role, RowResult};
 use crate::error::ModelError;
 use crate::gguf_decoder::SeqCache;
+use crate::gguf_decoder::WeightMode;
 use crate::language_model::{GenerateOptions, LanguageModel, Sampling};
-use crate::registry::ModelRegistry;
+use crate::model_memory::{ModelMemory, decoder_batch_bytes, decoder_weight_bytes};
+use crate::registry::{ModelRegistry, file_bytes, weight_mode};
 
 /// Models tried, in order, when a call says `model => 'auto'` (until the optimizer chooses):
 /// the cheapest capable model that is pulled.
@@ -42,6 +44,8 @@ pub struct ModelRuntime {
     label_batches: Batcher<LabelKey, Vec<u32>, Vec<f32>>,
     /// Generation requests of all queries, merged per model, instruction and limits.
     generate_batches: Batcher<GenerateKey, Vec<u32>, (String, usize)>,
+    /// Weights and batches, accounted in the session's memory pool.
+    memory: ModelMemory,
 }
 
 /// Model id, instruction tokens and label tokens: label-scoring requests that may share a batch.
@@ -98,11 +102,40 @@ impl ModelRuntime {
             largest: Mutex::new(std::collections::HashMap::new()),
             label_batches: Batcher::new(),
             generate_batches: Batcher::new(),
+            memory: ModelMemory::default(),
         }
     }
 
+    /// This runtime with its models' memory accounted in `pool` (the session's), so that a
+    /// memory limit covers weights and batches too (see [`crate::model_memory`]).
+    pub fn with_memory_pool(
+        mut self,
+        pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
+    ) -> Self {
+        self.memory = ModelMemory::new(pool);
+        self
+    }
+
+    /// The language model `id`, its weights reserved in the session's pool before it loads.
     fn language_model(&self, id: &str) -> Result<std::sync::Arc<LanguageModel>, String> {
+        if let Ok(card) = self.card(id) {
+            let f32_copy = weight_mode(&card) == WeightMode::Both;
+            let bytes =
+                decoder_weight_bytes(file_bytes(&self.home, &card), card.parameters, f32_copy);
+            self.memory.hold_weights(id, bytes).map_err(|e| e.to_string())?;
+        }
         ModelRegistry::global().language_model(&self.home, id).map_err(|e| e.to_string())
+    }
+
+    /// Reserves the working memory of a batch of `rows` rows of up to `tokens` positions.
+    fn reserve_batch(
+        &self,
+        lm: &LanguageModel,
+        rows: usize,
+        tokens: usize,
+    ) -> Result<datafusion::execution::memory_pool::MemoryReservation, ModelError> {
+        let bytes = decoder_batch_bytes(lm.decoder().config(), rows, tokens);
+        self.memory.reserve_batch(lm.id(), bytes)
     }
 
     /// The cache after `prefix`, computed once per model and instruction (call with the device).
@@ -292,6 +325,11 @@ impl AiBackend for ModelRuntime {
     }
 
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
+        // An encoder's weights are its files (f32); its batches are small beside them.
+        if let Ok(card) = self.card(model) {
+            let bytes = usize::try_from(file_bytes(&self.home, &card)).unwrap_or(usize::MAX);
+            self.memory.hold_weights(model, bytes).map_err(|e| e.to_string())?;
+        }
         let encoder =
             ModelRegistry::global().encoder(&self.home, model).map_err(|e| e.to_string())?;
         let _device = crate::scheduler::device_turn();
@@ -334,11 +372,14 @@ impl AiBackend for ModelRuntime {
             self.with_prefix(&lm, &prefix, all.len(), |cache| {
                 isolate_failures(all.len(), |chunk| {
                     let part: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].clone()).collect();
+                    let tokens = prefix.len() + longest(&part) + longest_label;
+                    let _memory = self.reserve_batch(&lm, part.len(), tokens)?;
                     lm.score_labels(cache, &part, &labels)
                 })
             })
         });
         count_batch(role);
+        escalate_exhaustion(&rows)?;
         if let Some(content_free) = &batch.calibration_row {
             let free = ChatBatch {
                 shared: batch.shared.clone(),
@@ -401,6 +442,8 @@ impl AiBackend for ModelRuntime {
             self.with_prefix(&lm, &prefix, all.len(), |cache| {
                 isolate_failures(all.len(), |chunk| {
                     let part: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].clone()).collect();
+                    let tokens = prefix.len() + longest(&part) + max_tokens;
+                    let _memory = self.reserve_batch(&lm, part.len(), tokens)?;
                     let generated = lm.generate(cache, &part, &generate)?;
                     generated
                         .iter()
@@ -410,6 +453,7 @@ impl AiBackend for ModelRuntime {
             })
         });
         count_batch(role);
+        escalate_exhaustion(&rows)?;
         // Each requester counts the tokens generated for its own rows.
         let new_tokens: usize = rows.iter().flatten().map(|(_, n)| n).sum();
         crate::call_stats::record(|s| s.tokens_out += new_tokens as u64);
@@ -438,13 +482,17 @@ impl AiBackend for ModelRuntime {
         let _device = crate::scheduler::device_turn();
         crate::call_stats::record_batch();
         let cache = self.prefix_cache(&lm, &prefix)?;
-        let rows = rows
+        let rows: Vec<RowResult<Vec<Option<FieldValue>>>> = rows
             .iter()
             .map(|row| {
+                let _memory = self
+                    .reserve_batch(&lm, 1, prefix.len() + row.len() + reserve)
+                    .map_err(|e| e.to_string())?;
                 crate::constrained_json::extract(&lm, &cache, row, fields)
                     .map_err(|e| e.to_string())
             })
             .collect();
+        escalate_exhaustion(&rows)?;
         Ok(BatchOutput { rows, truncated })
     }
 
@@ -460,6 +508,23 @@ impl AiBackend for ModelRuntime {
 
     fn home(&self) -> &MurakkabHome {
         &self.home
+    }
+}
+
+/// The longest row, in tokens.
+fn longest(rows: &[Vec<u32>]) -> usize {
+    rows.iter().map(Vec::len).max().unwrap_or(0)
+}
+
+/// A row that could not get memory even alone fails the whole call: the query should stop with
+/// the limit's message, not return NULLs.
+fn escalate_exhaustion<T>(rows: &[RowResult<T>]) -> Result<(), String> {
+    match rows
+        .iter()
+        .find_map(|r| r.as_ref().err().filter(|e| e.starts_with("Resources exhausted")))
+    {
+        Some(e) => Err(e.clone()),
+        None => Ok(()),
     }
 }
 
@@ -492,5 +557,62 @@ fn task_phrase(task: Task) -> &'static str {
         Task::Generate => "generate text",
         Task::ScoreLabels => "score labels",
         Task::Embed => "produce embeddings",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::num::NonZeroUsize;
+
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+
+    use super::*;
+
+    fn runtime_with_limit(home: &MurakkabHome, bytes: usize) -> ModelRuntime {
+        let pool =
+            TrackConsumersPool::new(GreedyMemoryPool::new(bytes), NonZeroUsize::new(5).unwrap());
+        ModelRuntime::new(home.clone()).with_memory_pool(Arc::new(pool))
+    }
+
+    fn batch(rows: usize) -> ChatBatch {
+        ChatBatch {
+            shared: "Classify the text.\n".into(),
+            rows: (0..rows).map(|i| format!("the cat sat on the mat {i}")).collect(),
+            calibration_row: None,
+        }
+    }
+
+    #[test]
+    fn a_memory_limit_covers_weights_and_splits_batches_that_do_not_fit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(tmp.path());
+        crate::tiny_models::install_tiny_models(&home).unwrap();
+        let card = find_model(&home, "tiny-llama").unwrap();
+        let weights = decoder_weight_bytes(
+            file_bytes(&home, &card),
+            card.parameters,
+            weight_mode(&card) == WeightMode::Both,
+        );
+        let labels = ["yes".to_string(), "no".to_string()];
+
+        // Too small for the weights: the call fails, naming them.
+        let err = runtime_with_limit(&home, weights / 2)
+            .score_labels("tiny-llama", &batch(16), &labels)
+            .unwrap_err();
+        assert!(
+            err.contains("Resources exhausted") && err.contains("model weights: tiny-llama"),
+            "{err}"
+        );
+
+        // Room for the weights and one row, not for 16 at once: every row is still answered.
+        let lm = ModelRegistry::global().language_model(&home, "tiny-llama").unwrap();
+        let one_row = decoder_batch_bytes(lm.decoder().config(), 1, 64);
+        let sixteen = decoder_batch_bytes(lm.decoder().config(), 16, 40);
+        assert!(one_row * 2 < sixteen);
+        let runtime = runtime_with_limit(&home, weights + one_row * 2);
+        let out = runtime.score_labels("tiny-llama", &batch(16), &labels).unwrap();
+        assert_eq!(out.rows.len(), 16);
+        assert!(out.rows.iter().all(Result::is_ok), "{:?}", out.rows);
     }
 }

@@ -34,6 +34,9 @@ pub enum ModelError {
     NoGpuSupport,
     /// The query that asked for the work was cancelled.
     Cancelled,
+    /// The session's memory limit has no room for the model or the batch (DataFusion's
+    /// message, naming the largest consumers).
+    ResourcesExhausted(String),
 }
 
 impl fmt::Display for ModelError {
@@ -48,6 +51,7 @@ impl fmt::Display for ModelError {
             Self::Compute(e) => write!(f, "model computation failed: {e}"),
             Self::Catalog(e) => write!(f, "{e}"),
             Self::Cancelled => write!(f, "cancelled"),
+            Self::ResourcesExhausted(message) => write!(f, "{message}"),
             Self::NoGpuSupport => write!(
                 f,
                 "this murakkab was built without CUDA; rebuild with `--features cuda` on a machine with the CUDA toolkit, or use the CPU"

@@ -22,6 +22,7 @@ mod error;
 mod gguf_decoder;
 mod gguf_tokenizer;
 mod language_model;
+pub mod model_memory;
 mod planner;
 mod registry;
 mod result_cache;

@@ -76,17 +76,32 @@ impl ModelRegistry {
             Ok(())
         };
         load_once(&self.language_models, home, id, check, |card| {
-            let mode = if card.parameters > 0 && card.parameters <= 1_000_000_000 {
-                WeightMode::Both
-            } else {
-                WeightMode::Quantized
-            };
+            let mode = weight_mode(card);
             let device = ComputeDevice::Cpu.candle()?;
             let file =
                 card.files.first().map(|f| f.name.clone()).unwrap_or_else(|| "model.gguf".into());
             LanguageModel::load(id, &home.model_dir(id).join(file), &card.eos_tokens, &device, mode)
         })
     }
+}
+
+/// Models up to 1B parameters keep an f32 copy of the weights beside the quantized ones.
+pub fn weight_mode(card: &ModelCard) -> WeightMode {
+    if card.parameters > 0 && card.parameters <= 1_000_000_000 {
+        WeightMode::Both
+    } else {
+        WeightMode::Quantized
+    }
+}
+
+/// Bytes of `card`'s files as pulled into `home`.
+pub fn file_bytes(home: &MurakkabHome, card: &ModelCard) -> u64 {
+    let dir = home.model_dir(&card.id);
+    card.files
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(&f.name)).ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Returns the model cached under `(home, id)`, or checks the card's kind with `check` (first,
