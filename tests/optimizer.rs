@@ -170,6 +170,20 @@ async fn a_cascade_meets_the_quality_target_at_a_fraction_of_the_reference_work(
     let reference_rows = backend.rows(REFERENCE);
     assert!((100..=164).contains(&reference_rows), "reference scored {reference_rows} rows");
     assert_eq!(backend.rows(CHEAP), 1000);
+    // Every plan weighed is recorded for reports; the chosen one is the cheapest that meets
+    // the target, and the reference alone is among them at quality 1.
+    let choices =
+        murakkab::catalog::StatsStore::new(&murakkab::catalog::MurakkabHome::at(dir.path()))
+            .plan_choices();
+    assert_eq!(choices.len(), 1);
+    let plans = &choices[0].plans;
+    let chosen: Vec<_> = plans.iter().filter(|p| p.chosen).collect();
+    assert_eq!(chosen.len(), 1, "{plans:?}");
+    assert!(chosen[0].plan.starts_with("cascade(") && chosen[0].quality_lower >= 0.9);
+    assert!(plans.iter().any(|p| p.plan == REFERENCE && p.quality == 1.0));
+    let cheaper_and_good =
+        plans.iter().filter(|p| p.quality_lower >= 0.9 && p.joules < chosen[0].joules).count();
+    assert_eq!(cheaper_and_good, 0, "a cheaper plan also met the target");
 }
 
 #[tokio::test]
@@ -181,7 +195,11 @@ async fn statistics_persist_so_a_repeated_query_skips_the_sample() {
         run(&db, REVIEWS).await;
         run(&db, CLASSIFY).await;
     }
-    let stats: Vec<_> = std::fs::read_dir(dir.path().join("stats")).unwrap().collect();
+    let stats: Vec<String> = std::fs::read_dir(dir.path().join("stats"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("label-"))
+        .collect();
     assert_eq!(stats.len(), 1, "one record for the one call");
     backend.calls.lock().unwrap().clear();
     // A new session without the result cache: nothing is sampled, so the reference model

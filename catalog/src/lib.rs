@@ -22,7 +22,9 @@ pub use error::CatalogError;
 pub use home::{HOME_ENV, MurakkabHome};
 pub use local_cards::{CARD_FILE, SUPPORTED_ARCHITECTURES, local_cards, read_card};
 pub use model_card::{Architecture, ModelCard, ModelFile, ModelSource, ModelStatus, Task};
-pub use optimizer_stats::{CandidateOutcome, LabelCallStats, StatsStore};
+pub use optimizer_stats::{
+    CandidateOutcome, ConsideredPlan, LabelCallStats, PlanChoices, StatsStore,
+};
 pub use proxy_model::{PROXY_PREFIX, ProxyModel, softmax};
 pub use pull::{
     PackageFetcher, PipFetcher, PullOutcome, PullProgress, QuietPull, pull, sha256_file,

@@ -47,6 +47,38 @@ impl LabelCallStats {
     }
 }
 
+/// One plan the optimizer weighed for a call, with its estimates over the call's input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsideredPlan {
+    /// The plan as the `model` argument writes it (`qwen...`, `cascade(...)`).
+    pub plan: String,
+    /// Estimated model seconds.
+    pub seconds: f64,
+    /// Estimated joules.
+    pub joules: f64,
+    /// Estimated agreement with the reference on the sample.
+    pub quality: f64,
+    /// Its one-sided 95% lower bound (what the quality target is checked against).
+    pub quality_lower: f64,
+    /// Whether the optimizer chose it.
+    pub chosen: bool,
+}
+
+/// Every plan weighed for one call: the data of a quality-vs-cost (Pareto) plot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanChoices {
+    /// The SQL function.
+    pub function: String,
+    /// `murakkab.objective` when it chose.
+    pub objective: String,
+    /// `murakkab.quality_target` when it chose.
+    pub quality_target: f64,
+    /// Rows the estimates are for.
+    pub rows: u64,
+    /// The plans, the chosen one marked.
+    pub plans: Vec<ConsideredPlan>,
+}
+
 /// The persisted statistics under one home directory.
 #[derive(Debug, Clone)]
 pub struct StatsStore {
@@ -88,6 +120,37 @@ impl StatsStore {
     }
 }
 
+impl StatsStore {
+    /// Records the plans weighed for the call under `key` (the last choice wins).
+    pub fn save_plan_choices(&self, key: &str, choices: &PlanChoices) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(format!("plans-{}.json", Self::id_of(key)));
+        let text = serde_json::to_string_pretty(choices).map_err(std::io::Error::other)?;
+        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, &path)
+    }
+
+    /// Every recorded set of plan choices (unreadable files are skipped), in file-name order.
+    pub fn plan_choices(&self) -> Vec<PlanChoices> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut paths: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("plans-") && n.ends_with(".json"))
+            })
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .filter_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
+            .collect()
+    }
+}
+
 /// The file format: the full key is kept so a hash collision reads as absent.
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -124,5 +187,28 @@ mod tests {
         assert_eq!(stats().sample_rows(), 2);
         std::fs::write(store.path("k"), "{ not json").unwrap();
         assert_eq!(store.label_stats("k"), None);
+    }
+
+    #[test]
+    fn plan_choices_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StatsStore::new(&MurakkabHome::at(dir.path()));
+        assert!(store.plan_choices().is_empty());
+        let choices = PlanChoices {
+            function: "ai_filter".into(),
+            objective: "balanced".into(),
+            quality_target: 0.9,
+            rows: 400,
+            plans: vec![ConsideredPlan {
+                plan: "small".into(),
+                seconds: 1.0,
+                joules: 8.0,
+                quality: 0.95,
+                quality_lower: 0.91,
+                chosen: true,
+            }],
+        };
+        store.save_plan_choices("k", &choices).unwrap();
+        assert_eq!(store.plan_choices(), vec![choices]);
     }
 }

@@ -57,7 +57,8 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::StreamExt;
 use murakkab_catalog::{
-    CandidateOutcome, DeviceProfile, LabelCallStats, ModelCard, PROXY_PREFIX, StatsStore, Task,
+    CandidateOutcome, ConsideredPlan, DeviceProfile, LabelCallStats, ModelCard, PROXY_PREFIX,
+    PlanChoices, StatsStore, Task,
 };
 use murakkab_compiler::{AiMap, MurakkabOptions, OverBudget};
 use murakkab_udfs::{
@@ -139,12 +140,22 @@ struct Decision {
     cheapest: Option<(ModelPlan, Cost, f64)>,
     /// Rows the estimate is for.
     rows: u64,
+    /// Every plan weighed, for reports (persisted beside the statistics).
+    considered: Option<PlanChoices>,
 }
 
 impl Decision {
     /// A decision without estimates.
     fn plain(plan: ModelPlan, note: String) -> Self {
-        Self { function: String::new(), plan, note, estimate: None, cheapest: None, rows: 0 }
+        Self {
+            function: String::new(),
+            plan,
+            note,
+            estimate: None,
+            cheapest: None,
+            rows: 0,
+            considered: None,
+        }
     }
 }
 
@@ -260,7 +271,9 @@ impl ModelChooser {
 
     async fn decide(&self, site: &Site, pass: &Pass<'_>) -> Result<Decision> {
         if let Some(stats) = self.store.label_stats(&site.key) {
-            return Ok(choose_plan(site, &stats, pass, "recorded"));
+            let decision = choose_plan(site, &stats, pass, "recorded");
+            self.record_choices(site, &decision);
+            return Ok(decision);
         }
         let reference = ModelPlan::Model(pass.reference.id.clone());
         if pass.candidates.len() < 2 {
@@ -320,8 +333,18 @@ impl ModelChooser {
             tracing::warn!("could not store optimizer statistics: {e}");
         }
         let mut decision = choose_plan(site, &stats, pass, "sampled");
+        self.record_choices(site, &decision);
         decision.note.push_str(&format!("; sampling took {:.1}s", started.elapsed().as_secs_f64()));
         Ok(decision)
+    }
+
+    /// Persists the plans weighed for `site` (a report's Pareto plot reads them).
+    fn record_choices(&self, site: &Site, decision: &Decision) {
+        if let Some(choices) = &decision.considered {
+            if let Err(e) = self.store.save_plan_choices(&site.key, choices) {
+                tracing::warn!("could not store the optimizer's plan choices: {e}");
+            }
+        }
     }
 
     /// Draws the sample: a seeded reservoir over the whole input, or its first rows when an AI
@@ -573,7 +596,10 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         .collect();
     let value = |c: Cost| c.value(objective, options);
     let mut cheapest: (ModelPlan, Cost, f64) = (best.plan.clone(), best.cost, 1.0);
+    let rows = stats.input_rows as f64;
+    let mut weighed: Vec<ConsideredPlan> = vec![considered(&best, rows)];
     let mut consider = |choice: Choice| {
+        weighed.push(considered(&choice, rows));
         if choice.cost.joules < cheapest.1.joules {
             cheapest = (choice.plan.clone(), choice.cost, choice.quality);
         }
@@ -625,7 +651,10 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
             }
         }
     }
-    let rows = stats.input_rows as f64;
+    let chosen = best.plan.to_string();
+    for plan in &mut weighed {
+        plan.chosen = plan.plan == chosen;
+    }
     let total = best.cost.times(rows);
     let reference_total = reference_cost.times(rows);
     let mut note = format!(
@@ -656,6 +685,26 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         estimate: Some(total),
         cheapest: Some((cheap_plan, cheap_cost.times(rows), cheap_quality)),
         rows: stats.input_rows,
+        considered: Some(PlanChoices {
+            function: site.function.clone(),
+            objective: objective.to_string(),
+            quality_target: options.quality_target,
+            rows: stats.input_rows,
+            plans: weighed,
+        }),
+    }
+}
+
+/// A weighed plan with its estimates over `rows` rows.
+fn considered(choice: &Choice, rows: f64) -> ConsideredPlan {
+    let total = choice.cost.times(rows);
+    ConsideredPlan {
+        plan: choice.plan.to_string(),
+        seconds: total.seconds,
+        joules: total.joules,
+        quality: choice.quality,
+        quality_lower: choice.quality_lower,
+        chosen: false,
     }
 }
 
