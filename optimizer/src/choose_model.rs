@@ -340,10 +340,10 @@ impl ModelChooser {
 
     /// Persists the plans weighed for `site` (a report's Pareto plot reads them).
     fn record_choices(&self, site: &Site, decision: &Decision) {
-        if let Some(choices) = &decision.considered {
-            if let Err(e) = self.store.save_plan_choices(&site.key, choices) {
-                tracing::warn!("could not store the optimizer's plan choices: {e}");
-            }
+        if let Some(choices) = &decision.considered
+            && let Err(e) = self.store.save_plan_choices(&site.key, choices)
+        {
+            tracing::warn!("could not store the optimizer's plan choices: {e}");
         }
     }
 
