@@ -4,7 +4,8 @@
 //! `cargo bench --profile dev --bench workflows` (needs `scripts/fetch-data.sh` and the default
 //! models pulled: all-minilm-l6-v2, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
 //! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 400), `MURAKKAB_BENCH_ONLY` a
-//! comma-separated subset (`uci-sentiment,bbc-topics,spam-filter,bbc-sport-good-news`). Each
+//! comma-separated subset (`uci-sentiment,bbc-topics,spam-filter,bbc-sport-good-news`),
+//! `MURAKKAB_BENCH_QUICK=1` a smoke run (two workflows, 120 rows, under 3 minutes). Each
 //! workflow runs three times in one process on the same weights and 2 threads, each time in a
 //! fresh scratch home (empty result cache, no optimizer statistics) whose models directory links
 //! to the real one:
@@ -21,7 +22,9 @@
 //! of each plan and their ratios, the optimized plan's agreement with the naive plan's answers
 //! (the quality the optimizer promises: `murakkab.quality_target`, default 0.9), and both plans'
 //! accuracy against the dataset's labels. Results go to stdout and to
-//! `<target>/bench-report/workflows.json` and `workflows.md`.
+//! `<target>/bench-report/workflows.json` and `workflows.md`, with an SVG per AI call of the
+//! plans the optimizer weighed (`pareto-<workflow>-<n>.svg`: estimated agreement against
+//! estimated energy, the Pareto front, the target and the chosen plan).
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -33,7 +36,7 @@ use murakkab::Session;
 use murakkab::arrow::array::{Array, AsArray};
 use murakkab::arrow::compute::cast;
 use murakkab::arrow::datatypes::DataType;
-use murakkab::catalog::{ModelStatus, MurakkabHome, find_model};
+use murakkab::catalog::{ModelStatus, MurakkabHome, PlanChoices, StatsStore, find_model};
 
 const MODELS: &[&str] =
     &["all-minilm-l6-v2", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"];
@@ -218,6 +221,8 @@ struct Row {
     energy_ratio: f64,
     agreement_with_naive: f64,
     batching_only_agreement_with_naive: f64,
+    /// SVG files (in the report directory) of the plans weighed for each AI call.
+    plots: Vec<String>,
 }
 
 /// Share of the naive run's rows on which `run` gives the same answer.
@@ -251,13 +256,149 @@ fn markdown(report: &[Row], rows: usize) -> String {
             r.optimized.plans.join("; ")
         ));
     }
+    let plots: Vec<&String> = report.iter().flat_map(|r| &r.plots).collect();
+    if !plots.is_empty() {
+        md.push_str(
+            "\n## Plans the optimizer weighed\n\nEstimated agreement with the reference against \
+             estimated energy for every candidate plan of each AI call (grey), the Pareto front \
+             (blue), the quality target (green) and the plan chosen (red). The target applies to \
+             the 95% lower bound of a plan's agreement, so the chosen plan sits above the line.\n\n",
+        );
+        for plot in plots {
+            md.push_str(&format!("![{plot}]({plot})\n"));
+        }
+    }
     md
 }
+
+/// An SVG scatter plot of the plans weighed for one call: estimated joules (log scale) against
+/// estimated agreement, with the Pareto front, the quality target and the chosen plan. Written
+/// by hand: a plotting library's SVG backend needs a font stack (fontconfig) to lay out text.
+fn pareto_svg(title: &str, choices: &PlanChoices) -> String {
+    let (w, h, left, right, top, bottom) = (640.0, 400.0, 70.0, 20.0, 40.0, 50.0);
+    let plans = &choices.plans;
+    let joules: Vec<f64> = plans.iter().map(|p| p.joules.max(1e-3)).collect();
+    let lo = joules.iter().copied().fold(f64::INFINITY, f64::min).log10().floor();
+    let hi = joules.iter().copied().fold(0.0, f64::max).log10().ceil().max(lo + 1.0);
+    let q_lo = plans.iter().map(|p| p.quality).fold(1.0, f64::min).min(choices.quality_target);
+    let q_lo = (q_lo * 10.0).floor() / 10.0;
+    let x = |j: f64| left + (j.max(1e-3).log10() - lo) / (hi - lo) * (w - left - right);
+    let y = |q: f64| top + (1.0 - q) / (1.0 - q_lo).max(1e-9) * (h - top - bottom);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n",
+        w / 2.0,
+        escape(title)
+    );
+    // Axes, ticks and labels.
+    svg.push_str(&format!(
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - bottom, w - right, h - bottom, h - bottom
+    ));
+    let mut decade = lo;
+    while decade <= hi {
+        let px = x(10f64.powf(decade));
+        svg.push_str(&format!(
+            "<line x1=\"{px:.1}\" y1=\"{}\" x2=\"{px:.1}\" y2=\"{}\" stroke=\"black\"/><text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            h - bottom,
+            h - bottom + 5.0,
+            h - bottom + 18.0,
+            10f64.powf(decade)
+        ));
+        decade += 1.0;
+    }
+    let mut q = q_lo;
+    while q <= 1.0 + 1e-9 {
+        let py = y(q);
+        svg.push_str(&format!(
+            "<line x1=\"{}\" y1=\"{py:.1}\" x2=\"{left}\" y2=\"{py:.1}\" stroke=\"black\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{q:.1}</text>\n",
+            left - 5.0,
+            left - 8.0,
+            py + 4.0
+        ));
+        q += 0.1;
+    }
+    svg.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">estimated energy over the call's {} rows (J, log scale)</text>\n\
+         <text x=\"18\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {})\">estimated agreement with the reference</text>\n",
+        (left + w - right) / 2.0,
+        h - 12.0,
+        choices.rows,
+        (top + h - bottom) / 2.0,
+        (top + h - bottom) / 2.0
+    ));
+    // The quality target.
+    let ty = y(choices.quality_target);
+    svg.push_str(&format!(
+        "<line x1=\"{left}\" y1=\"{ty:.1}\" x2=\"{}\" y2=\"{ty:.1}\" stroke=\"green\" stroke-dasharray=\"6 4\"/><text x=\"{}\" y=\"{:.1}\" fill=\"green\" text-anchor=\"end\">target {}</text>\n",
+        w - right,
+        w - right,
+        ty - 4.0,
+        choices.quality_target
+    ));
+    for p in plans {
+        svg.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"grey\" fill-opacity=\"0.6\"><title>{}</title></circle>\n",
+            x(p.joules),
+            y(p.quality),
+            escape(&p.plan)
+        ));
+    }
+    // The Pareto front: each plan of higher agreement than every cheaper one.
+    let mut by_energy: Vec<_> = plans.iter().collect();
+    by_energy.sort_by(|a, b| a.joules.total_cmp(&b.joules));
+    let mut best = f64::NEG_INFINITY;
+    let mut front = Vec::new();
+    for p in by_energy {
+        if p.quality > best {
+            best = p.quality;
+            front.push(format!("{:.1},{:.1}", x(p.joules), y(p.quality)));
+        }
+    }
+    svg.push_str(&format!(
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"steelblue\" stroke-width=\"2\"/>\n",
+        front.join(" ")
+    ));
+    for p in plans.iter().filter(|p| p.chosen) {
+        svg.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"6\" fill=\"red\"><title>{}</title></circle>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"red\">chosen</text>\n",
+            x(p.joules),
+            y(p.quality),
+            escape(&p.plan),
+            x(p.joules) + 8.0,
+            y(p.quality) + 14.0
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// `<target>/bench-report`, created.
+fn report_dir() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(
+        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
+    )
+    .join("bench-report");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `MURAKKAB_BENCH_QUICK=1`: two workflows on fewer rows, under 3 minutes here (a smoke run;
+/// on so few rows the sample is a large share of the work, so the ratios understate).
+const QUICK_ROWS: usize = 120;
+const QUICK_WORKFLOWS: &str = "uci-sentiment,bbc-topics";
 
 #[allow(unsafe_code)]
 fn main() {
     // SAFETY: first thing in main, before any thread starts.
     unsafe { murakkab::init_model_threads(Some(2)) };
+    let quick = std::env::var_os("MURAKKAB_BENCH_QUICK").is_some();
     let home = MurakkabHome::from_env();
     for model in MODELS {
         if !find_model(&home, model).is_ok_and(|c| c.status(&home) == ModelStatus::Pulled) {
@@ -269,8 +410,10 @@ fn main() {
         println!("skipped: run scripts/fetch-data.sh");
         return;
     }
-    let rows: usize =
-        std::env::var("MURAKKAB_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let rows: usize = std::env::var("MURAKKAB_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { QUICK_ROWS } else { 400 });
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = runtime.block_on(async {
@@ -284,7 +427,8 @@ fn main() {
         db.sql("SELECT ai_embed('x')").await.unwrap().collect().await.unwrap();
 
         let mut report = Vec::new();
-        let only = std::env::var("MURAKKAB_BENCH_ONLY").unwrap_or_default();
+        let only = std::env::var("MURAKKAB_BENCH_ONLY")
+            .unwrap_or_else(|_| if quick { QUICK_WORKFLOWS.to_string() } else { String::new() });
         for workflow in WORKFLOWS.iter().filter(|w| only.is_empty() || only.contains(w.key)) {
             let step = (workflow.dataset_rows / rows).max(1);
             let sql = workflow.sql.replace("{step}", &step.to_string());
@@ -297,6 +441,14 @@ fn main() {
             let optimized_home = scratch_home(&home);
             let mut optimized =
                 run(&session(optimized_home.path(), Mode::Optimized).await, &sql).await;
+            let mut plots = Vec::new();
+            let weighed = StatsStore::new(&MurakkabHome::at(optimized_home.path())).plan_choices();
+            for (i, choices) in weighed.iter().enumerate() {
+                let file = format!("pareto-{}-{}.svg", workflow.key, i + 1);
+                let title = format!("{}: {}", workflow.name, choices.function);
+                std::fs::write(report_dir().join(&file), pareto_svg(&title, choices)).unwrap();
+                plots.push(file);
+            }
             if let Some(population) = workflow.population {
                 let population = population.replace("{step}", &step.to_string());
                 let batches = naive_db.sql(&population).await.unwrap().collect().await.unwrap();
@@ -316,6 +468,7 @@ fn main() {
                 energy_ratio: naive.joules / optimized.joules.max(1e-9),
                 agreement_with_naive: agreement(&optimized, &naive),
                 batching_only_agreement_with_naive: agreement(&batching_only, &naive),
+                plots,
                 naive,
                 batching_only,
                 optimized,
@@ -351,11 +504,7 @@ fn main() {
         total(&|r| r.naive.seconds) / total(&|r| r.optimized.seconds),
         total(&|r| r.naive.joules) / total(&|r| r.optimized.joules)
     );
-    let dir = std::path::PathBuf::from(
-        std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
-    )
-    .join("bench-report");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = report_dir();
     std::fs::write(dir.join("workflows.json"), serde_json::to_string_pretty(&report).unwrap())
         .unwrap();
     std::fs::write(dir.join("workflows.md"), markdown(&report, rows)).unwrap();

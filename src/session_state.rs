@@ -49,8 +49,12 @@ pub(crate) fn new_context(
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
 
-    let murakkab =
-        MurakkabOptions { threads, priority: options.priority, ..MurakkabOptions::default() };
+    let murakkab = MurakkabOptions {
+        threads,
+        priority: options.priority,
+        memory_limit: options.memory_limit.unwrap_or(0),
+        ..MurakkabOptions::default()
+    };
 
     let config = SessionConfig::new()
         // SHOW ALL, SHOW TABLES, DESCRIBE and the shell's \d read information_schema.

@@ -121,6 +121,9 @@ pub struct MurakkabOptions {
     pub carbon_series: Option<CarbonSeries>,
     /// Threads for model execution; 0 picks a default for this machine.
     pub threads: usize,
+    /// Bytes the session's memory pool holds for query operators and models together; 0 for
+    /// no limit. Fixed when the session starts (`--memory-limit`, `Session::builder()`).
+    pub memory_limit: usize,
     /// See [`Priority`].
     pub priority: Priority,
     /// Watts of one fully busy core above idle, for the energy model used where no hardware
@@ -152,6 +155,7 @@ impl Default for MurakkabOptions {
             carbon_intensity_file: String::new(),
             carbon_series: None,
             threads: 0,
+            memory_limit: 0,
             priority: Priority::default(),
             cpu_watts_per_core: 4.0,
             idle_watts_per_core: 0.8,
@@ -206,6 +210,10 @@ const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         key: "carbon_intensity_file",
         description: "CSV of timestamp,g_per_kwh (RFC 3339 or Unix seconds); when set, emissions use the reading in force when the work ran instead of carbon_intensity_g_per_kwh. Empty: none.",
+    },
+    OptionDoc {
+        key: "memory_limit",
+        description: "Bytes of memory the session's queries and models may hold together (model weights, key/value caches, operators); 0: no limit. Read-only: set when the session starts (murakkab --memory-limit 2G, or Session::builder().memory_limit).",
     },
     OptionDoc {
         key: "threads",
@@ -267,6 +275,7 @@ impl MurakkabOptions {
             "carbon_intensity_g_per_kwh" => self.carbon_intensity_g_per_kwh.to_string(),
             "carbon_intensity_file" => self.carbon_intensity_file.clone(),
             "threads" => self.threads.to_string(),
+            "memory_limit" => self.memory_limit.to_string(),
             "priority" => self.priority.to_string(),
             "exec.batching" => self.batching.to_string(),
             "energy.cpu_watts_per_core" => self.cpu_watts_per_core.to_string(),
@@ -374,6 +383,14 @@ impl ExtensionOptions for MurakkabOptions {
                 self.carbon_intensity_file = path.to_string();
             }
             "threads" => self.threads = parse(key, value, "expected a whole number >= 0")?,
+            "memory_limit" => {
+                return Err(DataFusionError::Configuration(format!(
+                    "{}.memory_limit is fixed when the session starts (it sizes the memory pool \
+                     models and queries share); start murakkab with --memory-limit {value} or use \
+                     Session::builder().memory_limit(bytes)",
+                    Self::PREFIX
+                )));
+            }
             "priority" => self.priority = value.parse().map_err(|e| invalid(key, value, e))?,
             "exec.batching" => self.batching = parse(key, value, "expected true or false")?,
             "energy.cpu_watts_per_core" => self.cpu_watts_per_core = watts(key, value)?,
@@ -425,7 +442,13 @@ mod tests {
             ("energy.cpu_watts_per_core", "6.5"),
             ("energy.idle_watts_per_core", "1.5"),
         ];
-        assert_eq!(values.len(), OPTIONS.len());
+        // Every key but the read-only memory_limit.
+        assert_eq!(values.len() + 1, OPTIONS.len());
+        let err = o.set("memory_limit", "1G").unwrap_err().to_string();
+        assert!(
+            err.contains("fixed when the session starts") && err.contains("--memory-limit 1G"),
+            "{err}"
+        );
         for (k, v) in values {
             o.set(k, v).expect(k);
             assert_eq!(o.value_of(k), v, "{k}");
