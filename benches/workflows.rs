@@ -105,6 +105,13 @@ struct Run {
     accuracy: f64,
     /// The model plans the optimizer chose (from EXPLAIN after the run).
     plans: Vec<String>,
+    /// Forward batches run, rows computed by a model, rows answered by the result cache,
+    /// prompt tokens read and tokens generated (the optimizer's sampling included).
+    model_calls: u64,
+    model_rows: u64,
+    cache_hits: u64,
+    tokens_in: u64,
+    tokens_out: u64,
 }
 
 fn text_column(column: &murakkab::arrow::array::ArrayRef) -> Vec<Option<String>> {
@@ -121,9 +128,11 @@ fn ids_of(batch: &murakkab::arrow::array::RecordBatch) -> Vec<i64> {
 
 async fn run(db: &Session, sql: &str) -> Run {
     let before = db.model_work();
+    let calls_before = murakkab_exec::call_stats::process_totals();
     let started = Instant::now();
     let batches = db.sql(sql).await.unwrap().collect().await.unwrap();
     let seconds = started.elapsed().as_secs_f64();
+    let calls = murakkab_exec::call_stats::process_totals().since(calls_before);
     let energy = db.energy_since(before);
     let joules = energy.joules;
     let mut answers = HashMap::new();
@@ -154,6 +163,11 @@ async fn run(db: &Session, sql: &str) -> Run {
         answers,
         accuracy: if labelled { right as f64 / rows.max(1) as f64 } else { f64::NAN },
         plans: chosen_plans(db, sql).await,
+        model_calls: calls.model_calls,
+        model_rows: calls.model_rows,
+        cache_hits: calls.cache_hits,
+        tokens_in: calls.tokens_in,
+        tokens_out: calls.tokens_out,
     }
 }
 
@@ -254,6 +268,23 @@ fn markdown(report: &[Row], rows: usize) -> String {
             r.energy_ratio,
             r.agreement_with_naive,
             r.optimized.plans.join("; ")
+        ));
+    }
+    md.push_str(
+        "\n## Model work per plan\n\nForward batches / rows computed by a model / rows from the \
+         result cache / prompt tokens read, the optimizer's sampling included.\n\n\
+         | workflow | naive | batching only | optimized |\n|---|---|---|---|\n",
+    );
+    let work = |run: &Run| {
+        format!("{} / {} / {} / {}", run.model_calls, run.model_rows, run.cache_hits, run.tokens_in)
+    };
+    for r in report {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.workflow,
+            work(&r.naive),
+            work(&r.batching_only),
+            work(&r.optimized)
         ));
     }
     let plots: Vec<&String> = report.iter().flat_map(|r| &r.plots).collect();
@@ -474,6 +505,14 @@ fn main() {
                 optimized,
             };
             println!("{}: chosen: {}", row.workflow, row.optimized.plans.join("; "));
+            for (mode, run) in
+                [("naive", &row.naive), ("batching only", &row.batching_only), ("optimized", &row.optimized)]
+            {
+                println!(
+                    "  {mode:13} {} forward batches, {} rows computed, {} from the cache, {} tokens in, {} out",
+                    run.model_calls, run.model_rows, run.cache_hits, run.tokens_in, run.tokens_out
+                );
+            }
             println!(
                 "{}: {} rows\n  naive         {:8.1} s {:8.0} J  accuracy {:.3}\n  batching only \
                  {:8.1} s {:8.0} J  accuracy {:.3}\n  optimized     {:8.1} s \

@@ -74,13 +74,42 @@ pub fn current() -> CallStats {
     STATS.with(Cell::get)
 }
 
-/// Adds to this thread's counters.
+/// The counters of every thread together, since the process started.
+static TOTALS: std::sync::Mutex<CallStats> = std::sync::Mutex::new(CallStats {
+    model_calls: 0,
+    model_rows: 0,
+    cache_hits: 0,
+    tokens_in: 0,
+    tokens_out: 0,
+    wall_us: 0,
+    cpu_us: 0,
+    measured_uj: 0,
+});
+
+/// Adds to this thread's counters and the process totals.
 pub(crate) fn record(f: impl FnOnce(&mut CallStats)) {
     STATS.with(|s| {
-        let mut stats = s.get();
+        let before = s.get();
+        let mut stats = before;
         f(&mut stats);
         s.set(stats);
+        let added = stats.since(before);
+        let mut totals = TOTALS.lock().unwrap_or_else(|p| p.into_inner());
+        totals.model_calls += added.model_calls;
+        totals.model_rows += added.model_rows;
+        totals.cache_hits += added.cache_hits;
+        totals.tokens_in += added.tokens_in;
+        totals.tokens_out += added.tokens_out;
+        totals.wall_us += added.wall_us;
+        totals.cpu_us += added.cpu_us;
+        totals.measured_uj += added.measured_uj;
     });
+}
+
+/// Model work of every thread since the process started (for reports over whole queries; an
+/// operator attributes its own work with [`current`]).
+pub fn process_totals() -> CallStats {
+    *TOTALS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Counts `rows` rows sent to `model` reading `tokens` prompt tokens (the forward batch that
