@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --profile dev --bench workflows` (needs `scripts/fetch-data.sh` and the default
 //! models pulled: all-minilm-l6-v2, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
-//! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 400), `MURAKKAB_BENCH_ONLY` a
+//! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 300, about 14 minutes for the four
+//! workflows here; the README's figures are from 400), `MURAKKAB_BENCH_ONLY` a
 //! comma-separated subset (`uci-sentiment,bbc-topics,spam-filter,bbc-sport-good-news`),
 //! `MURAKKAB_BENCH_QUICK=1` a smoke run (two workflows, 120 rows, under 3 minutes). Each
 //! workflow runs three times in one process on the same weights and 2 threads, each time in a
@@ -423,6 +424,8 @@ fn report_dir() -> std::path::PathBuf {
 /// `MURAKKAB_BENCH_QUICK=1`: two workflows on fewer rows, under 3 minutes here (a smoke run;
 /// on so few rows the sample is a large share of the work, so the ratios understate).
 const QUICK_ROWS: usize = 120;
+/// The default suite's rows per workflow: under 15 minutes for all four here.
+const DEFAULT_ROWS: usize = 300;
 const QUICK_WORKFLOWS: &str = "uci-sentiment,bbc-topics";
 
 #[allow(unsafe_code)]
@@ -444,7 +447,7 @@ fn main() {
     let rows: usize = std::env::var("MURAKKAB_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { QUICK_ROWS } else { 400 });
+        .unwrap_or(if quick { QUICK_ROWS } else { DEFAULT_ROWS });
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = runtime.block_on(async {
