@@ -112,6 +112,8 @@ pub trait JobProgress: Send + Sync {
     fn advanced(&self, _rows: u64) {}
     /// A carbon-aware schedule chose its start; the job waits for it now.
     fn scheduled(&self, _schedule: &ScheduleRecord) {}
+    /// Something the user should know that does not stop the job.
+    fn note(&self, _message: &str) {}
 }
 
 /// Ignores progress.
@@ -305,6 +307,9 @@ pub async fn run_job(
     let mut frame = session.execute(last).await?;
     let logical_schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let key = job_key(spec, earlier.as_ref(), &logical_schema)?;
+    // A column that merely happens to be called `id` is tried as the key; if it turns out not
+    // to be one, the job still completes, only without the ability to resume.
+    let key_chosen = !spec.key.is_empty() || earlier.is_some();
     let mut keys = if key.is_empty() { None } else { Some(DoneKeys::new(&key, &logical_schema)?) };
     if let (Some(manifest), Some(keys)) = (&earlier, keys.as_mut()) {
         for part in &manifest.parts {
@@ -372,8 +377,24 @@ pub async fn run_job(
     let mut pending_rows = 0usize;
     while let Some(batch) = stream.next().await {
         let mut batch = batch?;
-        if let Some(keys) = keys.as_mut() {
-            batch = keys.take_new(&batch)?;
+        if let Some(tracked) = keys.as_mut() {
+            match tracked.take_new(&batch) {
+                Ok(new) => batch = new,
+                Err(e) if !key_chosen => {
+                    // A fresh run has no earlier rows to drop: the batch is written whole.
+                    let why = match &e {
+                        DataFusionError::Execution(message) => message.clone(),
+                        other => other.to_string(),
+                    };
+                    progress.note(&format!(
+                        "{why}; the job goes on, but an interruption could not be resumed"
+                    ));
+                    keys = None;
+                    manifest.key.clear();
+                    manifest.write(&spec.output)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         progress.advanced(batch.num_rows() as u64);
         while batch.num_rows() > 0 {

@@ -210,11 +210,21 @@ fn resume_refuses_a_changed_script_and_a_keyless_job() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("started without a key"), "{err}");
 
-    // A key that repeats is refused while writing.
+    // A key named with --key that repeats is refused while writing; a column that is merely
+    // called `id` and repeats leaves the job complete but not resumable, with a note.
     std::fs::write(&job, "SELECT value % 3 AS id FROM generate_series(1, 10)").unwrap();
+    let out = run(&["--overwrite", "--key", "id"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("job key (id) is not unique"), "{err}");
     let out = run(&["--overwrite"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(err.contains("job key (id) is not unique"), "{err}");
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("note: job key (id) is not unique") && err.contains("could not be resumed"),
+        "{err}"
+    );
+    let manifest = Manifest::read(&output).unwrap();
+    assert_eq!((manifest.total_rows, manifest.key.len()), (10, 0));
 
     // Resuming with another script is refused; a complete job resumes to itself.
     std::fs::write(&job, "SELECT value AS id FROM generate_series(1, 10)").unwrap();

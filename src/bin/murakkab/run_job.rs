@@ -94,6 +94,10 @@ impl JobProgress for BarProgress {
     fn scheduled(&self, schedule: &ScheduleRecord) {
         self.bar.suspend(|| print_schedule(schedule));
     }
+
+    fn note(&self, message: &str) {
+        self.bar.suspend(|| eprintln!("note: {message}"));
+    }
 }
 
 /// One line on stderr saying when a carbon-aware job starts and why.
@@ -179,5 +183,9 @@ impl JobProgress for LineProgress {
 
     fn scheduled(&self, schedule: &ScheduleRecord) {
         print_schedule(schedule);
+    }
+
+    fn note(&self, message: &str) {
+        eprintln!("note: {message}");
     }
 }
