@@ -1,7 +1,7 @@
 //! The AI functions' contracts, checked against a scripted backend that misbehaves on purpose:
-//! failed rows become NULL with a warning (or an error under `on_error = 'fail'`), identical
-//! inputs are computed once, an empty input never reaches the backend, and a large group is
-//! summarised by map-reduce.
+//! failed rows become NULL with a warning (or an error under `on_error = 'fail'`), and so do a
+//! hung call's past `murakkab.model_timeout_s`; identical inputs are computed once, an empty
+//! input never reaches the backend, and a large group is summarised by map-reduce.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +15,8 @@ use murakkab::{
 };
 
 /// Answers by rules on the row text: rows containing "bad" fail, rows containing "long" are
-/// reported as truncated. Counts every row it is asked about.
+/// reported as truncated, a batch with a "hang" row blocks until released. Counts every row
+/// it is asked about.
 #[derive(Debug)]
 struct Scripted {
     home: MurakkabHome,
@@ -27,18 +28,15 @@ struct Scripted {
     scoring_models: std::sync::Mutex<Vec<String>>,
     /// Time each row takes, like a model would.
     per_row: std::time::Duration,
+    /// A batch with a "hang" row blocks until this is set (at most 30 s, so a failing test
+    /// still ends); `hung` counts such batches.
+    release: std::sync::atomic::AtomicBool,
+    hung: AtomicUsize,
 }
 
 impl Scripted {
     fn new(home: &std::path::Path) -> Arc<Self> {
-        Arc::new(Self {
-            home: MurakkabHome::at(home),
-            rows_seen: AtomicUsize::new(0),
-            complete_calls: AtomicUsize::new(0),
-            calls: AtomicUsize::new(0),
-            scoring_models: std::sync::Mutex::new(Vec::new()),
-            per_row: std::time::Duration::ZERO,
-        })
+        Self::slow(home, std::time::Duration::ZERO)
     }
 
     fn slow(home: &std::path::Path, per_row: std::time::Duration) -> Arc<Self> {
@@ -49,6 +47,8 @@ impl Scripted {
             calls: AtomicUsize::new(0),
             scoring_models: std::sync::Mutex::new(Vec::new()),
             per_row,
+            release: std::sync::atomic::AtomicBool::new(false),
+            hung: AtomicUsize::new(0),
         })
     }
 
@@ -56,6 +56,15 @@ impl Scripted {
         self.rows_seen.fetch_add(batch.rows.len(), Ordering::SeqCst);
         self.calls.fetch_add(1, Ordering::SeqCst);
         std::thread::sleep(self.per_row * batch.rows.len() as u32);
+        if batch.rows.iter().any(|r| r.contains("hang")) {
+            self.hung.fetch_add(1, Ordering::SeqCst);
+            let started = std::time::Instant::now();
+            while !self.release.load(Ordering::SeqCst)
+                && started.elapsed() < std::time::Duration::from_secs(30)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         BatchOutput {
             truncated: batch.rows.iter().filter(|r| r.contains("long")).count(),
             rows: batch
@@ -580,4 +589,58 @@ async fn exact_rewrites_return_the_same_rows_with_the_optimizer_on_and_off() {
         assert_eq!(on, off, "{query}");
         assert!(on.lines().count() > 4, "the query returns rows: {on}");
     }
+}
+
+/// 40 rows in chunks of 16; row 20 (second chunk) hangs the model.
+const HANGING_QUERY: &str = "SELECT v, ai_complete(CASE WHEN v = 20 THEN 'hang ' ELSE 'row ' END || v) AS a \
+                             FROM generate_series(1, 40) AS s(v) ORDER BY v";
+
+async fn session_with_timeout(backend: &Arc<Scripted>, home: &std::path::Path) -> Session {
+    let db = session(backend, home).await;
+    run(&db, "SET murakkab.model_timeout_s = 0.5").await;
+    db
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_call_becomes_null_with_a_warning_and_other_chunks_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session_with_timeout(&backend, dir.path()).await;
+    let started = std::time::Instant::now();
+    let batches = run(&db, HANGING_QUERY).await;
+    let elapsed = started.elapsed();
+    backend.release.store(true, Ordering::SeqCst);
+    assert_eq!(backend.hung.load(Ordering::SeqCst), 1);
+    // The hang lasts 30 s unless released; the query did not wait for it.
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+    let mut nulls = Vec::new();
+    for batch in &batches {
+        let v = batch.column(0).as_primitive::<murakkab::arrow::datatypes::Int64Type>();
+        let a = batch.column(1);
+        nulls.extend((0..batch.num_rows()).filter(|&i| a.is_null(i)).map(|i| v.value(i)));
+    }
+    assert_eq!(nulls, (17..=32).collect::<Vec<i64>>(), "the hung chunk's rows, only");
+    let warnings: Vec<String> = db.take_warnings().iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        ["ai_complete: 16 rows: model call timed out after 0.5 s (murakkab.model_timeout_s), NULL"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_on_error_fail_a_timeout_fails_the_query_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session_with_timeout(&backend, dir.path()).await;
+    run(&db, "SET murakkab.on_error = 'fail'").await;
+    let err = db.sql(HANGING_QUERY).await.unwrap().collect().await.unwrap_err().to_string();
+    backend.release.store(true, Ordering::SeqCst);
+    assert!(
+        err.contains(
+            "ai_complete: model work on 16 row(s) took longer than murakkab.model_timeout_s = 0.5 s"
+        ),
+        "{err}"
+    );
+    let err = db.sql("SET murakkab.model_timeout_s = -1").await.unwrap_err().to_string();
+    assert!(err.contains("invalid value '-1' for murakkab.model_timeout_s"), "{err}");
 }

@@ -110,25 +110,26 @@ impl StatsStore {
 
     /// Stores `stats` under `key`, replacing any earlier record atomically.
     pub fn save_label_stats(&self, key: &str, stats: &LabelCallStats) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.path(key);
         let stored = Stored { key: key.to_string(), stats: stats.clone() };
-        let text = serde_json::to_string(&stored).map_err(std::io::Error::other)?;
+        self.write_json(&self.path(key), &stored)
+    }
+
+    /// Writes `value` as JSON to `path` under the store through a temporary file and a rename,
+    /// so a reader sees the old record or the new one, never half of one.
+    fn write_json(&self, path: &std::path::Path, value: &impl Serialize) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let text = serde_json::to_string(value).map_err(std::io::Error::other)?;
         let temporary = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&temporary, text)?;
-        std::fs::rename(&temporary, &path)
+        std::fs::rename(&temporary, path)
     }
 }
 
 impl StatsStore {
     /// Records the plans weighed for the call under `key` (the last choice wins).
     pub fn save_plan_choices(&self, key: &str, choices: &PlanChoices) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(format!("plans-{}.json", Self::id_of(key)));
-        let text = serde_json::to_string_pretty(choices).map_err(std::io::Error::other)?;
-        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&temporary, text)?;
-        std::fs::rename(&temporary, &path)
+        // Compact JSON (`write_json`): a call can weigh thousands of cascade thresholds.
+        self.write_json(&self.dir.join(format!("plans-{}.json", Self::id_of(key))), choices)
     }
 
     /// Every recorded set of plan choices (unreadable files are skipped), in file-name order.

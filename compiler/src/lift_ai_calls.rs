@@ -98,7 +98,9 @@ fn extract_calls_where(
                     let reads_lifted = |a: &Expr| {
                         a.column_refs().iter().any(|c| {
                             c.relation.is_none()
-                                && calls.iter().any(|call| call.schema_name().to_string() == c.name)
+                                && calls
+                                    .iter()
+                                    .any(|call| matches!(call, Expr::Alias(x) if x.name == c.name))
                         })
                     };
                     if f.args.iter().any(|a| contains_model_call(a) || reads_lifted(a))

@@ -119,9 +119,10 @@ impl ModelRuntime {
     /// The language model `id`, its weights reserved in the session's pool before it loads.
     fn language_model(&self, id: &str) -> Result<std::sync::Arc<LanguageModel>, String> {
         if let Ok(card) = self.card(id) {
-            let f32_copy = weight_mode(&card) == WeightMode::Both;
-            let bytes =
-                decoder_weight_bytes(file_bytes(&self.home, &card), card.parameters, f32_copy);
+            let bytes = || {
+                let f32_copy = weight_mode(&card) == WeightMode::Both;
+                decoder_weight_bytes(file_bytes(&self.home, &card), card.parameters, f32_copy)
+            };
             self.memory.hold_weights(id, bytes).map_err(|e| e.to_string())?;
         }
         ModelRegistry::global().language_model(&self.home, id).map_err(|e| e.to_string())
@@ -327,7 +328,7 @@ impl AiBackend for ModelRuntime {
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         // An encoder's weights are its files (f32); its batches are small beside them.
         if let Ok(card) = self.card(model) {
-            let bytes = usize::try_from(file_bytes(&self.home, &card)).unwrap_or(usize::MAX);
+            let bytes = || usize::try_from(file_bytes(&self.home, &card)).unwrap_or(usize::MAX);
             self.memory.hold_weights(model, bytes).map_err(|e| e.to_string())?;
         }
         let encoder =

@@ -29,6 +29,32 @@ pub struct CallStats {
 }
 
 impl CallStats {
+    /// No work (a `const`, for the statics below).
+    const ZERO: CallStats = CallStats {
+        model_calls: 0,
+        model_rows: 0,
+        cache_hits: 0,
+        tokens_in: 0,
+        tokens_out: 0,
+        wall_us: 0,
+        cpu_us: 0,
+        measured_uj: 0,
+    };
+
+    /// `self` and `other` together.
+    fn plus(self, other: CallStats) -> CallStats {
+        CallStats {
+            model_calls: self.model_calls + other.model_calls,
+            model_rows: self.model_rows + other.model_rows,
+            cache_hits: self.cache_hits + other.cache_hits,
+            tokens_in: self.tokens_in + other.tokens_in,
+            tokens_out: self.tokens_out + other.tokens_out,
+            wall_us: self.wall_us + other.wall_us,
+            cpu_us: self.cpu_us + other.cpu_us,
+            measured_uj: self.measured_uj + other.measured_uj,
+        }
+    }
+
     /// The work done between `earlier` and `self`.
     pub fn since(self, earlier: CallStats) -> CallStats {
         CallStats {
@@ -54,18 +80,7 @@ impl CallStats {
 }
 
 thread_local! {
-    static STATS: Cell<CallStats> = const {
-        Cell::new(CallStats {
-            model_calls: 0,
-            model_rows: 0,
-            cache_hits: 0,
-            tokens_in: 0,
-            tokens_out: 0,
-            wall_us: 0,
-            cpu_us: 0,
-            measured_uj: 0,
-        })
-    };
+    static STATS: Cell<CallStats> = const { Cell::new(CallStats::ZERO) };
     static MODELS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -75,16 +90,7 @@ pub fn current() -> CallStats {
 }
 
 /// The counters of every thread together, since the process started.
-static TOTALS: std::sync::Mutex<CallStats> = std::sync::Mutex::new(CallStats {
-    model_calls: 0,
-    model_rows: 0,
-    cache_hits: 0,
-    tokens_in: 0,
-    tokens_out: 0,
-    wall_us: 0,
-    cpu_us: 0,
-    measured_uj: 0,
-});
+static TOTALS: std::sync::Mutex<CallStats> = std::sync::Mutex::new(CallStats::ZERO);
 
 /// Adds to this thread's counters and the process totals.
 pub(crate) fn record(f: impl FnOnce(&mut CallStats)) {
@@ -93,16 +99,8 @@ pub(crate) fn record(f: impl FnOnce(&mut CallStats)) {
         let mut stats = before;
         f(&mut stats);
         s.set(stats);
-        let added = stats.since(before);
         let mut totals = TOTALS.lock().unwrap_or_else(|p| p.into_inner());
-        totals.model_calls += added.model_calls;
-        totals.model_rows += added.model_rows;
-        totals.cache_hits += added.cache_hits;
-        totals.tokens_in += added.tokens_in;
-        totals.tokens_out += added.tokens_out;
-        totals.wall_us += added.wall_us;
-        totals.cpu_us += added.cpu_us;
-        totals.measured_uj += added.measured_uj;
+        *totals = totals.plus(stats.since(before));
     });
 }
 

@@ -48,14 +48,15 @@ impl ModelMemory {
         Self { pool, weights: Mutex::new(HashMap::new()) }
     }
 
-    /// Reserves `bytes` of weights for model `id`, once per session.
-    pub fn hold_weights(&self, id: &str, bytes: usize) -> Result<(), ModelError> {
+    /// Reserves the weights of model `id`, once per session; `bytes` is asked only the first
+    /// time (it reads file sizes, and this sits on every model call's path).
+    pub fn hold_weights(&self, id: &str, bytes: impl FnOnce() -> usize) -> Result<(), ModelError> {
         let mut held = self.weights.lock().unwrap_or_else(|p| p.into_inner());
         if held.contains_key(id) {
             return Ok(());
         }
         let reservation = MemoryConsumer::new(format!("model weights: {id}")).register(&self.pool);
-        reservation.try_grow(bytes).map_err(exhausted)?;
+        reservation.try_grow(bytes()).map_err(exhausted)?;
         held.insert(id.to_string(), reservation);
         Ok(())
     }
@@ -105,8 +106,8 @@ mod tests {
     #[test]
     fn weights_are_held_once_and_batches_released() {
         let memory = limited(1000);
-        memory.hold_weights("m", 600).unwrap();
-        memory.hold_weights("m", 600).unwrap();
+        memory.hold_weights("m", || 600).unwrap();
+        memory.hold_weights("m", || 600).unwrap();
         {
             let _batch = memory.reserve_batch("m", 400).unwrap();
             let err = memory.reserve_batch("m", 1).unwrap_err().to_string();
@@ -118,8 +119,8 @@ mod tests {
     #[test]
     fn the_error_names_the_largest_consumers() {
         let memory = limited(1000);
-        memory.hold_weights("big-model", 900).unwrap();
-        let err = memory.hold_weights("other-model", 200).unwrap_err().to_string();
+        memory.hold_weights("big-model", || 900).unwrap();
+        let err = memory.hold_weights("other-model", || 200).unwrap_err().to_string();
         assert!(err.contains("model weights: big-model") && err.contains("900"), "{err}");
     }
 
