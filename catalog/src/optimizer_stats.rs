@@ -47,6 +47,22 @@ impl LabelCallStats {
     }
 }
 
+/// What a sample taught about one AI predicate of a conjunction: how many rows pass it and
+/// what a row costs (the predicate-ordering rule ranks by cost / (1 - selectivity)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredicateStats {
+    /// Rows of the input when it was sampled.
+    pub input_rows: u64,
+    /// Rows in the sample.
+    pub sample_rows: usize,
+    /// Share of the sampled rows that passed.
+    pub selectivity: f64,
+    /// Estimated model seconds per row.
+    pub seconds_per_row: f64,
+    /// Estimated joules per row.
+    pub joules_per_row: f64,
+}
+
 /// One plan the optimizer weighed for a call, with its estimates over the call's input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsideredPlan {
@@ -103,15 +119,38 @@ impl StatsStore {
 
     /// The record stored under `key`, if any is readable.
     pub fn label_stats(&self, key: &str) -> Option<LabelCallStats> {
-        let text = std::fs::read_to_string(self.path(key)).ok()?;
-        let stored: Stored = serde_json::from_str(&text).ok()?;
-        (stored.key == key).then_some(stored.stats)
+        self.read_keyed(&self.path(key), key)
     }
 
     /// Stores `stats` under `key`, replacing any earlier record atomically.
     pub fn save_label_stats(&self, key: &str, stats: &LabelCallStats) -> std::io::Result<()> {
+        self.write_json(&self.path(key), &Stored { key: key.to_string(), stats: stats.clone() })
+    }
+
+    fn predicate_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("predicate-{}.json", Self::id_of(key)))
+    }
+
+    /// The predicate statistics stored under `key`, if any are readable.
+    pub fn predicate_stats(&self, key: &str) -> Option<PredicateStats> {
+        self.read_keyed(&self.predicate_path(key), key)
+    }
+
+    /// Stores predicate statistics under `key`, replacing any earlier record atomically.
+    pub fn save_predicate_stats(&self, key: &str, stats: &PredicateStats) -> std::io::Result<()> {
         let stored = Stored { key: key.to_string(), stats: stats.clone() };
-        self.write_json(&self.path(key), &stored)
+        self.write_json(&self.predicate_path(key), &stored)
+    }
+
+    /// The record at `path` when it is readable and stored under exactly `key`.
+    fn read_keyed<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &std::path::Path,
+        key: &str,
+    ) -> Option<T> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let stored: Stored<T> = serde_json::from_str(&text).ok()?;
+        (stored.key == key).then_some(stored.stats)
     }
 
     /// Writes `value` as JSON to `path` under the store through a temporary file and a rename,
@@ -154,9 +193,9 @@ impl StatsStore {
 
 /// The file format: the full key is kept so a hash collision reads as absent.
 #[derive(Serialize, Deserialize)]
-struct Stored {
+struct Stored<T> {
     key: String,
-    stats: LabelCallStats,
+    stats: T,
 }
 
 #[cfg(test)]

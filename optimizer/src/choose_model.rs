@@ -66,8 +66,10 @@ use murakkab_udfs::{
 };
 
 use crate::cost_model::{Cost, embed_row_cost, label_row_cost};
+use crate::order_predicates::PredicateOrderer;
 use crate::proxy_training::{out_of_fold, train};
 use crate::quality::{Z_95, cheap_plans, two_stage_plans};
+use crate::sampling::Reservoir;
 
 /// Rows per scoring call while sampling (as the executor's chunks).
 const SAMPLE_BATCH_ROWS: usize = 16;
@@ -77,8 +79,6 @@ const MAX_SAMPLE_FACTOR: usize = 4;
 const PROXY_MIN_ROWS: usize = 24;
 /// Folds of the out-of-fold estimate of a proxy's agreement.
 const PROXY_FOLDS: usize = 5;
-/// Seed of the reservoir sample: the same input gives the same sample.
-const SAMPLE_SEED: u64 = 0x6d75_726b_616b_6b61;
 
 /// Chooses models for label-scoring calls; see the module doc.
 #[derive(Debug)]
@@ -363,9 +363,8 @@ impl ModelChooser {
         let physical: Arc<dyn ExecutionPlan> =
             pass.session.create_physical_plan(&projection).await?;
         let mut stream = execute_stream(physical, pass.session.task_ctx())?;
-        let mut rng = SplitMix64(SAMPLE_SEED);
+        let mut reservoir = Reservoir::new(size);
         let mut texts: Vec<String> = Vec::with_capacity(size);
-        let mut seen: u64 = 0;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let column = cast(batch.column(0), &DataType::Utf8)?;
@@ -374,24 +373,19 @@ impl ModelChooser {
                 if column.is_null(i) {
                     continue;
                 }
-                seen += 1;
-                if texts.len() < size {
-                    texts.push(column.value(i).to_string());
-                } else {
-                    let slot = rng.below(seen);
-                    if slot < size as u64 {
-                        texts[slot as usize] = column.value(i).to_string();
-                    }
+                match reservoir.offer() {
+                    Some(slot) if slot == texts.len() => texts.push(column.value(i).to_string()),
+                    Some(slot) => texts[slot] = column.value(i).to_string(),
+                    None => {}
                 }
             }
             if ai_below && texts.len() >= least {
-                return Ok(Sample { texts, input_rows: seen, complete: false });
+                return Ok(Sample { texts, input_rows: reservoir.seen(), complete: false });
             }
         }
         // A shuffled reservoir's every prefix is a uniform sample of the input too.
-        for i in (1..texts.len()).rev() {
-            texts.swap(i, rng.below(i as u64 + 1) as usize);
-        }
+        reservoir.shuffle(&mut texts);
+        let seen = reservoir.seen();
         let wanted = ((seen as usize) / 20).clamp(least, size);
         texts.truncate(wanted);
         Ok(Sample { texts, input_rows: seen, complete: true })
@@ -763,19 +757,19 @@ fn collect_sites(
     Ok(())
 }
 
-fn as_ai_map(node: &LogicalPlan) -> Option<&AiMap> {
+pub(crate) fn as_ai_map(node: &LogicalPlan) -> Option<&AiMap> {
     match node {
         LogicalPlan::Extension(e) => e.node.as_any().downcast_ref::<AiMap>(),
         _ => None,
     }
 }
 
-fn contains_ai_map(plan: &LogicalPlan) -> Result<bool> {
+pub(crate) fn contains_ai_map(plan: &LogicalPlan) -> Result<bool> {
     plan.exists(|node| Ok(as_ai_map(node).is_some()))
 }
 
 /// The call inside an `AiMap` entry (each is aliased to its output column).
-fn function_call(call: &Expr) -> Option<&ScalarFunction> {
+pub(crate) fn function_call(call: &Expr) -> Option<&ScalarFunction> {
     match call {
         Expr::Alias(alias) => function_call(&alias.expr),
         Expr::ScalarFunction(f) => Some(f),
@@ -898,7 +892,7 @@ fn rewrite(
 }
 
 /// `call` with its `model` argument set to `plan`.
-fn with_model(call: &Expr, plan: &ModelPlan) -> Expr {
+pub(crate) fn with_model(call: &Expr, plan: &ModelPlan) -> Expr {
     match call {
         Expr::Alias(alias) => {
             let mut alias = alias.clone();
@@ -917,35 +911,23 @@ fn with_model(call: &Expr, plan: &ModelPlan) -> Expr {
     }
 }
 
-/// A small seeded generator for the reservoir (SplitMix64).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// DataFusion's query planner with model choice in front: plans go through
-/// [`ModelChooser::choose`] before physical planning.
+/// DataFusion's query planner with the sampling rules in front: plans go through
+/// [`PredicateOrderer::order`] and then [`ModelChooser::choose`] before physical planning
+/// (ordering first, so each model is chosen for the rows that will actually reach it).
 pub struct ChoosingQueryPlanner {
     inner: Arc<dyn QueryPlanner + Send + Sync>,
+    orderer: PredicateOrderer,
     chooser: ModelChooser,
 }
 
 impl ChoosingQueryPlanner {
-    /// Chooses models with `chooser`, then plans with `inner`.
-    pub fn new(inner: Arc<dyn QueryPlanner + Send + Sync>, chooser: ModelChooser) -> Self {
-        Self { inner, chooser }
+    /// Orders predicates with `orderer`, chooses models with `chooser`, then plans with `inner`.
+    pub fn new(
+        inner: Arc<dyn QueryPlanner + Send + Sync>,
+        orderer: PredicateOrderer,
+        chooser: ModelChooser,
+    ) -> Self {
+        Self { inner, orderer, chooser }
     }
 }
 
@@ -962,7 +944,8 @@ impl QueryPlanner for ChoosingQueryPlanner {
         logical_plan: &LogicalPlan,
         session_state: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let chosen = self.chooser.choose(logical_plan, session_state).await?;
+        let ordered = self.orderer.order(logical_plan, session_state).await?;
+        let chosen = self.chooser.choose(&ordered, session_state).await?;
         self.inner.create_physical_plan(&chosen, session_state).await
     }
 }
@@ -970,17 +953,6 @@ impl QueryPlanner for ChoosingQueryPlanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_reservoir_generator_is_seeded_and_in_range() {
-        let mut a = SplitMix64(1);
-        let mut b = SplitMix64(1);
-        for n in 1..100 {
-            let x = a.below(n);
-            assert_eq!(x, b.below(n));
-            assert!(x < n);
-        }
-    }
 
     #[test]
     fn constant_conditions_and_label_lists_are_read_from_expressions() {

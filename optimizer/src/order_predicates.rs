@@ -1,0 +1,659 @@
+//! Rule: order a conjunction's AI predicates by cost / (1 − selectivity).
+//!
+//! `LiftAiCalls` turns `WHERE p1 AND p2` (each calling a model) into stacked filters, so a row
+//! reaches the second model only if it passed the first. Which goes first decides how many rows
+//! each model sees: running predicate `i` on every row that passed those below costs
+//! `Σ cost_i · Π_{j<i} selectivity_j`, which is least when the predicates are sorted by
+//! `cost_i / (1 − selectivity_i)` (the classic rank of expensive-predicate ordering): cheap
+//! predicates that drop many rows first. The selectivities and costs come from a sample:
+//!
+//! ```text
+//! before: Filter: __ai_1                    (written first: passes 45% of rows)
+//!           AiMap: ai_filter(bbc.headline, 'The headline reports good news') AS __ai_1
+//!             Filter: __ai_0 = 'sport'      (written second: passes 23% of rows)
+//!               AiMap: ai_classify(bbc.headline, [business, ..., tech]) AS __ai_0
+//!                 TableScan: bbc
+//! after:  Projection: <the columns the top filter had>
+//!           Filter: __ai_1
+//!             AiMap: ai_filter(...) AS __ai_1; order: 2 of 2, passes 45%, 30 ms/row
+//!               Filter: __ai_0 = 'sport'
+//!                 AiMap: ai_classify(...) AS __ai_0; order: 1 of 2, passes 23%, 30 ms/row
+//!                   TableScan: bbc
+//! ```
+//! (The `before` shows the stack as written, the costlier order; the lifted form puts the
+//! written-last predicate lowest when they tie on kind, which this rule then reconsiders.)
+//!
+//! How: the chain's input (the plan below the lowest map) is read once and a seeded uniform
+//! sample of `murakkab.optimizer.sample_rows` rows drawn — the same rows `choose_model` samples
+//! first, so the answers computed here are cache hits there and when the query runs. Every
+//! predicate is evaluated on the sample (label-scoring calls left at `auto` on the reference
+//! model, the largest that can score labels); its selectivity is the share of sampled rows that
+//! pass, and its cost per row comes from the cost model: the rows' tokens over the model's
+//! calibrated speeds, plus the tokens it generated over the decode speed. The figures persist
+//! under `MURAKKAB_HOME/stats` (keyed by the predicate, its calls, the candidate models and the
+//! plan below), so a repeated workload orders without sampling; plain EXPLAIN uses recorded
+//! figures only.
+//!
+//! Exact: reordering a conjunction does not change which rows pass (each predicate sees only
+//! its own row), so the result is the same; only the work differs. Assumes the predicates are
+//! independent (selectivities are measured on the chain's input, not conditioned on each
+//! other).
+//!
+//! Does not apply: with `murakkab.optimizer.enabled = false` (the naive baseline computes every
+//! call for every row); to fewer than two stacked AI predicates; when a predicate or call reads
+//! another predicate's AI column (a nested call); when the input below the chain calls a model
+//! itself (sampling it would run that model); when the input has fewer than four samples' worth
+//! of rows, where a sample costs more than a better order can save.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::{cast, interleave_record_batch, take_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::Session;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::{DFSchemaRef, DataFusionError, Result, ScalarValue};
+use datafusion::logical_expr::{
+    Expr, Extension, Filter, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execute_stream;
+use futures::StreamExt;
+use murakkab_catalog::{DeviceProfile, ModelCard, PredicateStats, StatsStore, Task};
+use murakkab_compiler::{AiMap, MurakkabOptions};
+use murakkab_udfs::{AiBackend, AiContext, ModelPlan};
+
+use crate::choose_model::{as_ai_map, contains_ai_map, function_call, with_model};
+use crate::cost_model::{Cost, busy_watts, embed_row_cost, label_row_cost};
+use crate::sampling::Reservoir;
+
+/// The sample is drawn from a reservoir this many times `sample_rows` (as `choose_model`'s, so
+/// both draw the same rows).
+const RESERVOIR_FACTOR: usize = 4;
+/// Inputs with fewer rows than this many samples keep the written order.
+const MIN_INPUT_SAMPLES: u64 = 4;
+
+/// Orders stacked AI predicates; see the module doc.
+#[derive(Debug)]
+pub struct PredicateOrderer {
+    backend: Arc<dyn AiBackend>,
+    store: StatsStore,
+}
+
+/// One AI predicate of a chain: the filter's predicate and the map computing its calls.
+#[derive(Debug, Clone)]
+struct Link {
+    predicate: Expr,
+    calls: Vec<Expr>,
+    notes: Vec<String>,
+}
+
+/// Stacked filters over AI maps with a plain input: `Filter(AiMap(Filter(AiMap(base))))`.
+#[derive(Debug, Clone)]
+struct Chain {
+    /// Bottom first, as written after lifting.
+    links: Vec<Link>,
+    /// The plan below the lowest map.
+    base: LogicalPlan,
+    /// The columns the chain's top filter produced (the rebuilt chain restores them).
+    top_schema: DFSchemaRef,
+}
+
+/// The order decided for a chain.
+#[derive(Debug, Clone)]
+struct Ordering {
+    /// Indices into the chain's links, bottom first.
+    order: Vec<usize>,
+    /// A note per link (by its index in the chain), shown by EXPLAIN on its map.
+    notes: Vec<String>,
+}
+
+impl PredicateOrderer {
+    /// An orderer that samples with the functions' backend and keeps its statistics under the
+    /// backend's home.
+    pub fn new(context: &AiContext) -> Self {
+        Self {
+            backend: Arc::clone(&context.backend),
+            store: StatsStore::new(context.backend.home()),
+        }
+    }
+
+    /// `plan` with every chain of AI predicates in the order of least expected cost.
+    pub async fn order(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<LogicalPlan> {
+        let options = MurakkabOptions::from_config(session.config_options());
+        if !options.optimizer_enabled || !contains_ai_map(plan)? {
+            return Ok(plan.clone());
+        }
+        let mut chains = Vec::new();
+        collect_chains(plan, &mut chains);
+        if chains.is_empty() {
+            return Ok(plan.clone());
+        }
+        let labels = self.backend.candidate_models(Task::ScoreLabels);
+        let models: Vec<&str> = labels.iter().map(|c| c.id.as_str()).collect();
+        let pass = Pass {
+            session,
+            options: options.clone(),
+            profile: DeviceProfile::load(self.backend.home()),
+            reference: labels.last().cloned(),
+            models: models.join(","),
+            may_sample: !matches!(plan, LogicalPlan::Explain(_)),
+        };
+        let mut decisions = HashMap::new();
+        for chain in chains {
+            let key = chain_key(&chain);
+            if !decisions.contains_key(&key)
+                && let Some(ordering) = self.decide(&chain, &pass).await?
+            {
+                decisions.insert(key, ordering);
+            }
+        }
+        rewrite(plan, &decisions)
+    }
+
+    async fn decide(&self, chain: &Chain, pass: &Pass<'_>) -> Result<Option<Ordering>> {
+        if !chain.reorderable() {
+            return Ok(None);
+        }
+        let keys: Vec<String> =
+            (0..chain.links.len()).map(|i| link_key(chain, i, &pass.models)).collect();
+        let recorded: Option<Vec<PredicateStats>> =
+            keys.iter().map(|k| self.store.predicate_stats(k)).collect();
+        if let Some(stats) = recorded {
+            return Ok(Some(ordering_from(&stats, pass, "recorded")));
+        }
+        let n = chain.links.len();
+        if !pass.may_sample {
+            let notes = (0..n)
+                .map(|i| {
+                    format!(
+                        "order: {} of {n} as written; ordered from a sample when the query runs",
+                        i + 1
+                    )
+                })
+                .collect();
+            return Ok(Some(Ordering { order: (0..n).collect(), notes }));
+        }
+        let least = pass.options.sample_rows;
+        let (sample, input_rows) = self.sample(chain, pass, least).await?;
+        if input_rows < MIN_INPUT_SAMPLES * least as u64 {
+            let notes = (0..n)
+                .map(|i| {
+                    format!(
+                        "order: {} of {n} as written (input of {input_rows} rows too small for a \
+                         sample to pay off)",
+                        i + 1
+                    )
+                })
+                .collect();
+            return Ok(Some(Ordering { order: (0..n).collect(), notes }));
+        }
+        let mut stats = Vec::with_capacity(n);
+        for link in &chain.links {
+            let measured = self.measure(chain, link, &sample, pass).await?;
+            stats.push(PredicateStats { input_rows, ..measured });
+        }
+        for (key, s) in keys.iter().zip(&stats) {
+            if let Err(e) = self.store.save_predicate_stats(key, s) {
+                tracing::warn!("could not store optimizer statistics: {e}");
+            }
+        }
+        Ok(Some(ordering_from(&stats, pass, "sampled")))
+    }
+
+    /// A seeded uniform sample of `least` rows of the chain's input, and the input's row count.
+    async fn sample(
+        &self,
+        chain: &Chain,
+        pass: &Pass<'_>,
+        least: usize,
+    ) -> Result<(RecordBatch, u64)> {
+        let physical = pass.session.create_physical_plan(&chain.base).await?;
+        let schema = physical.schema();
+        let mut stream = execute_stream(physical, pass.session.task_ctx())?;
+        let mut reservoir = Reservoir::new(RESERVOIR_FACTOR * least);
+        // Kept rows are copied out of each batch (`take`), so the input's batches are not held.
+        let mut kept: Vec<RecordBatch> = Vec::new();
+        let mut slots: Vec<(usize, usize)> = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            let mut rows: Vec<u32> = Vec::new();
+            for row in 0..batch.num_rows() {
+                let Some(slot) = reservoir.offer() else { continue };
+                let at = (kept.len(), rows.len());
+                if slot == slots.len() {
+                    slots.push(at);
+                } else {
+                    slots[slot] = at;
+                }
+                rows.push(row as u32);
+            }
+            if !rows.is_empty() {
+                let indices = datafusion::arrow::array::UInt32Array::from(rows);
+                kept.push(take_record_batch(&batch, &indices)?);
+            }
+        }
+        reservoir.shuffle(&mut slots);
+        slots.truncate(least);
+        let batches: Vec<&RecordBatch> = kept.iter().collect();
+        let sample = if batches.is_empty() {
+            RecordBatch::new_empty(schema)
+        } else {
+            interleave_record_batch(&batches, &slots)?
+        };
+        Ok((sample, reservoir.seen()))
+    }
+
+    /// Evaluates `link` on the sample: the share of rows that pass and the cost of a row.
+    async fn measure(
+        &self,
+        chain: &Chain,
+        link: &Link,
+        sample: &RecordBatch,
+        pass: &Pass<'_>,
+    ) -> Result<PredicateStats> {
+        let base_schema = chain.base.schema();
+        let mut calls = Vec::with_capacity(link.calls.len());
+        for call in &link.calls {
+            let (model, kind) = self.call_model(call, pass.reference.as_ref())?;
+            // An `auto` label call runs on the reference, as `choose_model` samples it.
+            let call = match (&kind, &model) {
+                (CallKind::Labels, Some(card)) if call_is_auto(call) => {
+                    with_model(call, &ModelPlan::Model(card.id.clone()))
+                }
+                _ => call.clone(),
+            };
+            let name = call.schema_name().to_string();
+            let text = match function_call(&call).and_then(|f| f.args.first()) {
+                Some(arg) => Some(pass.session.create_physical_expr(arg.clone(), base_schema)?),
+                None => None,
+            };
+            let expr = pass.session.create_physical_expr(call, base_schema)?;
+            calls.push(SampledCall { name, expr, text, model, kind });
+        }
+        let map = AiMap::try_new(chain.base.clone(), link.calls.clone())?;
+        let predicate =
+            pass.session.create_physical_expr(link.predicate.clone(), map.schema().as_ref())?;
+        let job = MeasureJob {
+            backend: Arc::clone(&self.backend),
+            sample: sample.clone(),
+            calls,
+            predicate,
+            profile: pass.profile.clone(),
+            options: pass.options.clone(),
+        };
+        SpawnedTask::spawn_blocking(move || job.run())
+            .join()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+    }
+
+    /// The model a call runs on when sampled, and what kind of work it is.
+    fn call_model(
+        &self,
+        call: &Expr,
+        reference: Option<&ModelCard>,
+    ) -> Result<(Option<ModelCard>, CallKind)> {
+        let Some(f) = function_call(call) else { return Ok((None, CallKind::Other)) };
+        let (kind, task, model_arg) = match f.func.name() {
+            "ai_filter" | "ai_classify" => (CallKind::Labels, Task::ScoreLabels, 2),
+            "ai_complete" => (CallKind::Generate, Task::Generate, 1),
+            "ai_extract" => (CallKind::Generate, Task::Generate, 2),
+            "ai_embed" => (CallKind::Embed(1), Task::Embed, 1),
+            "ai_similarity" => (CallKind::Embed(2), Task::Embed, 2),
+            _ => return Ok((None, CallKind::Other)),
+        };
+        let named = f.args.get(model_arg).and_then(|a| match a {
+            Expr::Literal(ScalarValue::Utf8(Some(m)), _) => Some(m.clone()),
+            _ => None,
+        });
+        let card = match (named, &kind) {
+            (Some(m), _) if !m.trim().eq_ignore_ascii_case("auto") => {
+                // A cascade runs most rows on its first stage: cost it there.
+                let plan = ModelPlan::parse(Some(&m)).unwrap_or(ModelPlan::Auto);
+                plan.models().first().and_then(|id| self.backend.resolve_model(Some(id), task).ok())
+            }
+            (_, CallKind::Labels) => reference.cloned(),
+            _ => self.backend.resolve_model(None, task).ok(),
+        };
+        Ok((card, kind))
+    }
+}
+
+/// Everything one planning pass decides with.
+struct Pass<'a> {
+    session: &'a dyn Session,
+    options: MurakkabOptions,
+    profile: DeviceProfile,
+    reference: Option<ModelCard>,
+    /// The candidate models, as they enter the statistics key.
+    models: String,
+    may_sample: bool,
+}
+
+/// What a call costs per row.
+#[derive(Debug, Clone, Copy)]
+enum CallKind {
+    /// Scores labels: its row's tokens through a forward pass.
+    Labels,
+    /// Generates: its prompt's tokens, then the generated tokens one step at a time.
+    Generate,
+    /// Embeds this many texts per row.
+    Embed(usize),
+    /// Calls no model the cost model knows.
+    Other,
+}
+
+/// One call of a link, ready to run on the sample.
+struct SampledCall {
+    name: String,
+    expr: Arc<dyn PhysicalExpr>,
+    /// Its row text (the first argument), whose tokens decide its cost.
+    text: Option<Arc<dyn PhysicalExpr>>,
+    model: Option<ModelCard>,
+    kind: CallKind,
+}
+
+/// Evaluating one link on the sample, owned so it can move to a blocking thread (the calls
+/// block on the models).
+struct MeasureJob {
+    backend: Arc<dyn AiBackend>,
+    sample: RecordBatch,
+    calls: Vec<SampledCall>,
+    predicate: Arc<dyn PhysicalExpr>,
+    profile: DeviceProfile,
+    options: MurakkabOptions,
+}
+
+impl MeasureJob {
+    fn run(self) -> Result<PredicateStats> {
+        let rows = self.sample.num_rows();
+        let mut fields: Vec<Field> =
+            self.sample.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut columns = self.sample.columns().to_vec();
+        let mut per_row = Cost::default();
+        for call in &self.calls {
+            let values = call.expr.evaluate(&self.sample)?.into_array(rows)?;
+            fields.push(Field::new(&call.name, values.data_type().clone(), true));
+            per_row = per_row.plus(self.row_cost(call, &values)?);
+            columns.push(values);
+        }
+        let extended = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let passed = self.predicate.evaluate(&extended)?.into_array(rows)?;
+        let passed = cast(&passed, &DataType::Boolean)?;
+        let passed = passed.as_boolean();
+        let count = (0..passed.len()).filter(|&i| passed.is_valid(i) && passed.value(i)).count();
+        Ok(PredicateStats {
+            input_rows: 0,
+            sample_rows: rows,
+            selectivity: if rows == 0 { 1.0 } else { count as f64 / rows as f64 },
+            seconds_per_row: per_row.seconds,
+            joules_per_row: per_row.joules,
+        })
+    }
+
+    /// A call's mean cost per sampled row under the cost model.
+    fn row_cost(&self, call: &SampledCall, values: &dyn Array) -> Result<Cost> {
+        let Some(card) = &call.model else { return Ok(Cost::default()) };
+        let speed = self.profile.speed(card);
+        let tokens = |array: &dyn Array| -> Result<f64> {
+            let text = cast(array, &DataType::Utf8)?;
+            let text = text.as_string::<i32>();
+            let total: usize = text
+                .iter()
+                .flatten()
+                .map(|t| self.backend.count_tokens(&card.id, t).unwrap_or(t.len() / 4))
+                .sum();
+            Ok(total as f64 / text.len().max(1) as f64)
+        };
+        let input_tokens = match &call.text {
+            Some(text) => {
+                tokens(&text.evaluate(&self.sample)?.into_array(self.sample.num_rows())?)?
+            }
+            None => 0.0,
+        };
+        Ok(match call.kind {
+            CallKind::Labels => label_row_cost(&speed, input_tokens, &self.options),
+            CallKind::Generate => {
+                // Generated tokens: the answers' own (a struct's fields read as JSON text).
+                let generated = match values.data_type() {
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => tokens(values)?,
+                    _ => 16.0,
+                };
+                let seconds = generated / speed.decode_tokens_per_s.max(1e-9);
+                label_row_cost(&speed, input_tokens, &self.options)
+                    .plus(Cost { seconds, joules: seconds * busy_watts(&self.options) })
+            }
+            CallKind::Embed(texts) => embed_row_cost(&speed, &self.options).times(texts as f64),
+            CallKind::Other => Cost::default(),
+        })
+    }
+}
+
+/// The order of least expected cost under the objective, with a note per link.
+fn ordering_from(stats: &[PredicateStats], pass: &Pass<'_>, source: &str) -> Ordering {
+    let objective = pass.options.objective;
+    let value = |s: &PredicateStats| {
+        Cost { seconds: s.seconds_per_row, joules: s.joules_per_row }
+            .value(objective, &pass.options)
+    };
+    let rank = |s: &PredicateStats| {
+        if s.selectivity >= 1.0 { f64::INFINITY } else { value(s) / (1.0 - s.selectivity) }
+    };
+    let mut order: Vec<usize> = (0..stats.len()).collect();
+    // Stable: ties keep the written order.
+    order.sort_by(|&a, &b| rank(&stats[a]).total_cmp(&rank(&stats[b])));
+    let expected = |order: &[usize]| {
+        let mut reaching = 1.0;
+        let mut total = 0.0;
+        for &i in order {
+            total += reaching * stats[i].seconds_per_row;
+            reaching *= stats[i].selectivity;
+        }
+        total
+    };
+    let written: Vec<usize> = (0..stats.len()).collect();
+    let (ours, theirs) = (expected(&order), expected(&written));
+    let n = stats.len();
+    let notes = (0..n)
+        .map(|i| {
+            let position = order.iter().position(|&o| o == i).unwrap_or(i) + 1;
+            let s = &stats[i];
+            let mut note = format!(
+                "order: {position} of {n} by cost/(1-selectivity) ({source}): passes {:.0}%, \
+                 {:.1} ms/row",
+                100.0 * s.selectivity,
+                1000.0 * s.seconds_per_row
+            );
+            if position == n && order != written {
+                note.push_str(&format!(
+                    "; est. {:.1} ms per input row vs {:.1} ms as written",
+                    1000.0 * ours,
+                    1000.0 * theirs
+                ));
+            }
+            note
+        })
+        .collect();
+    Ordering { order, notes }
+}
+
+/// The key of the statistics of link `i` of `chain`.
+fn link_key(chain: &Chain, i: usize, models: &str) -> String {
+    let link = &chain.links[i];
+    let calls: Vec<String> = link.calls.iter().map(ToString::to_string).collect();
+    format!(
+        "predicate v1\n{}\n{}\n{models}\n{}",
+        link.predicate,
+        calls.join("\n"),
+        chain.base.display_indent()
+    )
+}
+
+/// The key a chain's decision is found under when the plan is rewritten.
+fn chain_key(chain: &Chain) -> String {
+    let links: Vec<String> = (0..chain.links.len()).map(|i| link_key(chain, i, "")).collect();
+    links.join("\n--\n")
+}
+
+/// Whether a call's model argument is absent, NULL or `auto`.
+fn call_is_auto(call: &Expr) -> bool {
+    let Some(f) = function_call(call) else { return false };
+    match f.args.get(2) {
+        None => true,
+        Some(Expr::Literal(ScalarValue::Utf8(m), _)) => {
+            m.as_deref().is_none_or(|m| m.trim().eq_ignore_ascii_case("auto"))
+        }
+        Some(Expr::Literal(ScalarValue::Null, _)) => true,
+        _ => false,
+    }
+}
+
+/// `node` without the projections above it that only pick columns.
+fn skip_column_projections(mut node: &LogicalPlan) -> &LogicalPlan {
+    while let LogicalPlan::Projection(p) = node
+        && p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
+    {
+        node = p.input.as_ref();
+    }
+    node
+}
+
+/// The link whose filter is `node`, and the plan below its map.
+fn link_at(node: &LogicalPlan) -> Option<(Link, &LogicalPlan)> {
+    let LogicalPlan::Filter(f) = node else { return None };
+    let map = as_ai_map(skip_column_projections(&f.input))?;
+    let link =
+        Link { predicate: f.predicate.clone(), calls: map.calls.clone(), notes: map.notes.clone() };
+    Some((link, &map.input))
+}
+
+impl Chain {
+    /// The chain whose top filter is `node`, if two or more AI predicates are stacked there.
+    fn at(node: &LogicalPlan) -> Option<Chain> {
+        let mut links = Vec::new();
+        let mut below = node;
+        while let Some((link, input)) = link_at(below) {
+            links.push(link);
+            below = skip_column_projections(input);
+        }
+        links.reverse();
+        (links.len() >= 2).then(|| Chain {
+            links,
+            base: below.clone(),
+            top_schema: Arc::clone(node.schema()),
+        })
+    }
+
+    /// Whether the links may run in any order: each reads only the input's columns and its
+    /// own calls' outputs, and the input calls no model.
+    fn reorderable(&self) -> bool {
+        let base = self.base.schema();
+        let own_outputs = |link: &Link| -> Vec<String> {
+            link.calls.iter().map(|c| c.schema_name().to_string()).collect()
+        };
+        let calls_read_base = |link: &Link| {
+            link.calls.iter().all(|c| c.column_refs().iter().all(|col| base.has_column(col)))
+        };
+        let predicate_reads = |link: &Link| {
+            let own = own_outputs(link);
+            link.predicate.column_refs().iter().all(|col| {
+                base.has_column(col) || (col.relation.is_none() && own.contains(&col.name))
+            })
+        };
+        !contains_ai_map(&self.base).unwrap_or(true)
+            && self.links.iter().all(|l| calls_read_base(l) && predicate_reads(l))
+    }
+
+    /// The chain over `base` with its links in `ordering`, producing the columns it did.
+    fn rebuild(&self, base: LogicalPlan, ordering: &Ordering) -> Result<LogicalPlan> {
+        let mut plan = base;
+        for &i in &ordering.order {
+            let link = &self.links[i];
+            let mut notes = link.notes.clone();
+            notes.push(ordering.notes[i].clone());
+            let map = AiMap::try_new(plan, link.calls.clone())?.with_notes(notes);
+            let map = LogicalPlan::Extension(Extension { node: Arc::new(map) });
+            plan = LogicalPlan::Filter(Filter::try_new(link.predicate.clone(), Arc::new(map))?);
+        }
+        let columns: Vec<Expr> = self.top_schema.columns().into_iter().map(Expr::Column).collect();
+        LogicalPlanBuilder::from(plan).project(columns)?.build()
+    }
+}
+
+/// Every chain in `plan`, outermost first; a chain's own links are not searched again.
+fn collect_chains(plan: &LogicalPlan, found: &mut Vec<Chain>) {
+    if let Some(chain) = Chain::at(plan) {
+        collect_chains(&chain.base, found);
+        found.push(chain);
+        return;
+    }
+    for input in plan.inputs() {
+        collect_chains(input, found);
+    }
+}
+
+/// `plan` with each decided chain rebuilt in its order.
+fn rewrite(plan: &LogicalPlan, decisions: &HashMap<String, Ordering>) -> Result<LogicalPlan> {
+    if let Some(chain) = Chain::at(plan)
+        && let Some(ordering) = decisions.get(&chain_key(&chain))
+    {
+        let base = rewrite(&chain.base, decisions)?;
+        return chain.rebuild(base, ordering);
+    }
+    let inputs: Vec<LogicalPlan> =
+        plan.inputs().into_iter().map(|i| rewrite(i, decisions)).collect::<Result<_>>()?;
+    if inputs.is_empty() {
+        return Ok(plan.clone());
+    }
+    plan.with_new_exprs(plan.expressions(), inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(selectivity: f64, ms: f64) -> PredicateStats {
+        PredicateStats {
+            input_rows: 1000,
+            sample_rows: 64,
+            selectivity,
+            seconds_per_row: ms / 1000.0,
+            joules_per_row: ms / 100.0,
+        }
+    }
+
+    #[test]
+    fn the_rank_puts_cheap_selective_predicates_first() {
+        let session = datafusion::prelude::SessionContext::new().state();
+        let pass = Pass {
+            session: &session,
+            options: MurakkabOptions::default(),
+            profile: DeviceProfile::default(),
+            reference: None,
+            models: String::new(),
+            may_sample: true,
+        };
+        // Same cost: the more selective first.
+        let o = ordering_from(&[stats(0.5, 10.0), stats(0.2, 10.0)], &pass, "sampled");
+        assert_eq!(o.order, vec![1, 0]);
+        assert!(o.notes[0].starts_with("order: 2 of 2"), "{}", o.notes[0]);
+        assert!(
+            o.notes[0].contains("est. 12.0 ms per input row vs 15.0 ms as written"),
+            "{}",
+            o.notes[0]
+        );
+        // A cheap predicate that drops few rows beats a costly one that drops many:
+        // 1/(1-0.9)=10 vs 50/(1-0.1)=55.6.
+        let o = ordering_from(&[stats(0.1, 50.0), stats(0.9, 1.0)], &pass, "sampled");
+        assert_eq!(o.order, vec![1, 0]);
+        // Everything passes: last, whatever it costs.
+        let o = ordering_from(&[stats(1.0, 0.1), stats(0.5, 100.0)], &pass, "sampled");
+        assert_eq!(o.order, vec![1, 0]);
+        // Ties keep the written order.
+        let o = ordering_from(&[stats(0.3, 5.0), stats(0.3, 5.0)], &pass, "sampled");
+        assert_eq!(o.order, vec![0, 1]);
+        assert!(!o.notes[1].contains("as written"), "{}", o.notes[1]);
+    }
+}

@@ -1,0 +1,216 @@
+//! The predicate-ordering rule, against a backend whose answers are known: `ai_filter` passes
+//! a row when the row's text contains the condition's last word. Written broad predicate first,
+//! the rule must run the selective one first (measured: far fewer rows reach the second model),
+//! give exactly the rows of the unoptimized plan, keep its statistics, and never run a model for
+//! plain EXPLAIN.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+
+use murakkab::arrow::array::{AsArray, RecordBatch};
+use murakkab::catalog::{ModelCard, MurakkabHome, Task, builtin_models};
+use murakkab::{
+    AiBackend, BatchOutput, ChatBatch, CompletionOptions, FieldType, FieldValue, Session,
+};
+
+const MODEL: &str = "smollm2-135m-instruct";
+
+/// One model that always knows: a row passes when it contains the condition's last word.
+#[derive(Debug)]
+struct Keywords {
+    home: MurakkabHome,
+    /// (condition's keyword, rows) of every scoring call.
+    calls: Mutex<Vec<(String, usize)>>,
+}
+
+impl Keywords {
+    fn new(home: &std::path::Path) -> Arc<Self> {
+        Arc::new(Self { home: MurakkabHome::at(home), calls: Mutex::new(Vec::new()) })
+    }
+
+    /// Rows scored so far for the condition ending in `keyword`.
+    fn rows(&self, keyword: &str) -> usize {
+        self.calls.lock().unwrap().iter().filter(|(k, _)| k == keyword).map(|(_, n)| n).sum()
+    }
+}
+
+/// The last word of the condition in a filter prompt's instruction.
+fn keyword(shared: &str) -> String {
+    let condition = shared.split("yes (").nth(1).unwrap_or_default();
+    let condition = condition.split(')').next().unwrap_or_default();
+    let word = condition.split_whitespace().last().unwrap_or_default();
+    word.trim_matches(|c: char| !c.is_alphanumeric()).to_string()
+}
+
+impl AiBackend for Keywords {
+    fn resolve_model(&self, _requested: Option<&str>, _task: Task) -> Result<ModelCard, String> {
+        builtin_models().into_iter().find(|c| c.id == MODEL).ok_or("no model".into())
+    }
+
+    fn embed(&self, _model: &str, _texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
+        Err("no embeddings here".into())
+    }
+
+    fn score_labels(
+        &self,
+        _model: &str,
+        batch: &ChatBatch,
+        _labels: &[String],
+    ) -> Result<BatchOutput<Vec<f32>>, String> {
+        let word = keyword(&batch.shared);
+        self.calls.lock().unwrap().push((word.clone(), batch.rows.len()));
+        let rows = batch
+            .rows
+            .iter()
+            .map(|r| Ok(if r.contains(&word) { vec![0.9, 0.1] } else { vec![0.1, 0.9] }))
+            .collect();
+        Ok(BatchOutput { rows, truncated: 0 })
+    }
+
+    fn complete(
+        &self,
+        _model: &str,
+        _batch: &ChatBatch,
+        _options: &CompletionOptions,
+    ) -> Result<BatchOutput<String>, String> {
+        Err("no generation here".into())
+    }
+
+    fn extract(
+        &self,
+        _model: &str,
+        _batch: &ChatBatch,
+        _fields: &[(String, FieldType)],
+    ) -> Result<BatchOutput<Vec<Option<FieldValue>>>, String> {
+        Err("no extraction here".into())
+    }
+
+    fn count_tokens(&self, _model: &str, text: &str) -> Result<usize, String> {
+        Ok(text.split_whitespace().count())
+    }
+
+    fn context_length(&self, _model: &str) -> Result<usize, String> {
+        Ok(400)
+    }
+
+    fn home(&self) -> &MurakkabHome {
+        &self.home
+    }
+}
+
+async fn session(backend: &Arc<Keywords>, home: &std::path::Path, optimizer: bool) -> Session {
+    let backend: Arc<dyn AiBackend> = Arc::clone(backend) as Arc<dyn AiBackend>;
+    let db = Session::builder()
+        .home(home)
+        .threads(2)
+        .ai_backend(backend)
+        .result_cache(false)
+        .build()
+        .await
+        .unwrap();
+    // 1,000 notes: every one names a city, one in ten mentions rain.
+    db.sql(
+        "CREATE VIEW notes AS SELECT v AS id, 'note ' || v || ' from the city' || \
+         CASE WHEN v % 10 = 3 THEN ', with rain' ELSE '' END AS text \
+         FROM generate_series(1, 1000) AS s(v)",
+    )
+    .await
+    .unwrap();
+    if !optimizer {
+        db.sql("SET murakkab.optimizer.enabled = false").await.unwrap();
+    }
+    db
+}
+
+/// Written broad first: the city condition passes every row, the rain one a tenth.
+const QUERY: &str = "SELECT id FROM notes WHERE ai_filter(text, 'It names a city') \
+    AND ai_filter(text, 'It mentions rain') ORDER BY id";
+
+async fn run(db: &Session, sql: &str) -> Vec<RecordBatch> {
+    db.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+async fn plan_text(db: &Session, sql: &str) -> String {
+    let batches = run(db, sql).await;
+    murakkab::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
+}
+
+fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = b.column(0).as_primitive::<murakkab::arrow::datatypes::Int64Type>();
+            (0..c.len()).map(|i| c.value(i)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Where in the plan text each condition's map sits (a smaller index is higher in the plan).
+fn positions(plan: &str) -> (usize, usize) {
+    (plan.find("It names a city").unwrap(), plan.find("It mentions rain").unwrap())
+}
+
+#[tokio::test]
+async fn the_selective_predicate_runs_first_and_the_rows_are_the_same() {
+    let home = tempfile::tempdir().unwrap();
+    let backend = Keywords::new(home.path());
+
+    let naive = session(&backend, home.path(), false).await;
+    let expected = ids(&run(&naive, QUERY).await);
+    assert_eq!(expected, (1..=1000).filter(|v| v % 10 == 3).collect::<Vec<i64>>());
+    // The naive plan asks both questions of every row.
+    assert_eq!((backend.rows("city"), backend.rows("rain")), (1000, 1000));
+
+    let backend = Keywords::new(home.path());
+    let db = session(&backend, home.path(), true).await;
+    assert_eq!(ids(&run(&db, QUERY).await), expected);
+    // The sample (64 rows) asks both; then rain goes first over all 1,000 rows and the city
+    // question reaches only the ~100 rows that passed it.
+    let (city, rain) = (backend.rows("city"), backend.rows("rain"));
+    assert!(city <= 64 + 100 + 10, "city scored {city} rows");
+    assert!(rain <= 64 + 1000, "rain scored {rain} rows");
+
+    // The statistics persist: EXPLAIN now shows the order without running anything.
+    let backend = Keywords::new(home.path());
+    let db = session(&backend, home.path(), true).await;
+    let plan = plan_text(&db, &format!("EXPLAIN {QUERY}")).await;
+    let (city_at, rain_at) = positions(&plan);
+    assert!(city_at < rain_at, "the rain map must sit below the city map:\n{plan}");
+    let rain_note = &plan[rain_at..];
+    assert!(rain_note.contains("order: 1 of 2 by cost/(1-selectivity) (recorded)"), "{plan}");
+    let city_note = &plan[city_at..];
+    assert!(city_note.contains("order: 2 of 2 by cost/(1-selectivity) (recorded): passes 100%"));
+    assert_eq!(backend.rows("city") + backend.rows("rain"), 0);
+}
+
+#[tokio::test]
+async fn plain_explain_runs_no_model_and_keeps_the_written_order() {
+    let home = tempfile::tempdir().unwrap();
+    let backend = Keywords::new(home.path());
+    let db = session(&backend, home.path(), true).await;
+    let plan = plan_text(&db, &format!("EXPLAIN {QUERY}")).await;
+    assert!(plan.contains("ordered from a sample when the query runs"), "{plan}");
+    let (city_at, rain_at) = positions(&plan);
+    assert!(rain_at < city_at, "written order: the city map below:\n{plan}");
+    assert_eq!(backend.rows("city") + backend.rows("rain"), 0);
+}
+
+#[tokio::test]
+async fn small_inputs_and_dependent_predicates_keep_the_written_order() {
+    let home = tempfile::tempdir().unwrap();
+    let backend = Keywords::new(home.path());
+    let db = session(&backend, home.path(), true).await;
+    // 100 rows: fewer than four samples' worth.
+    let small = "SELECT id FROM notes WHERE id <= 100 AND ai_filter(text, 'It names a city') \
+                 AND ai_filter(text, 'It mentions rain')";
+    let plan = plan_text(&db, &format!("EXPLAIN ANALYZE {small}")).await;
+    assert!(plan.contains("as written (input of 100 rows too small"), "{plan}");
+    assert_eq!(backend.rows("city"), 100, "no sample was scored");
+    // The second predicate reads the first's answer: not a conjunction of independent ones.
+    let nested = "SELECT id FROM notes WHERE ai_filter(text, 'It names a city') \
+                  AND ai_filter(CAST(ai_filter(text, 'It mentions rain') AS VARCHAR), 'It says true')";
+    let mut rows = ids(&run(&db, nested).await);
+    rows.sort();
+    assert_eq!(rows, (1..=1000).filter(|v| v % 10 == 3).collect::<Vec<i64>>());
+}
