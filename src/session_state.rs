@@ -16,7 +16,9 @@ use datafusion::prelude::SessionConfig;
 use murakkab_catalog::MurakkabHome;
 use murakkab_compiler::{LiftAiCalls, MurakkabOptions};
 use murakkab_exec::{CachedBackend, ModelRuntime, MurakkabQueryPlanner};
-use murakkab_optimizer::{ChoosingQueryPlanner, ModelChooser, PredicateOrderer, TopKBelowAiMap};
+use murakkab_optimizer::{
+    ChoosingQueryPlanner, ModelChooser, PredicateOrderer, SemanticJoin, TopKBelowAiMap,
+};
 use murakkab_udfs::{AiBackend, AiContext, AiWarnings, CheckedBackend};
 
 use crate::session::SessionBuilder;
@@ -89,13 +91,14 @@ pub(crate) fn new_context(
         // AiMap lets filters on its input's columns keep moving below it (fewer model calls).
         .with_optimizer_rule(Arc::new(LiftAiCalls))
         .with_optimizer_rule(Arc::new(TopKBelowAiMap))
-        // Physical planning starts with predicate ordering and model choice (which sample the data below an AI call,
+        // Physical planning starts with predicate ordering, semantic joins and model choice (which sample the data below an AI call,
         // so it cannot be a logical rule: those are synchronous and see no rows), then
         // DataFusion's physical planner plus the planner for Murakkab's nodes (AiMap ->
         // AiMapExec, which streams chunks to the model).
         .with_query_planner(Arc::new(ChoosingQueryPlanner::new(
             Arc::new(MurakkabQueryPlanner),
             PredicateOrderer::new(&ai),
+            SemanticJoin::new(&ai),
             ModelChooser::new(&ai),
         )));
     // Murakkab's SQL functions, registered after DataFusion's so a name clash resolves to ours.

@@ -63,6 +63,27 @@ pub struct PredicateStats {
     pub joules_per_row: f64,
 }
 
+/// What a sample taught about a join on an AI predicate (the semantic-join rule): how many
+/// nearest candidates per row keep the predicate's matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockingStats {
+    /// Rows of the join's left and right inputs when it was sampled.
+    pub left_rows: u64,
+    /// Rows of the right input.
+    pub right_rows: u64,
+    /// Left rows sampled.
+    pub sample_rows: usize,
+    /// Matches the predicate found among each sampled row's nearest candidates.
+    pub near_matches: usize,
+    /// For each k from 1, the matches found within the k nearest (cumulative).
+    pub matches_within: Vec<usize>,
+    /// Matches estimated beyond the nearest candidates (from evenly spaced farther pairs).
+    pub far_matches: f64,
+    /// The k chosen: the fewest nearest candidates whose estimated recall meets the target,
+    /// or `None` when no k within the examined ones does (the join is left as it is).
+    pub k: Option<usize>,
+}
+
 /// One plan the optimizer weighed for a call, with its estimates over the call's input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsideredPlan {
@@ -140,6 +161,21 @@ impl StatsStore {
     pub fn save_predicate_stats(&self, key: &str, stats: &PredicateStats) -> std::io::Result<()> {
         let stored = Stored { key: key.to_string(), stats: stats.clone() };
         self.write_json(&self.predicate_path(key), &stored)
+    }
+
+    fn blocking_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("blocking-{}.json", Self::id_of(key)))
+    }
+
+    /// The blocking statistics stored under `key`, if any are readable.
+    pub fn blocking_stats(&self, key: &str) -> Option<BlockingStats> {
+        self.read_keyed(&self.blocking_path(key), key)
+    }
+
+    /// Stores blocking statistics under `key`, replacing any earlier record atomically.
+    pub fn save_blocking_stats(&self, key: &str, stats: &BlockingStats) -> std::io::Result<()> {
+        let stored = Stored { key: key.to_string(), stats: stats.clone() };
+        self.write_json(&self.blocking_path(key), &stored)
     }
 
     /// The record at `path` when it is readable and stored under exactly `key`.

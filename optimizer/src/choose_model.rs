@@ -70,6 +70,7 @@ use crate::order_predicates::PredicateOrderer;
 use crate::proxy_training::{out_of_fold, train};
 use crate::quality::{Z_95, cheap_plans, two_stage_plans};
 use crate::sampling::Reservoir;
+use crate::semantic_join::SemanticJoin;
 
 /// Rows per scoring call while sampling (as the executor's chunks).
 const SAMPLE_BATCH_ROWS: usize = 16;
@@ -912,22 +913,26 @@ pub(crate) fn with_model(call: &Expr, plan: &ModelPlan) -> Expr {
 }
 
 /// DataFusion's query planner with the sampling rules in front: plans go through
-/// [`PredicateOrderer::order`] and then [`ModelChooser::choose`] before physical planning
-/// (ordering first, so each model is chosen for the rows that will actually reach it).
+/// [`PredicateOrderer::order`], [`SemanticJoin::rewrite`] and then [`ModelChooser::choose`]
+/// before physical planning (model choice last, so each model is chosen for the rows that will
+/// actually reach it).
 pub struct ChoosingQueryPlanner {
     inner: Arc<dyn QueryPlanner + Send + Sync>,
     orderer: PredicateOrderer,
+    joins: SemanticJoin,
     chooser: ModelChooser,
 }
 
 impl ChoosingQueryPlanner {
-    /// Orders predicates with `orderer`, chooses models with `chooser`, then plans with `inner`.
+    /// Orders predicates with `orderer`, blocks joins on AI predicates with `joins`, chooses
+    /// models with `chooser`, then plans with `inner`.
     pub fn new(
         inner: Arc<dyn QueryPlanner + Send + Sync>,
         orderer: PredicateOrderer,
+        joins: SemanticJoin,
         chooser: ModelChooser,
     ) -> Self {
-        Self { inner, orderer, chooser }
+        Self { inner, orderer, joins, chooser }
     }
 }
 
@@ -945,7 +950,8 @@ impl QueryPlanner for ChoosingQueryPlanner {
         session_state: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let ordered = self.orderer.order(logical_plan, session_state).await?;
-        let chosen = self.chooser.choose(&ordered, session_state).await?;
+        let blocked = self.joins.rewrite(&ordered, session_state).await?;
+        let chosen = self.chooser.choose(&blocked, session_state).await?;
         self.inner.create_physical_plan(&chosen, session_state).await
     }
 }

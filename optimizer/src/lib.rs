@@ -5,7 +5,7 @@
 //! fusion, device) from quality, latency, energy and carbon estimates; the first ones are exact
 //! relational rewrites that keep rows away from the model.
 //!
-//! `order_predicates` and `choose_model` need to run the plan below a call (a sample) and the
+//! `order_predicates`, `semantic_join` and `choose_model` need to run the plan below a call (a sample) and the
 //! models, which a DataFusion optimizer rule cannot (rules are synchronous and see no data), so
 //! they run at the start of physical planning, through [`ChoosingQueryPlanner`].
 
@@ -15,8 +15,10 @@ mod order_predicates;
 pub mod proxy_training;
 pub mod quality;
 mod sampling;
+mod semantic_join;
 mod top_k_below_ai_map;
 
 pub use choose_model::{ChoosingQueryPlanner, ModelChooser};
 pub use order_predicates::PredicateOrderer;
+pub use semantic_join::SemanticJoin;
 pub use top_k_below_ai_map::TopKBelowAiMap;
