@@ -24,11 +24,26 @@ struct TwoModels {
     home: MurakkabHome,
     /// (model, rows) of every scoring call.
     calls: Mutex<Vec<(String, usize)>>,
+    /// Whether the cheap model reports itself not resident (its load is part of a plan's cost).
+    cheap_cold: bool,
 }
 
 impl TwoModels {
     fn new(home: &std::path::Path) -> Arc<Self> {
-        Arc::new(Self { home: MurakkabHome::at(home), calls: Mutex::new(Vec::new()) })
+        Arc::new(Self {
+            home: MurakkabHome::at(home),
+            calls: Mutex::new(Vec::new()),
+            cheap_cold: false,
+        })
+    }
+
+    /// Models whose cheap one is never resident.
+    fn with_cold_cheap(home: &std::path::Path) -> Arc<Self> {
+        Arc::new(Self {
+            home: MurakkabHome::at(home),
+            calls: Mutex::new(Vec::new()),
+            cheap_cold: true,
+        })
     }
 
     /// Rows scored by `model` so far.
@@ -99,6 +114,10 @@ impl AiBackend for TwoModels {
 
     fn context_length(&self, _model: &str) -> Result<usize, String> {
         Ok(400)
+    }
+
+    fn is_loaded(&self, model: &str) -> bool {
+        !(self.cheap_cold && model == CHEAP)
     }
 
     fn home(&self) -> &MurakkabHome {
@@ -328,4 +347,37 @@ async fn the_time_estimate_reaches_a_carbon_aware_job() {
     murakkab::job::run_job(&db, &script, &spec, &murakkab::job::NoProgress).await.unwrap();
     let schedule = murakkab::job::Manifest::read(&spec.output).unwrap().schedule.unwrap();
     assert!(schedule.estimated_seconds > 0.0, "{schedule:?}");
+}
+
+/// Loading runs on one thread, the model on all of them: a plan that must load the cheap model
+/// can cost more time than the resident reference yet less energy. Here (2 threads, 20 tokens a
+/// row, 1,000 rows) the reference costs 100 s; the cascade ~30 s of scoring plus a 100 s load,
+/// which weighs 100 s for latency but only 50 s of two-thread power for energy.
+#[tokio::test]
+async fn loading_a_model_makes_latency_and_energy_choose_different_plans() {
+    let home = tempfile::tempdir().unwrap();
+    let stats = home.path().join("stats");
+    std::fs::create_dir_all(&stats).unwrap();
+    let profile = format!(
+        r#"{{"threads": 2, "models": {{
+            "{CHEAP}": {{"prefill_tokens_per_s": 1000.0, "decode_tokens_per_s": 100.0,
+                        "embeddings_per_s": 0.0, "measured": true, "load_seconds": 100.0}},
+            "{REFERENCE}": {{"prefill_tokens_per_s": 200.0, "decode_tokens_per_s": 20.0,
+                        "embeddings_per_s": 0.0, "measured": true, "load_seconds": 5.0}}}}}}"#
+    );
+    std::fs::write(stats.join("device-profile.json"), profile).unwrap();
+    let backend = TwoModels::with_cold_cheap(home.path());
+    let db = session(&backend, home.path(), true).await;
+    db.sql(REVIEWS).await.unwrap();
+
+    db.sql("SET murakkab.objective = 'latency'").await.unwrap();
+    run(&db, CLASSIFY).await;
+    let plan = text_of(&db, &format!("EXPLAIN {CLASSIFY}")).await;
+    assert!(plan.contains(&format!("ai_classify: {REFERENCE} for latency (recorded")), "{plan}");
+
+    db.sql("SET murakkab.objective = 'energy'").await.unwrap();
+    let plan = text_of(&db, &format!("EXPLAIN {CLASSIFY}")).await;
+    assert!(plan.contains(&format!("cascade({CHEAP}")), "{plan}");
+    assert!(plan.contains("for energy (recorded"), "{plan}");
+    assert!(plan.contains("(incl. loading: 100.0s, 480J)"), "{plan}");
 }

@@ -510,6 +510,10 @@ impl AiBackend for ModelRuntime {
     fn home(&self) -> &MurakkabHome {
         &self.home
     }
+
+    fn is_loaded(&self, model: &str) -> bool {
+        ModelRegistry::global().is_loaded(&self.home, model)
+    }
 }
 
 /// The longest row, in tokens.

@@ -45,11 +45,17 @@ fn median_seconds(mut f: impl FnMut() -> Result<(), ModelError>) -> Result<f64, 
     Ok(times[1])
 }
 
-/// Measures `card`'s model (loading it if needed).
+/// Measures `card`'s model (loading it if needed, and timing the load when this process had
+/// not loaded it yet).
 pub fn calibrate_model(home: &MurakkabHome, card: &ModelCard) -> Result<ModelSpeed, ModelError> {
     let texts = sentences();
+    let registry = ModelRegistry::global();
+    let was_loaded = registry.is_loaded(home, &card.id);
+    let started = Instant::now();
+    let load_time = || (!was_loaded).then(|| started.elapsed().as_secs_f64());
     if card.architecture == Architecture::Bert {
-        let encoder = ModelRegistry::global().encoder(home, &card.id)?;
+        let encoder = registry.encoder(home, &card.id)?;
+        let load_seconds = load_time();
         let batch: Vec<&str> = texts.iter().map(String::as_str).collect();
         let seconds = median_seconds(|| encoder.embed(&batch).map(|_| ()))?;
         return Ok(ModelSpeed {
@@ -57,9 +63,11 @@ pub fn calibrate_model(home: &MurakkabHome, card: &ModelCard) -> Result<ModelSpe
             decode_tokens_per_s: 0.0,
             embeddings_per_s: batch.len() as f64 / seconds,
             measured: true,
+            load_seconds,
         });
     }
-    let model = ModelRegistry::global().language_model(home, &card.id)?;
+    let model = registry.language_model(home, &card.id)?;
+    let load_seconds = load_time();
     // The chat turns the runtime wraps prompts in (see `ai_runtime`).
     let chatml = card.chat_template.as_deref() == Some("chatml");
     let (open, close) = if chatml {
@@ -109,5 +117,6 @@ pub fn calibrate_model(home: &MurakkabHome, card: &ModelCard) -> Result<ModelSpe
         decode_tokens_per_s: steps as f64 / (long - short).max(1e-6),
         embeddings_per_s: 0.0,
         measured: true,
+        load_seconds,
     })
 }

@@ -85,6 +85,17 @@ impl ModelRegistry {
     }
 }
 
+impl ModelRegistry {
+    /// Whether model `id` of `home` is resident (loaded by an earlier call in this process),
+    /// so using it costs no load (the optimizer's cost model asks).
+    pub fn is_loaded(&self, home: &MurakkabHome, id: &str) -> bool {
+        let dir = home.model_dir(id);
+        let key = (std::fs::canonicalize(&dir).unwrap_or(dir), id.to_string());
+        self.encoders.lock().is_ok_and(|c| c.contains_key(&key))
+            || self.language_models.lock().is_ok_and(|c| c.contains_key(&key))
+    }
+}
+
 /// Models up to 1B parameters keep an f32 copy of the weights beside the quantized ones.
 pub fn weight_mode(card: &ModelCard) -> WeightMode {
     if card.parameters > 0 && card.parameters <= 1_000_000_000 {

@@ -230,6 +230,10 @@ impl AiBackend for CachedBackend {
         self.inner.candidate_models(task)
     }
 
+    fn is_loaded(&self, model: &str) -> bool {
+        self.inner.is_loaded(model)
+    }
+
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         let batch = ChatBatch {
             shared: String::new(),

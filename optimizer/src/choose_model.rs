@@ -65,7 +65,7 @@ use murakkab_udfs::{
     AiBackend, AiContext, AiWarnings, Cascade, ModelPlan, best_label, prompts, top_probability,
 };
 
-use crate::cost_model::{Cost, embed_row_cost, label_row_cost};
+use crate::cost_model::{Cost, embed_row_cost, label_row_cost, load_cost};
 use crate::order_predicates::PredicateOrderer;
 use crate::proxy_training::{out_of_fold, train};
 use crate::quality::{Z_95, cheap_plans, two_stage_plans};
@@ -171,6 +171,8 @@ struct Sample {
 /// Everything one planning pass decides with.
 struct Pass<'a> {
     session: &'a dyn Session,
+    /// Says which models are resident (loading the others is part of a plan's cost).
+    backend: &'a dyn AiBackend,
     options: MurakkabOptions,
     profile: DeviceProfile,
     candidates: Vec<ModelCard>,
@@ -209,6 +211,7 @@ impl ModelChooser {
         }
         let pass = Pass {
             session,
+            backend: self.backend.as_ref(),
             options,
             profile: DeviceProfile::load(self.backend.home()),
             candidates,
@@ -590,15 +593,20 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         })
         .collect();
     let value = |c: Cost| c.value(objective, options);
-    let mut cheapest: (ModelPlan, Cost, f64) = (best.plan.clone(), best.cost, 1.0);
     let rows = stats.input_rows as f64;
-    let mut weighed: Vec<ConsideredPlan> = vec![considered(&best, rows)];
+    // Plans compare by their cost over every row plus loading the models that are not resident.
+    let total = |choice: &Choice| choice.cost.times(rows).plus(load_of(&choice.plan, pass));
+    let mut cheapest: (ModelPlan, Cost, f64) = (best.plan.clone(), total(&best), 1.0);
+    let mut weighed: Vec<ConsideredPlan> = vec![considered(&best, total(&best))];
     let mut consider = |choice: Choice| {
-        weighed.push(considered(&choice, rows));
-        if choice.cost.joules < cheapest.1.joules {
-            cheapest = (choice.plan.clone(), choice.cost, choice.quality);
+        let choice_total = total(&choice);
+        weighed.push(considered(&choice, choice_total));
+        if choice_total.joules < cheapest.1.joules {
+            cheapest = (choice.plan.clone(), choice_total, choice.quality);
         }
-        if choice.quality_lower >= options.quality_target && value(choice.cost) < value(best.cost) {
+        if choice.quality_lower >= options.quality_target
+            && value(choice_total) < value(total(&best))
+        {
             best = choice;
         }
     };
@@ -650,8 +658,10 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
     for plan in &mut weighed {
         plan.chosen = plan.plan == chosen;
     }
-    let total = best.cost.times(rows);
-    let reference_total = reference_cost.times(rows);
+    let load = load_of(&best.plan, pass);
+    let total = total(&best);
+    let reference_plan = ModelPlan::Model(reference_card.id.clone());
+    let reference_total = reference_cost.times(rows).plus(load_of(&reference_plan, pass));
     let mut note = format!(
         "{}: {} for {objective} ({source}, {}-row sample): est. rows={}",
         site.function,
@@ -666,6 +676,9 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         ", quality={:.3} (>= {:.3} at 95%), time={:.1}s, energy={:.0}J",
         best.quality, best.quality_lower, total.seconds, total.joules
     ));
+    if load.seconds > 0.0 {
+        note.push_str(&format!(" (incl. loading: {:.1}s, {:.0}J)", load.seconds, load.joules));
+    }
     if !matches!(&best.plan, ModelPlan::Model(m) if *m == reference_card.id) {
         note.push_str(&format!(
             "; reference alone: time={:.1}s, energy={:.0}J",
@@ -678,7 +691,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         plan: best.plan,
         note,
         estimate: Some(total),
-        cheapest: Some((cheap_plan, cheap_cost.times(rows), cheap_quality)),
+        cheapest: Some((cheap_plan, cheap_cost, cheap_quality)),
         rows: stats.input_rows,
         considered: Some(PlanChoices {
             function: site.function.clone(),
@@ -690,9 +703,31 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
     }
 }
 
-/// A weighed plan with its estimates over `rows` rows.
-fn considered(choice: &Choice, rows: f64) -> ConsideredPlan {
-    let total = choice.cost.times(rows);
+/// The one-time cost of loading the models `plan` runs that are not resident (a proxy runs
+/// on the encoder).
+fn load_of(plan: &ModelPlan, pass: &Pass<'_>) -> Cost {
+    let mut cards: Vec<&ModelCard> = plan
+        .models()
+        .into_iter()
+        .filter_map(|id| {
+            if id.starts_with(PROXY_PREFIX) {
+                pass.encoder.as_ref()
+            } else {
+                pass.candidates.iter().find(|c| c.id == id)
+            }
+        })
+        .collect();
+    cards.sort_by(|a, b| a.id.cmp(&b.id));
+    cards.dedup_by(|a, b| a.id == b.id);
+    cards
+        .into_iter()
+        .filter(|card| !pass.backend.is_loaded(&card.id))
+        .map(|card| load_cost(&pass.profile.speed(card), card.parameters, &pass.options))
+        .fold(Cost::default(), Cost::plus)
+}
+
+/// A weighed plan with its estimates over all its rows (`total`, loads included).
+fn considered(choice: &Choice, total: Cost) -> ConsideredPlan {
     ConsideredPlan {
         plan: choice.plan.to_string(),
         seconds: total.seconds,

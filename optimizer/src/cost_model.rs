@@ -62,6 +62,15 @@ pub fn label_row_cost(speed: &ModelSpeed, row_tokens: f64, options: &MurakkabOpt
     Cost { seconds, joules: seconds * busy_watts(options) }
 }
 
+/// The one-time cost of loading a model of `speed` and `parameters` that is not resident:
+/// reading and converting its weights runs on one thread, so it is priced at one core's
+/// watts, not every model thread's (which is why a plan that loads a small model can be the
+/// energy objective's choice and not the latency objective's).
+pub fn load_cost(speed: &ModelSpeed, parameters: u64, options: &MurakkabOptions) -> Cost {
+    let seconds = speed.load_seconds(parameters);
+    Cost { seconds, joules: seconds * (options.cpu_watts_per_core + options.idle_watts_per_core) }
+}
+
 /// The cost of embedding one row on an encoder of `speed` (what a proxy model costs; its
 /// logistic regression is negligible beside it).
 pub fn embed_row_cost(speed: &ModelSpeed, options: &MurakkabOptions) -> Cost {

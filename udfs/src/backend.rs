@@ -132,6 +132,12 @@ pub trait AiBackend: Send + Sync + Debug {
     /// Tokens of context `model` can attend to.
     fn context_length(&self, model: &str) -> Result<usize, String>;
 
+    /// Whether `model` is resident, so using it costs no load. Defaults to yes (a backend that
+    /// does not know has no load to price).
+    fn is_loaded(&self, _model: &str) -> bool {
+        true
+    }
+
     /// The home directory (for persisted embeddings).
     fn home(&self) -> &MurakkabHome;
 }

@@ -185,6 +185,10 @@ impl AiBackend for CheckedBackend {
         self.inner.candidate_models(task)
     }
 
+    fn is_loaded(&self, model: &str) -> bool {
+        self.inner.is_loaded(model)
+    }
+
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         let output = self.inner.embed(model, texts)?;
         // The model card's width; else the batch's most common one, so that one odd row cannot
