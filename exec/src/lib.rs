@@ -21,6 +21,7 @@ pub mod energy;
 mod error;
 mod gguf_decoder;
 mod gguf_tokenizer;
+mod in_flight;
 mod language_model;
 pub mod model_memory;
 mod planner;

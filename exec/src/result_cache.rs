@@ -21,6 +21,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use crate::in_flight::InFlight;
+
 /// Bumped when the entry format or key recipe changes.
 const FORMAT: &str = "murakkab-result/1";
 
@@ -41,6 +43,8 @@ pub struct CachedBackend {
     stats: CacheStats,
     /// Model identities already worked out (fixed for the process, like loaded weights).
     identities: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Keys a concurrent call is computing now.
+    in_flight: InFlight,
 }
 
 impl CachedBackend {
@@ -51,6 +55,7 @@ impl CachedBackend {
             dir: home.cache_dir().join("results"),
             stats: CacheStats::default(),
             identities: std::sync::Mutex::new(std::collections::HashMap::new()),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -134,7 +139,7 @@ impl CachedBackend {
         operation: &str,
         parameters: &str,
         batch: &ChatBatch,
-        compute: impl FnOnce(&ChatBatch) -> Result<BatchOutput<T>, String>,
+        compute: impl Fn(&ChatBatch) -> Result<BatchOutput<T>, String>,
     ) -> Result<BatchOutput<T>, String> {
         if !murakkab_udfs::reuse_allowed() {
             return compute(batch);
@@ -150,26 +155,46 @@ impl CachedBackend {
             .collect();
         let mut rows: Vec<Option<Result<T, String>>> =
             keys.iter().map(|k| self.get::<T>(k).map(Ok)).collect();
+        let mut hits = rows.iter().filter(|r| r.is_some()).count();
         let missing: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].is_none()).collect();
-        self.stats.hits.fetch_add((rows.len() - missing.len()) as u64, Ordering::Relaxed);
-        crate::call_stats::record(|s| s.cache_hits += (rows.len() - missing.len()) as u64);
-        self.stats.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
-        let mut truncated = 0;
-        if !missing.is_empty() {
-            let sub = ChatBatch {
-                shared: batch.shared.clone(),
-                rows: missing.iter().map(|&i| batch.rows[i].clone()).collect(),
-                calibration_row: batch.calibration_row.clone(),
-            };
-            let out = compute(&sub)?;
-            truncated = out.truncated;
-            for (&i, value) in missing.iter().zip(out.rows) {
-                if let Ok(v) = &value {
-                    self.put(&keys[i], v);
+        // Compute what no concurrent caller is computing; then take the rest from the cache
+        // once they are done (see `in_flight`), computing only what they failed to.
+        let wanted: Vec<&str> = missing.iter().map(|&i| keys[i].as_str()).collect();
+        let (claim, held) = self.in_flight.claim(&wanted);
+        let (mine, theirs): (Vec<usize>, Vec<usize>) = missing
+            .iter()
+            .zip(&held)
+            .map(|(&i, &held)| (i, held))
+            .fold((Vec::new(), Vec::new()), |(mut mine, mut theirs), (i, held)| {
+                if held {
+                    mine.push(i)
+                } else {
+                    theirs.push(i)
                 }
-                rows[i] = Some(value);
+                (mine, theirs)
+            });
+        let mut computed = mine.len();
+        let mut truncated = self.compute_into(&mut rows, &mine, &keys, batch, &compute)?;
+        drop(claim);
+        if !theirs.is_empty() {
+            let waited: Vec<&str> = theirs.iter().map(|&i| keys[i].as_str()).collect();
+            self.in_flight.wait_for(&waited);
+            let mut left = Vec::new();
+            for &i in &theirs {
+                match self.get::<T>(&keys[i]) {
+                    Some(value) => {
+                        rows[i] = Some(Ok(value));
+                        hits += 1;
+                    }
+                    None => left.push(i),
+                }
             }
+            computed += left.len();
+            truncated += self.compute_into(&mut rows, &left, &keys, batch, &compute)?;
         }
+        self.stats.hits.fetch_add(hits as u64, Ordering::Relaxed);
+        crate::call_stats::record(|s| s.cache_hits += hits as u64);
+        self.stats.misses.fetch_add(computed as u64, Ordering::Relaxed);
         Ok(BatchOutput {
             rows: rows
                 .into_iter()
@@ -177,6 +202,36 @@ impl CachedBackend {
                 .collect(),
             truncated,
         })
+    }
+}
+
+impl CachedBackend {
+    /// Computes rows `which` of `batch` as one smaller batch (same instruction), storing each
+    /// usable answer under its key and placing it in `rows`; returns the truncated count.
+    fn compute_into<T: Serialize>(
+        &self,
+        rows: &mut [Option<Result<T, String>>],
+        which: &[usize],
+        keys: &[String],
+        batch: &ChatBatch,
+        compute: &impl Fn(&ChatBatch) -> Result<BatchOutput<T>, String>,
+    ) -> Result<usize, String> {
+        if which.is_empty() {
+            return Ok(0);
+        }
+        let sub = ChatBatch {
+            shared: batch.shared.clone(),
+            rows: which.iter().map(|&i| batch.rows[i].clone()).collect(),
+            calibration_row: batch.calibration_row.clone(),
+        };
+        let out = compute(&sub)?;
+        for (&i, value) in which.iter().zip(out.rows) {
+            if let Ok(v) = &value {
+                self.put(&keys[i], v);
+            }
+            rows[i] = Some(value);
+        }
+        Ok(out.truncated)
     }
 }
 
@@ -320,6 +375,8 @@ mod tests {
         }
         fn embed(&self, _: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
             self.asked.fetch_add(texts.len() as u64, Ordering::SeqCst);
+            // Slow enough that concurrent callers overlap.
+            std::thread::sleep(std::time::Duration::from_millis(30));
             Ok(BatchOutput {
                 rows: texts.iter().map(|t| Ok(vec![t.len() as f32])).collect(),
                 truncated: 0,
@@ -387,5 +444,27 @@ mod tests {
         assert_eq!(healed.rows[0], Ok(vec![1.0]));
         assert_eq!(inner.asked.load(Ordering::SeqCst), 4);
         assert_eq!(cache.stats().hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn concurrent_identical_requests_are_computed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(dir.path());
+        let inner = Arc::new(Counting { home: home.clone(), asked: AtomicU64::new(0) });
+        let cache = Arc::new(CachedBackend::new(Arc::clone(&inner) as Arc<dyn AiBackend>, &home));
+        let texts: Vec<String> = (0..50).map(|i| format!("text {i}")).collect();
+        let answers: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, texts) = (Arc::clone(&cache), texts.clone());
+                std::thread::spawn(move || {
+                    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    cache.embed("m", &texts).unwrap()
+                })
+            })
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 50, "each text embedded once");
+        assert!(answers.iter().all(|a| a == &answers[0] && a.rows.iter().all(Result::is_ok)));
+        assert_eq!(cache.stats().hits.load(Ordering::SeqCst), 150);
     }
 }
