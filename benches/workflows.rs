@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --profile dev --bench workflows` (needs `scripts/fetch-data.sh` and the default
 //! models pulled: all-minilm-l6-v2, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
-//! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 250, under 15 minutes for the four
+//! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 220, under 15 minutes for the four
 //! workflows here), `MURAKKAB_BENCH_ONLY` a
 //! comma-separated subset (`uci-sentiment,bbc-topics,spam-filter,bbc-sport-good-news,bbc-search`),
 //! `MURAKKAB_BENCH_QUICK=1` a smoke run (two workflows, 120 rows, under 3 minutes). Each
@@ -465,7 +465,7 @@ fn report_dir() -> std::path::PathBuf {
 /// on so few rows the sample is a large share of the work, so the ratios understate).
 const QUICK_ROWS: usize = 120;
 /// The default suite's rows per workflow: under 15 minutes for all four here.
-const DEFAULT_ROWS: usize = 250;
+const DEFAULT_ROWS: usize = 220;
 const QUICK_WORKFLOWS: &str = "uci-sentiment,bbc-topics";
 
 #[allow(unsafe_code)]
