@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --profile dev --bench workflows` (needs `scripts/fetch-data.sh` and the default
 //! models pulled: all-minilm-l6-v2, smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct).
-//! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 220, under 15 minutes for the four
+//! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 220, under 15 minutes for the five
 //! workflows here), `MURAKKAB_BENCH_ONLY` a
 //! comma-separated subset (`uci-sentiment,bbc-topics,spam-filter,bbc-sport-good-news,bbc-search`),
 //! `MURAKKAB_BENCH_QUICK=1` a smoke run (two workflows, 120 rows, under 3 minutes). Each

@@ -44,7 +44,8 @@
 //! dissimilar pairs, in which case the join is left as it was.
 //!
 //! Does not apply: with the optimizer off; to joins other than inner joins without equi-keys or
-//! other conditions; to predicates whose text does not split into a left and a right part; when
+//! other conditions; to inputs that call a model themselves (counting and sampling them would run
+//! it); to predicates whose text does not split into a left and a right part; when
 //! no encoder is pulled; when the right input has no more rows than `MAX_K` (no pairs to save);
 //! when the sample holds fewer than `MIN_MATCHES` matches (no evidence for any `k`); when no
 //! `k <= MAX_K` meets the target. Plain EXPLAIN uses recorded statistics only.
@@ -478,6 +479,12 @@ impl Site {
         let [call] = map.calls.as_slice() else { return None };
         let LogicalPlan::Join(join) = skip_column_projections(&map.input) else { return None };
         if join.join_type != JoinType::Inner || !join.on.is_empty() || join.filter.is_some() {
+            return None;
+        }
+        // Counting and sampling the inputs must not run a model of their own.
+        if contains_ai_map(&join.left).unwrap_or(true)
+            || contains_ai_map(&join.right).unwrap_or(true)
+        {
             return None;
         }
         let function = function_call(call)?;
