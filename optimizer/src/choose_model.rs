@@ -823,15 +823,7 @@ fn model_set(candidates: &[ModelCard], encoder: Option<&ModelCard>) -> String {
 fn site_of(call: &Expr, input: &LogicalPlan, models: &str) -> Option<Site> {
     let f = function_call(call)?;
     let function = f.func.name().to_string();
-    let auto = match f.args.get(2) {
-        None => true,
-        Some(arg) => match literal_string(arg) {
-            Some(Some(model)) => matches!(ModelPlan::parse(Some(&model)), Ok(ModelPlan::Auto)),
-            Some(None) => true,
-            None => false,
-        },
-    };
-    if !auto {
+    if !call_is_auto(call) {
         return None;
     }
     let instruction = match function.as_str() {
@@ -925,6 +917,29 @@ fn rewrite(
             Ok(Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(map) })))
         })
         .map(|t| t.data)
+}
+
+/// Whether a label-scoring call's model argument is absent, NULL or `auto`.
+pub(crate) fn call_is_auto(call: &Expr) -> bool {
+    let Some(f) = function_call(call) else { return false };
+    match f.args.get(2) {
+        None => true,
+        Some(arg) => match literal_string(arg) {
+            Some(Some(model)) => matches!(ModelPlan::parse(Some(&model)), Ok(ModelPlan::Auto)),
+            Some(None) => true,
+            None => false,
+        },
+    }
+}
+
+/// `node` without the projections above it that only pick columns.
+pub(crate) fn skip_column_projections(mut node: &LogicalPlan) -> &LogicalPlan {
+    while let LogicalPlan::Projection(p) = node
+        && p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
+    {
+        node = p.input.as_ref();
+    }
+    node
 }
 
 /// `call` with its `model` argument set to `plan`.

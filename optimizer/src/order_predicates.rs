@@ -64,7 +64,9 @@ use murakkab_catalog::{DeviceProfile, ModelCard, PredicateStats, StatsStore, Tas
 use murakkab_compiler::{AiMap, MurakkabOptions};
 use murakkab_udfs::{AiBackend, AiContext, ModelPlan};
 
-use crate::choose_model::{as_ai_map, contains_ai_map, function_call, with_model};
+use crate::choose_model::{
+    as_ai_map, call_is_auto, contains_ai_map, function_call, skip_column_projections, with_model,
+};
 use crate::cost_model::{Cost, busy_watts, embed_row_cost, label_row_cost};
 use crate::sampling::Reservoir;
 
@@ -499,29 +501,6 @@ fn link_key(chain: &Chain, i: usize, models: &str) -> String {
 fn chain_key(chain: &Chain) -> String {
     let links: Vec<String> = (0..chain.links.len()).map(|i| link_key(chain, i, "")).collect();
     links.join("\n--\n")
-}
-
-/// Whether a call's model argument is absent, NULL or `auto`.
-fn call_is_auto(call: &Expr) -> bool {
-    let Some(f) = function_call(call) else { return false };
-    match f.args.get(2) {
-        None => true,
-        Some(Expr::Literal(ScalarValue::Utf8(m), _)) => {
-            m.as_deref().is_none_or(|m| m.trim().eq_ignore_ascii_case("auto"))
-        }
-        Some(Expr::Literal(ScalarValue::Null, _)) => true,
-        _ => false,
-    }
-}
-
-/// `node` without the projections above it that only pick columns.
-fn skip_column_projections(mut node: &LogicalPlan) -> &LogicalPlan {
-    while let LogicalPlan::Projection(p) = node
-        && p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
-    {
-        node = p.input.as_ref();
-    }
-    node
 }
 
 /// The link whose filter is `node`, and the plan below its map.

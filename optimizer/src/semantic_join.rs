@@ -68,7 +68,9 @@ use murakkab_catalog::{BlockingStats, StatsStore, Task};
 use murakkab_compiler::{AiMap, MurakkabOptions};
 use murakkab_udfs::{AiBackend, AiContext, ModelPlan};
 
-use crate::choose_model::{as_ai_map, contains_ai_map, function_call, with_model};
+use crate::choose_model::{
+    as_ai_map, call_is_auto, contains_ai_map, function_call, skip_column_projections, with_model,
+};
 use crate::sampling::Reservoir;
 
 /// The most nearest candidates per left row the rule considers.
@@ -403,28 +405,6 @@ fn site_key(site: &Site, models: &str) -> String {
         site.left.display_indent(),
         site.right.display_indent()
     )
-}
-
-/// Whether the call's model argument is absent, NULL or `auto`.
-fn call_is_auto(call: &Expr) -> bool {
-    let Some(f) = function_call(call) else { return false };
-    match f.args.get(2) {
-        None | Some(Expr::Literal(ScalarValue::Null, _)) => true,
-        Some(Expr::Literal(ScalarValue::Utf8(m), _)) => {
-            m.as_deref().is_none_or(|m| m.trim().eq_ignore_ascii_case("auto"))
-        }
-        _ => false,
-    }
-}
-
-/// `node` without the projections above it that only pick columns.
-fn skip_column_projections(mut node: &LogicalPlan) -> &LogicalPlan {
-    while let LogicalPlan::Projection(p) = node
-        && p.expr.iter().all(|e| matches!(e, Expr::Column(_)))
-    {
-        node = p.input.as_ref();
-    }
-    node
 }
 
 /// The operands of a chain of string concatenations (`||` or `concat`).
