@@ -56,7 +56,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, UInt64Type};
 use datafusion::catalog::Session;
-use datafusion::common::{Column, DFSchemaRef, Result, ScalarValue};
+use datafusion::common::{Column, DFSchemaRef, Result};
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
