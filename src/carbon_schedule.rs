@@ -41,10 +41,13 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that only moves when slept on: for tests of schedules.
+/// A clock that moves only when slept on, or by a fixed tick each time it is read: for tests
+/// of schedules.
 #[derive(Debug)]
 pub struct FakeClock {
     now: Mutex<i64>,
+    /// Seconds added after each reading (work "takes" this long between readings).
+    tick: i64,
     /// Every time slept until, in order.
     pub slept_until: Mutex<Vec<i64>>,
 }
@@ -52,13 +55,22 @@ pub struct FakeClock {
 impl FakeClock {
     /// A clock at `unix` seconds.
     pub fn at(unix: i64) -> Arc<Self> {
-        Arc::new(Self { now: Mutex::new(unix), slept_until: Mutex::new(Vec::new()) })
+        Self::ticking(unix, 0)
+    }
+
+    /// A clock at `unix` seconds that moves `tick` seconds on after every reading.
+    pub fn ticking(unix: i64, tick: i64) -> Arc<Self> {
+        Arc::new(Self { now: Mutex::new(unix), tick, slept_until: Mutex::new(Vec::new()) })
     }
 }
 
 impl Clock for FakeClock {
     fn now_unix(&self) -> i64 {
-        self.now.lock().map_or(0, |n| *n)
+        self.now.lock().map_or(0, |mut n| {
+            let now = *n;
+            *n += self.tick;
+            now
+        })
     }
 
     fn sleep_until(&self, unix: i64) -> BoxFuture<'_, ()> {
@@ -126,6 +138,25 @@ pub fn best_start(series: &CarbonSeries, now: i64, deadline: i64, duration_s: f6
     best
 }
 
+/// Fewest share of the intensity a pause must save (against going on now) to be worth taking.
+pub const PAUSE_MIN_SAVING: f64 = 0.1;
+
+/// Between two parts of a running job: the later start for the rest of it (`remaining_s` of
+/// estimated work) when waiting for it saves at least [`PAUSE_MIN_SAVING`] of the forecast
+/// intensity of going on now and still ends before the deadline; `None` to go on.
+pub fn pause_until(
+    series: &CarbonSeries,
+    now: i64,
+    deadline: i64,
+    remaining_s: f64,
+) -> Option<StartPlan> {
+    let plan = best_start(series, now, deadline, remaining_s);
+    (plan.start > now
+        && !plan.misses_deadline
+        && plan.mean_g_per_kwh <= plan.now_mean_g_per_kwh * (1.0 - PAUSE_MIN_SAVING))
+        .then_some(plan)
+}
+
 /// Parses `90s`, `45m`, `6h`, `2d` or a number of seconds.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
     let t = text.trim();
@@ -182,5 +213,18 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(90));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3w").unwrap_err().contains("unknown duration unit 'w'"));
+    }
+
+    #[test]
+    fn a_running_job_pauses_only_for_a_clearly_cleaner_window_it_can_still_finish_in() {
+        let series = series();
+        let t0 = 0;
+        // One hour in, an hour of work left, six hours to go: wait for the 50 window.
+        let pause = pause_until(&series, t0 + 3600, t0 + 6 * 3600, 3600.0).unwrap();
+        assert_eq!(pause.start, t0 + 7200);
+        // Already in the clean window: go on.
+        assert!(pause_until(&series, t0 + 7300, t0 + 6 * 3600, 600.0).is_none());
+        // The deadline leaves no room to wait.
+        assert!(pause_until(&series, t0 + 3600, t0 + 7000, 3000.0).is_none());
     }
 }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Session;
-use crate::carbon_schedule::{Clock, SystemClock, best_start};
+use crate::carbon_schedule::{Clock, SystemClock, best_start, pause_until};
 use crate::job_keys::DoneKeys;
 use murakkab_compiler::CarbonSeries;
 
@@ -102,6 +102,25 @@ pub struct ScheduleRecord {
     pub forecast_at_submission_g_per_kwh: f64,
     /// The estimate did not fit before the deadline, so it started at once.
     pub misses_deadline: bool,
+    /// Waits between parts for a cleaner window, in order.
+    #[serde(default)]
+    pub pauses: Vec<PauseRecord>,
+}
+
+/// One wait between parts: the forecast for going on was clearly worse than for a later start
+/// that still met the deadline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PauseRecord {
+    /// Parts complete when it paused.
+    pub after_part: usize,
+    /// When it paused, Unix seconds.
+    pub from_unix: i64,
+    /// When it went on, Unix seconds.
+    pub until_unix: i64,
+    /// Mean forecast intensity over the rest of the work had it gone on.
+    pub going_on_g_per_kwh: f64,
+    /// The same from `until_unix`.
+    pub after_pause_g_per_kwh: f64,
 }
 
 /// Receives progress while a job runs (a progress bar, log lines, or nothing).
@@ -248,12 +267,60 @@ async fn wait_for_clean_window(
         forecast_g_per_kwh: start.mean_g_per_kwh,
         forecast_at_submission_g_per_kwh: start.now_mean_g_per_kwh,
         misses_deadline: start.misses_deadline,
+        pauses: Vec::new(),
     };
     progress.scheduled(&record);
     if start.start > submitted {
         spec.clock.sleep_until(start.start).await;
     }
     record
+}
+
+/// Run time of a job so far, pauses excluded.
+struct Running {
+    /// When the current stretch of running began, Unix seconds (clock time).
+    since: i64,
+    /// Seconds run in earlier stretches.
+    before: i64,
+}
+
+/// Between parts of a carbon-aware job: waits for a later, clearly cleaner window when the
+/// rest of the work (the optimizer's estimate less the time run so far) still fits before the
+/// deadline from there (see [`pause_until`]), recording the pause in the manifest.
+async fn pause_if_cleaner_later(
+    carbon: &CarbonSchedule,
+    spec: &JobSpec,
+    manifest: &mut Manifest,
+    running: &mut Running,
+    progress: &dyn JobProgress,
+) -> Result<()> {
+    let Some(schedule) = manifest.schedule.as_mut() else { return Ok(()) };
+    let now = spec.clock.now_unix();
+    let ran = running.before + (now - running.since).max(0);
+    let remaining = (schedule.estimated_seconds - ran as f64).max(0.0);
+    let Some(plan) = pause_until(&carbon.forecast, now, schedule.deadline_unix, remaining) else {
+        return Ok(());
+    };
+    let record = PauseRecord {
+        after_part: manifest.parts.len(),
+        from_unix: now,
+        until_unix: plan.start,
+        going_on_g_per_kwh: plan.now_mean_g_per_kwh,
+        after_pause_g_per_kwh: plan.mean_g_per_kwh,
+    };
+    progress.note(&format!(
+        "paused after part {}: the forecast is {:.0} g/kWh going on and {:.0} from {} s from \
+         now, still before the deadline; the parts written so far are complete",
+        record.after_part,
+        record.going_on_g_per_kwh,
+        record.after_pause_g_per_kwh,
+        plan.start - now
+    ));
+    schedule.pauses.push(record);
+    manifest.write(&spec.output)?;
+    spec.clock.sleep_until(plan.start).await;
+    *running = Running { since: spec.clock.now_unix(), before: ran };
+    Ok(())
 }
 
 /// Runs `script` (statements separated by `;`, the last one a query) in `session` and writes
@@ -373,6 +440,8 @@ pub async fn run_job(
     manifest.write(&spec.output)?;
 
     let mut stream = execute_stream(plan, task)?;
+    // Seconds the job has run (pauses excluded), for the estimate of what is left.
+    let mut running = Running { since: spec.clock.now_unix(), before: 0 };
     let mut pending: Vec<RecordBatch> = Vec::new();
     let mut pending_rows = 0usize;
     while let Some(batch) = stream.next().await {
@@ -405,6 +474,10 @@ pub async fn run_job(
             if pending_rows == spec.rows_per_part {
                 finish_part(&spec.output, &schema, &mut pending, &mut manifest)?;
                 pending_rows = 0;
+                if let Some(carbon) = &spec.carbon_schedule {
+                    pause_if_cleaner_later(carbon, spec, &mut manifest, &mut running, progress)
+                        .await?;
+                }
             }
         }
     }

@@ -67,3 +67,40 @@ async fn a_deadline_before_the_clean_window_starts_at_once_and_no_forecast_means
     run_job(&session, JOB, &plain, &NoProgress).await.unwrap();
     assert_eq!(Manifest::read(&plain.output).unwrap().schedule, None);
 }
+
+/// 100 g/kWh for an hour, 500 for the next two, 100 after.
+fn dirty_middle() -> CarbonSeries {
+    CarbonSeries::parse(&format!(
+        "timestamp,g_per_kwh\n{T0},100\n{},500\n{},100\n",
+        T0 + 3600,
+        T0 + 10_800
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_running_job_pauses_between_parts_while_the_grid_is_dirty() {
+    let (dir, session) = setup().await;
+    // Each reading of the clock is 25 minutes of work: the job starts in the clean hour and
+    // reaches the dirty hours after its second part.
+    let clock = FakeClock::ticking(T0, 1500);
+    let mut spec = murakkab::job::JobSpec::new(dir.path().join("out"));
+    spec.rows_per_part = 5;
+    spec.carbon_schedule = Some(CarbonSchedule { deadline_s: 6 * 3600, forecast: dirty_middle() });
+    spec.clock = Arc::clone(&clock) as Arc<dyn murakkab::carbon_schedule::Clock>;
+    let summary = run_job(&session, JOB, &spec, &NoProgress).await.unwrap();
+    assert_eq!((summary.rows, summary.parts), (40, 8));
+    assert_eq!(*clock.slept_until.lock().unwrap(), [T0 + 10_800], "one pause, until 100 again");
+    let manifest = Manifest::read(&spec.output).unwrap();
+    let pauses = &manifest.schedule.unwrap().pauses;
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    let pause = &pauses[0];
+    assert_eq!((pause.after_part, pause.from_unix, pause.until_unix), (2, T0 + 4500, T0 + 10_800));
+    assert_eq!((pause.going_on_g_per_kwh, pause.after_pause_g_per_kwh), (500.0, 100.0));
+
+    // The same job without a schedule writes the same rows and never pauses.
+    let mut plain = murakkab::job::JobSpec::new(dir.path().join("plain"));
+    plain.rows_per_part = 5;
+    let plain_summary = run_job(&session, JOB, &plain, &NoProgress).await.unwrap();
+    assert_eq!(plain_summary.rows, 40);
+}
