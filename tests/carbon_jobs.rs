@@ -13,14 +13,15 @@ use murakkab::{CarbonSeries, Session};
 
 const T0: i64 = 1_800_000_000;
 
+/// A forecast of `(seconds after T0, g/kWh)` readings.
+fn forecast_of(readings: &[(i64, f64)]) -> CarbonSeries {
+    let lines: String = readings.iter().map(|(at, g)| format!("{},{g}\n", T0 + at)).collect();
+    CarbonSeries::parse(&format!("timestamp,g_per_kwh\n{lines}")).unwrap()
+}
+
 /// 300 g/kWh for two hours, 50 for the next two, 400 after.
 fn forecast() -> CarbonSeries {
-    CarbonSeries::parse(&format!(
-        "timestamp,g_per_kwh\n{T0},300\n{},50\n{},400\n",
-        T0 + 7200,
-        T0 + 14_400
-    ))
-    .unwrap()
+    forecast_of(&[(0, 300.0), (7200, 50.0), (14_400, 400.0)])
 }
 
 const JOB: &str = "SELECT v, ai_classify('row ' || v, ['good', 'bad']) AS label \
@@ -70,12 +71,7 @@ async fn a_deadline_before_the_clean_window_starts_at_once_and_no_forecast_means
 
 /// 100 g/kWh for an hour, 500 for the next two, 100 after.
 fn dirty_middle() -> CarbonSeries {
-    CarbonSeries::parse(&format!(
-        "timestamp,g_per_kwh\n{T0},100\n{},500\n{},100\n",
-        T0 + 3600,
-        T0 + 10_800
-    ))
-    .unwrap()
+    forecast_of(&[(0, 100.0), (3600, 500.0), (10_800, 100.0)])
 }
 
 #[tokio::test]
