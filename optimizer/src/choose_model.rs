@@ -578,6 +578,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         quality: 1.0,
         quality_lower: 1.0,
         escalated: None,
+        stage_rows: 1.0,
     };
     // Each cheaper candidate with its per-row cost (a proxy costs its encoder's embedding).
     let cheap: Vec<(&CandidateOutcome, Cost)> = stats
@@ -625,6 +626,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
                 quality: option.quality,
                 quality_lower: option.quality_lower,
                 escalated: option.threshold.map(|_| option.escalated),
+                stage_rows: 1.0 + option.threshold.map_or(0.0, |_| option.escalated),
             });
         }
     }
@@ -650,6 +652,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
                     quality: option.quality,
                     quality_lower: option.quality_lower,
                     escalated: Some(option.escalated),
+                    stage_rows: 1.0 + option.reach_second + option.escalated,
                 });
             }
         }
@@ -662,12 +665,17 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
     let total = total(&best);
     let reference_plan = ModelPlan::Model(reference_card.id.clone());
     let reference_total = reference_cost.times(rows).plus(load_of(&reference_plan, pass));
+    // Forward batches of SAMPLE_BATCH_ROWS rows (the executor's chunks) and row tokens read,
+    // over every stage the plan runs.
+    let model_rows = rows * best.stage_rows;
     let mut note = format!(
-        "{}: {} for {objective} ({source}, {}-row sample): est. rows={}",
+        "{}: {} for {objective} ({source}, {}-row sample): est. rows={}, calls={:.0}, tokens={:.0}",
         site.function,
         best.plan,
         stats.sample_rows(),
-        stats.input_rows
+        stats.input_rows,
+        (model_rows / SAMPLE_BATCH_ROWS as f64).ceil(),
+        model_rows * stats.mean_row_tokens
     );
     if let Some(escalated) = best.escalated {
         note.push_str(&format!(", escalated={:.0}%", escalated * 100.0));
@@ -745,6 +753,8 @@ struct Choice {
     quality: f64,
     quality_lower: f64,
     escalated: Option<f64>,
+    /// Rows computed by a model per input row, over every stage (1 for a single model).
+    stage_rows: f64,
 }
 
 /// The calls of every AI node in `plan` the rule may decide.
