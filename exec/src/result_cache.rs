@@ -161,18 +161,10 @@ impl CachedBackend {
         // once they are done (see `in_flight`), computing only what they failed to.
         let wanted: Vec<&str> = missing.iter().map(|&i| keys[i].as_str()).collect();
         let (claim, held) = self.in_flight.claim(&wanted);
-        let (mine, theirs): (Vec<usize>, Vec<usize>) = missing
-            .iter()
-            .zip(&held)
-            .map(|(&i, &held)| (i, held))
-            .fold((Vec::new(), Vec::new()), |(mut mine, mut theirs), (i, held)| {
-                if held {
-                    mine.push(i)
-                } else {
-                    theirs.push(i)
-                }
-                (mine, theirs)
-            });
+        let held_by = |mine: bool| -> Vec<usize> {
+            missing.iter().zip(&held).filter(|(_, h)| **h == mine).map(|(&i, _)| i).collect()
+        };
+        let (mine, theirs) = (held_by(true), held_by(false));
         let mut computed = mine.len();
         let mut truncated = self.compute_into(&mut rows, &mine, &keys, batch, &compute)?;
         drop(claim);

@@ -850,7 +850,7 @@ fn site_of(call: &Expr, input: &LogicalPlan, models: &str) -> Option<Site> {
 }
 
 /// `Some(value)` for a string literal (`Some(None)` for a NULL one), `None` for anything else.
-fn literal_string(expr: &Expr) -> Option<Option<String>> {
+pub(crate) fn literal_string(expr: &Expr) -> Option<Option<String>> {
     match expr {
         Expr::Literal(value, _) => match value {
             ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {

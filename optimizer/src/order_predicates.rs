@@ -53,7 +53,7 @@ use datafusion::arrow::compute::{cast, interleave_record_batch, take_record_batc
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::Session;
 use datafusion::common::runtime::SpawnedTask;
-use datafusion::common::{DFSchemaRef, DataFusionError, Result, ScalarValue};
+use datafusion::common::{DFSchemaRef, DataFusionError, Result};
 use datafusion::logical_expr::{
     Expr, Extension, Filter, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore,
 };
@@ -65,7 +65,8 @@ use murakkab_compiler::{AiMap, MurakkabOptions};
 use murakkab_udfs::{AiBackend, AiContext, ModelPlan};
 
 use crate::choose_model::{
-    as_ai_map, call_is_auto, contains_ai_map, function_call, skip_column_projections, with_model,
+    as_ai_map, call_is_auto, contains_ai_map, function_call, literal_string,
+    skip_column_projections, with_model,
 };
 use crate::cost_model::{Cost, busy_watts, embed_row_cost, label_row_cost};
 use crate::sampling::Reservoir;
@@ -310,10 +311,7 @@ impl PredicateOrderer {
             "ai_similarity" => (CallKind::Embed(2), Task::Embed, 2),
             _ => return Ok((None, CallKind::Other)),
         };
-        let named = f.args.get(model_arg).and_then(|a| match a {
-            Expr::Literal(ScalarValue::Utf8(Some(m)), _) => Some(m.clone()),
-            _ => None,
-        });
+        let named = f.args.get(model_arg).and_then(literal_string).flatten();
         let card = match (named, &kind) {
             (Some(m), _) if !m.trim().eq_ignore_ascii_case("auto") => {
                 // A cascade runs most rows on its first stage: cost it there.

@@ -152,8 +152,9 @@ impl SemanticJoin {
         for site in sites {
             let key = site_key(&site, &models);
             if let std::collections::hash_map::Entry::Vacant(slot) = decisions.entry(key) {
-                let decision =
-                    self.decide(&site, slot.key(), session, &options, may_sample).await?;
+                let decision = self
+                    .decide(&site, slot.key(), session, &options, may_sample, &encoder.id)
+                    .await?;
                 slot.insert(decision);
             }
         }
@@ -167,6 +168,7 @@ impl SemanticJoin {
         session: &dyn Session,
         options: &MurakkabOptions,
         may_sample: bool,
+        encoder: &str,
     ) -> Result<Decision> {
         if let Some(stats) = self.store.blocking_stats(key) {
             return Ok(decision_from(&stats, options, "recorded"));
@@ -184,7 +186,7 @@ impl SemanticJoin {
             );
             return Ok(Decision { k: None, note });
         }
-        let stats = self.sample(site, session, options, left_rows, right_rows).await?;
+        let stats = self.sample(site, session, options, (left_rows, right_rows), encoder).await?;
         if let Err(e) = self.store.save_blocking_stats(key, &stats) {
             tracing::warn!("could not store optimizer statistics: {e}");
         }
@@ -197,8 +199,8 @@ impl SemanticJoin {
         site: &Site,
         session: &dyn Session,
         options: &MurakkabOptions,
-        left_rows: u64,
-        right_rows: u64,
+        (left_rows, right_rows): (u64, u64),
+        encoder: &str,
     ) -> Result<BlockingStats> {
         let mut reservoir = Reservoir::new(SAMPLE_LEFT_ROWS);
         let mut picked: Vec<u64> = Vec::new();
@@ -209,14 +211,12 @@ impl SemanticJoin {
                 None => {}
             }
         }
-        let encoder = self.backend.resolve_model(None, Task::Embed).map(|c| c.id).ok();
         let step = ((right_rows as usize).saturating_sub(MAX_K) / FAR_PAIRS_PER_ROW).max(1);
-        let ranked = candidates(site, session, None, encoder.as_deref())?;
+        let ranked = candidates(site, session, None, Some(&picked), encoder)?;
         let rank = col("__rank");
         let near = rank.clone().lt_eq(lit(MAX_K as u64));
         let far = (rank.clone() % lit(step as u64)).eq(lit(0u64));
-        let rows = picked.iter().map(|&r| lit(r)).collect();
-        let wanted = col("__left_row").in_list(rows, false).and(near.or(far));
+        let wanted = near.or(far);
         // The reference model answers, as `choose_model` compares candidates with it.
         let call = match self.backend.candidate_models(Task::ScoreLabels).last() {
             Some(card) if call_is_auto(&site.call) => {
@@ -325,12 +325,15 @@ fn decision_from(stats: &BlockingStats, options: &MurakkabOptions, source: &str)
 
 /// The pairs of `site`'s inputs, ranked per left row by the similarity of their texts'
 /// embeddings (`__rank`, from 1), with the left row's number (`__left_row`); only the `k`
-/// nearest per left row when `k` is given. Columns: the join's, then the three helpers.
+/// nearest per left row when `k` is given, and only the left rows numbered in `only_left` when
+/// given (a sample: its other rows are neither embedded nor paired). Columns: the join's, then
+/// the three helpers.
 fn candidates(
     site: &Site,
     session: &dyn Session,
     k: Option<usize>,
-    encoder: Option<&str>,
+    only_left: Option<&[u64]>,
+    encoder: &str,
 ) -> Result<LogicalPlan> {
     let function = |name: &str| {
         session.scalar_functions().get(name).cloned().ok_or_else(|| {
@@ -339,13 +342,16 @@ fn candidates(
     };
     let (embed, cosine) = (function("ai_embed")?, function("cosine_similarity")?);
     let embed_call = |text: Expr| {
-        let mut args = vec![text];
-        args.extend(encoder.map(lit));
+        let args = vec![text, lit(encoder)];
         Expr::ScalarFunction(ScalarFunction { func: Arc::clone(&embed), args })
     };
-    let numbered = LogicalPlanBuilder::from(site.left.clone())
-        .window(vec![row_number().alias("__left_row")])?
-        .build()?;
+    let mut numbered = LogicalPlanBuilder::from(site.left.clone())
+        .window(vec![row_number().alias("__left_row")])?;
+    if let Some(rows) = only_left {
+        let rows = rows.iter().map(|&r| lit(r)).collect();
+        numbered = numbered.filter(col("__left_row").in_list(rows, false))?;
+    }
+    let numbered = numbered.build()?;
     let left =
         AiMap::try_new(numbered, vec![embed_call(site.left_text.clone()).alias("__left_vec")])?;
     let right = AiMap::try_new(
@@ -498,7 +504,7 @@ impl Site {
         note: &str,
         encoder: &str,
     ) -> Result<LogicalPlan> {
-        let ranked = candidates(self, session, Some(k), Some(encoder))?;
+        let ranked = candidates(self, session, Some(k), None, encoder)?;
         // The join's columns only: the helpers are dropped before the model is asked.
         let columns: Vec<Expr> = ranked
             .schema()
