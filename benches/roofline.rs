@@ -1,8 +1,8 @@
 //! Roofline: how close the decoders run to what this machine's memory and arithmetic allow.
 //!
 //! Decode at batch 1 reads every weight once per token, so its ceiling is memory bandwidth
-//! divided by the bytes of weights read per token (the GGUF file: decode uses the quantized
-//! copy). Prefill is matrix multiplication, about 2 x parameters FLOPs per token, so its ceiling
+//! divided by the bytes of weights read per token (`GgufDecoder::decode_weight_bytes`: the
+//! quantized copy decode uses, after re-quantization). Prefill is matrix multiplication, about 2 x parameters FLOPs per token, so its ceiling
 //! is the f32 GEMM rate over the block weights (the embedding table is a lookup). Both ceilings
 //! are measured here, in the same run: STREAM's copy kernel (256 MB arrays, on every model
 //! thread) and a 1024^3 candle matmul. Decode speed is `murakkab calibrate`'s (batch 1, with
@@ -121,15 +121,9 @@ fn main() {
         if card.status(&home) != ModelStatus::Pulled || card.id.starts_with("tiny") {
             continue;
         }
-        let dir = home.model_dir(&card.id);
-        let bytes: u64 = card
-            .files
-            .iter()
-            .filter_map(|f| std::fs::metadata(dir.join(&f.name)).ok())
-            .map(|m| m.len())
-            .sum();
         let speed = murakkab_exec::calibrate::calibrate_model(&home, card).unwrap();
         let model = ModelRegistry::global().language_model(&home, &card.id).unwrap();
+        let bytes = model.decoder().decode_weight_bytes();
         let (prefill, prompt_tokens) = prefill_rate(&model);
         // Prefill runs the blocks only (no logits): 2 FLOPs per weight outside the embedding
         // table, plus causal attention (QK^T and AV, on average over half the prompt).

@@ -12,7 +12,7 @@
 use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
 use crate::error::ModelError;
@@ -29,6 +29,10 @@ pub enum WeightMode {
     /// is fastest). The choice depends on the kind of pass, never on the batch, so a row's result
     /// does not depend on which rows it was batched with.
     Both,
+    /// [`WeightMode::Both`] with the quantized weights exactly as stored, even in a format candle
+    /// multiplies with scalar code (Q4_1, Q5_0, Q5_1): only for benchmarks that measure
+    /// what the re-quantization gains.
+    BothAsStored,
 }
 
 /// Shape and numerics read from the GGUF metadata.
@@ -247,9 +251,13 @@ impl GgufDecoder {
         };
         let matmul = |q: QTensor| -> Result<(QMatMul, Option<QMatMul>), ModelError> {
             Ok(match mode {
-                WeightMode::Quantized => (QMatMul::from_qtensor(q)?, None),
+                WeightMode::Quantized => (QMatMul::from_qtensor(vector_format(q, device)?)?, None),
                 WeightMode::Dequantized => (QMatMul::Tensor(q.dequantize(device)?), None),
                 WeightMode::Both => {
+                    let dense = QMatMul::Tensor(q.dequantize(device)?);
+                    (QMatMul::from_qtensor(vector_format(q, device)?)?, Some(dense))
+                }
+                WeightMode::BothAsStored => {
                     let dense = QMatMul::Tensor(q.dequantize(device)?);
                     (QMatMul::from_qtensor(q)?, Some(dense))
                 }
@@ -270,13 +278,20 @@ impl GgufDecoder {
         } else {
             // Tied embeddings (SmolLM2): the output projection is the embedding matrix.
             match mode {
-                WeightMode::Quantized => {
-                    Linear { weight: QMatMul::from_qtensor(embed_q)?, dense: None, bias: None }
-                }
+                WeightMode::Quantized => Linear {
+                    weight: QMatMul::from_qtensor(vector_format(embed_q, device)?)?,
+                    dense: None,
+                    bias: None,
+                },
                 WeightMode::Dequantized => {
                     Linear { weight: QMatMul::Tensor(embed.clone()), dense: None, bias: None }
                 }
                 WeightMode::Both => Linear {
+                    weight: QMatMul::from_qtensor(vector_format(embed_q, device)?)?,
+                    dense: Some(QMatMul::Tensor(embed.clone())),
+                    bias: None,
+                },
+                WeightMode::BothAsStored => Linear {
                     weight: QMatMul::from_qtensor(embed_q)?,
                     dense: Some(QMatMul::Tensor(embed.clone())),
                     bias: None,
@@ -312,6 +327,26 @@ impl GgufDecoder {
     /// The configuration.
     pub fn config(&self) -> &DecoderConfig {
         &self.config
+    }
+
+    /// Bytes of weights one decode step reads: every projection's decode copy (after any
+    /// re-quantization) and the output layer; the embedding row and norms are negligible.
+    pub fn decode_weight_bytes(&self) -> u64 {
+        let bytes = |l: &Linear| -> u64 {
+            match &l.weight {
+                QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+                    (t.elem_count() * t.dtype().size_in_bytes()) as u64
+                }
+            }
+        };
+        let blocks: u64 = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down])
+            .map(bytes)
+            .sum();
+        blocks + bytes(&self.output)
     }
 
     /// An empty cache, the starting point of every sequence.
@@ -548,6 +583,23 @@ impl GgufDecoder {
             .map(|s| pad(&s.layers[layer].1, s.len))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok((Tensor::stack(&ks, 0)?, Tensor::stack(&vs, 0)?))
+    }
+}
+
+/// Block formats whose dot product candle 0.11 computes with scalar code on x86 (no AVX path):
+/// SmolLM2's Q4_1 and the Q5_0/Q5_1 that llama.cpp's Q4_K_M falls back to when a row is not a
+/// multiple of 256 (all of Qwen-0.5B's 896-wide projections).
+const SCALAR_FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
+/// The weights in a format with a vectorised CPU dot product: scalar-only formats are
+/// re-quantized to Q8_0 (32 values per block, like theirs, and an eighth or less of their rounding
+/// step, so the values barely move). Decode steps read these weights once per token, and the
+/// scalar kernel, not memory, bounded them (smollm2: 19% of the bandwidth roofline).
+fn vector_format(q: QTensor, device: &Device) -> Result<QTensor, ModelError> {
+    if cfg!(target_arch = "x86_64") && SCALAR_FORMATS.contains(&q.dtype()) {
+        Ok(QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?)
+    } else {
+        Ok(q)
     }
 }
 

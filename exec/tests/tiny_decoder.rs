@@ -27,6 +27,8 @@ fn variants() -> Vec<(&'static str, GgmlDType, WeightMode)> {
         ("qwen2", GgmlDType::F32, WeightMode::Dequantized),
         ("llama", GgmlDType::Q8_0, WeightMode::Quantized),
         ("qwen2", GgmlDType::Q8_0, WeightMode::Both),
+        // Re-quantized to Q8_0 at load (no vectorised Q4_1 kernel in candle).
+        ("llama", GgmlDType::Q4_1, WeightMode::Quantized),
     ]
 }
 
@@ -165,6 +167,36 @@ fn both_weight_copies_agree_on_long_and_short_passes() {
     let diff =
         max_diff(&whole.to_vec2::<f32>().unwrap()[0], &last.unwrap().to_vec2::<f32>().unwrap()[0]);
     assert!(diff < 0.05, "differs by {diff}");
+}
+
+#[test]
+fn requantized_decode_weights_stay_close_to_the_stored_ones() {
+    // Q4_1 weights are re-quantized to Q8_0 for decode steps. Against the exact result (the f32
+    // copy, which prompt passes use), a decode step on the converted weights must be about as
+    // close as one on the weights as stored: both quantize the activations to 8 bits, and Q8_0's
+    // rounding of the stored values is far below Q4_1's own.
+    let (_dir, converted) = load("llama", GgmlDType::Q4_1, WeightMode::Both);
+    let (_dir2, stored) = load("llama", GgmlDType::Q4_1, WeightMode::BothAsStored);
+    let ids = converted.encode("the cat sat on the mat").unwrap();
+    let (head, tail) = ids.split_at(ids.len() - 1);
+    let next = |m: &LanguageModel, decode: bool| {
+        let d = m.decoder();
+        let empty = d.empty_cache().unwrap();
+        let last = if decode {
+            let (_, _, caches) = d.forward(&[head], &[&empty], false).unwrap();
+            d.decode_step(&[tail], &[&caches[0]]).unwrap().0
+        } else {
+            d.forward(&[&ids], &[&empty], false).unwrap().0
+        };
+        d.log_probs(&last).unwrap().to_vec2::<f32>().unwrap().remove(0)
+    };
+    let exact = next(&stored, false);
+    let off_converted = max_diff(&next(&converted, true), &exact);
+    let off_stored = max_diff(&next(&stored, true), &exact);
+    assert!(
+        off_converted <= 2.0 * off_stored + 0.01,
+        "converted weights are {off_converted} off, stored ones {off_stored}"
+    );
 }
 
 #[test]
