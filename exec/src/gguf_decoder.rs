@@ -16,6 +16,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
 use crate::error::ModelError;
+use crate::q8_gemv::Q8Matrix;
 
 /// How projection weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,16 +98,42 @@ struct Linear {
     weight: QMatMul,
     /// The f32 copy used for large passes in [`WeightMode::Both`].
     dense: Option<QMatMul>,
+    /// `weight` repacked for the AVX-512 VNNI kernel, which decode steps use where it runs.
+    vnni: Option<Q8Matrix>,
     bias: Option<Tensor>,
 }
 
 impl Linear {
+    fn new(
+        weight: QMatMul,
+        dense: Option<QMatMul>,
+        bias: Option<Tensor>,
+    ) -> Result<Self, ModelError> {
+        let vnni = match &weight {
+            QMatMul::QTensor(q) => Q8Matrix::from_qtensor(q)?,
+            _ => None,
+        };
+        Ok(Self { weight, dense, vnni, bias })
+    }
+
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
         let weight = match (&self.dense, pass) {
             (Some(dense), Pass::Prompt) => dense,
             _ => &self.weight,
         };
-        let y = weight.forward(x)?;
+        let y = match (&self.vnni, pass) {
+            (Some(matrix), Pass::Decode) => {
+                let dims = x.dims().to_vec();
+                let m = x.elem_count() / matrix.cols();
+                let flat = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut out_dims = dims;
+                if let Some(last) = out_dims.last_mut() {
+                    *last = matrix.rows();
+                }
+                Tensor::from_vec(matrix.matmul(&flat, m), out_dims, x.device())?
+            }
+            _ => weight.forward(x)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -274,26 +301,25 @@ impl GgufDecoder {
         let embed = embed_q.dequantize(device)?;
         let output = if ct.tensor_infos.contains_key("output.weight") {
             let (q, dense) = matmul(tensor(reader, "output.weight")?)?;
-            Linear { weight: q, dense, bias: None }
+            Linear::new(q, dense, None)?
         } else {
             // Tied embeddings (SmolLM2): the output projection is the embedding matrix.
             match mode {
-                WeightMode::Quantized => Linear {
-                    weight: QMatMul::from_qtensor(vector_format(embed_q, device)?)?,
-                    dense: None,
-                    bias: None,
-                },
-                WeightMode::Dequantized => {
-                    Linear { weight: QMatMul::Tensor(embed.clone()), dense: None, bias: None }
-                }
-                WeightMode::Both => Linear {
-                    weight: QMatMul::from_qtensor(vector_format(embed_q, device)?)?,
-                    dense: Some(QMatMul::Tensor(embed.clone())),
-                    bias: None,
-                },
+                WeightMode::Quantized => Linear::new(
+                    QMatMul::from_qtensor(vector_format(embed_q, device)?)?,
+                    None,
+                    None,
+                )?,
+                WeightMode::Dequantized => Linear::new(QMatMul::Tensor(embed.clone()), None, None)?,
+                WeightMode::Both => Linear::new(
+                    QMatMul::from_qtensor(vector_format(embed_q, device)?)?,
+                    Some(QMatMul::Tensor(embed.clone())),
+                    None,
+                )?,
                 WeightMode::BothAsStored => Linear {
                     weight: QMatMul::from_qtensor(embed_q)?,
                     dense: Some(QMatMul::Tensor(embed.clone())),
+                    vnni: None,
                     bias: None,
                 },
             }
@@ -304,7 +330,11 @@ impl GgufDecoder {
             let p = format!("blk.{i}");
             let linear = |reader: &mut R, name: &str| -> Result<Linear, ModelError> {
                 let (weight, dense) = matmul(tensor(reader, &format!("{p}.{name}.weight"))?)?;
-                Ok(Linear { weight, dense, bias: bias(reader, &format!("{p}.{name}.bias"))? })
+                if mode == WeightMode::BothAsStored {
+                    let bias = bias(reader, &format!("{p}.{name}.bias"))?;
+                    return Ok(Linear { weight, dense, vnni: None, bias });
+                }
+                Linear::new(weight, dense, bias(reader, &format!("{p}.{name}.bias"))?)
             };
             blocks.push(Block {
                 attn_norm: tensor(reader, &format!("{p}.attn_norm.weight"))?.dequantize(device)?,

@@ -25,6 +25,7 @@ mod in_flight;
 mod language_model;
 pub mod model_memory;
 mod planner;
+pub mod q8_gemv;
 mod registry;
 mod result_cache;
 mod scheduler;
