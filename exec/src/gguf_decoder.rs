@@ -95,10 +95,13 @@ enum Pass {
 }
 
 struct Linear {
-    weight: QMatMul,
+    /// Candle's quantized weights: decode steps where the VNNI kernel does not run, and prompt
+    /// passes without an f32 copy. Dropped when both of those exist (one Q8_0 copy is enough).
+    weight: Option<QMatMul>,
     /// The f32 copy used for large passes in [`WeightMode::Both`].
     dense: Option<QMatMul>,
-    /// `weight` repacked for the AVX-512 VNNI kernel, which decode steps use where it runs.
+    /// The quantized weights repacked for the AVX-512 VNNI kernel, which decode steps use where
+    /// it runs.
     vnni: Option<Q8Matrix>,
     bias: Option<Tensor>,
 }
@@ -113,30 +116,47 @@ impl Linear {
             QMatMul::QTensor(q) => Q8Matrix::from_qtensor(q)?,
             _ => None,
         };
+        let weight = (vnni.is_none() || dense.is_none()).then_some(weight);
         Ok(Self { weight, dense, vnni, bias })
     }
 
+    /// Without re-packing (benchmarks of the weights as stored).
+    fn as_stored(weight: QMatMul, dense: Option<QMatMul>, bias: Option<Tensor>) -> Self {
+        Self { weight: Some(weight), dense, vnni: None, bias }
+    }
+
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
-        let weight = match (&self.dense, pass) {
-            (Some(dense), Pass::Prompt) => dense,
-            _ => &self.weight,
-        };
-        let y = match (&self.vnni, pass) {
-            (Some(matrix), Pass::Decode) => {
-                let dims = x.dims().to_vec();
+        let y = match (pass, &self.dense, &self.vnni, &self.weight) {
+            (Pass::Prompt, Some(dense), _, _) => dense.forward(x)?,
+            (Pass::Decode, _, Some(matrix), _) | (_, _, Some(matrix), None) => {
                 let m = x.elem_count() / matrix.cols();
                 let flat = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut out_dims = dims;
-                if let Some(last) = out_dims.last_mut() {
+                let mut dims = x.dims().to_vec();
+                if let Some(last) = dims.last_mut() {
                     *last = matrix.rows();
                 }
-                Tensor::from_vec(matrix.matmul(&flat, m), out_dims, x.device())?
+                Tensor::from_vec(matrix.matmul(&flat, m), dims, x.device())?
             }
-            _ => weight.forward(x)?,
+            (_, _, _, Some(weight)) => weight.forward(x)?,
+            _ => candle_core::bail!("a projection has no weights for this pass"),
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// Bytes a decode step reads.
+    fn decode_bytes(&self) -> u64 {
+        if let Some(matrix) = &self.vnni {
+            return matrix.bytes() as u64;
+        }
+        match &self.weight {
+            Some(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
+            Some(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                (t.elem_count() * t.dtype().size_in_bytes()) as u64
+            }
+            None => 0,
         }
     }
 }
@@ -316,12 +336,11 @@ impl GgufDecoder {
                     Some(QMatMul::Tensor(embed.clone())),
                     None,
                 )?,
-                WeightMode::BothAsStored => Linear {
-                    weight: QMatMul::from_qtensor(embed_q)?,
-                    dense: Some(QMatMul::Tensor(embed.clone())),
-                    vnni: None,
-                    bias: None,
-                },
+                WeightMode::BothAsStored => Linear::as_stored(
+                    QMatMul::from_qtensor(embed_q)?,
+                    Some(QMatMul::Tensor(embed.clone())),
+                    None,
+                ),
             }
         };
         let norm = tensor(reader, "output_norm.weight")?.dequantize(device)?;
@@ -332,7 +351,7 @@ impl GgufDecoder {
                 let (weight, dense) = matmul(tensor(reader, &format!("{p}.{name}.weight"))?)?;
                 if mode == WeightMode::BothAsStored {
                     let bias = bias(reader, &format!("{p}.{name}.bias"))?;
-                    return Ok(Linear { weight, dense, vnni: None, bias });
+                    return Ok(Linear::as_stored(weight, dense, bias));
                 }
                 Linear::new(weight, dense, bias(reader, &format!("{p}.{name}.bias"))?)
             };
@@ -362,14 +381,7 @@ impl GgufDecoder {
     /// Bytes of weights one decode step reads: every projection's decode copy (after any
     /// re-quantization) and the output layer; the embedding row and norms are negligible.
     pub fn decode_weight_bytes(&self) -> u64 {
-        let bytes = |l: &Linear| -> u64 {
-            match &l.weight {
-                QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-                    (t.elem_count() * t.dtype().size_in_bytes()) as u64
-                }
-            }
-        };
+        let bytes = Linear::decode_bytes;
         let blocks: u64 = self
             .blocks
             .iter()

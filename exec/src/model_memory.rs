@@ -69,13 +69,19 @@ impl ModelMemory {
     }
 }
 
-/// Bytes a decoder holds for its weights: the files — or Q8_0's 34 bytes per 32 weights if that
-/// is more, since formats without a vectorised kernel are re-quantized to Q8_0 at load — plus an
-/// f32 copy of every weight when it keeps one for prefill (models up to 1B parameters).
+/// Bytes a decoder holds for its weights: the files — or 36 bytes per 32 weights if that is
+/// more, since formats without a vectorised kernel are re-quantized to Q8_0 at load and repacked
+/// for the decode kernel (an f32 scale per block) — plus an f32 copy of every weight when it keeps
+/// one for prefill (models up to 1B parameters). Without the f32 copy, prompt passes use candle's
+/// quantized weights beside the repacked ones: twice the quantized part, as an upper bound.
 pub fn decoder_weight_bytes(file_bytes: u64, parameters: u64, f32_copy: bool) -> usize {
-    let quantized = file_bytes.max(parameters.saturating_mul(34) / 32);
-    let copy = if f32_copy { parameters.saturating_mul(4) } else { 0 };
-    usize::try_from(quantized.saturating_add(copy)).unwrap_or(usize::MAX)
+    let quantized = file_bytes.max(parameters.saturating_mul(36) / 32);
+    let total = if f32_copy {
+        quantized.saturating_add(parameters.saturating_mul(4))
+    } else {
+        quantized.saturating_mul(2)
+    };
+    usize::try_from(total).unwrap_or(usize::MAX)
 }
 
 /// Bytes one decoder batch needs: the key/value cache of every row for `tokens` positions, plus

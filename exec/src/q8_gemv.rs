@@ -85,6 +85,11 @@ impl Q8Matrix {
         self.cols
     }
 
+    /// Bytes held: a quant per weight and an f32 scale per block.
+    pub fn bytes(&self) -> usize {
+        self.quants.len() + 4 * self.scales.len()
+    }
+
     /// `x [m, cols]` (row-major) times the transposed weights: `[m, rows]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (xq, xs) = quantize_rows(x, self.cols);
