@@ -321,7 +321,11 @@ impl GgufDecoder {
         let embed = embed_q.dequantize(device)?;
         let output = if ct.tensor_infos.contains_key("output.weight") {
             let (q, dense) = matmul(tensor(reader, "output.weight")?)?;
-            Linear::new(q, dense, None)?
+            if mode == WeightMode::BothAsStored {
+                Linear::as_stored(q, dense, None)
+            } else {
+                Linear::new(q, dense, None)?
+            }
         } else {
             // Tied embeddings (SmolLM2): the output projection is the embedding matrix.
             match mode {

@@ -121,8 +121,8 @@ impl Q8Matrix {
 fn quantize_rows(x: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     let mut quants = Vec::with_capacity(x.len());
     let mut scales = Vec::with_capacity(x.len() / BLOCK);
+    debug_assert!(cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols));
     for block in x.chunks_exact(BLOCK) {
-        debug_assert!(cols.is_multiple_of(BLOCK));
         let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
