@@ -107,22 +107,19 @@ struct Linear {
 }
 
 impl Linear {
+    /// Repacks quantized weights for the decode kernel, except in [`WeightMode::BothAsStored`].
     fn new(
         weight: QMatMul,
         dense: Option<QMatMul>,
         bias: Option<Tensor>,
+        mode: WeightMode,
     ) -> Result<Self, ModelError> {
         let vnni = match &weight {
-            QMatMul::QTensor(q) => Q8Matrix::from_qtensor(q)?,
+            QMatMul::QTensor(q) if mode != WeightMode::BothAsStored => Q8Matrix::from_qtensor(q)?,
             _ => None,
         };
         let weight = (vnni.is_none() || dense.is_none()).then_some(weight);
         Ok(Self { weight, dense, vnni, bias })
-    }
-
-    /// Without re-packing (benchmarks of the weights as stored).
-    fn as_stored(weight: QMatMul, dense: Option<QMatMul>, bias: Option<Tensor>) -> Self {
-        Self { weight: Some(weight), dense, vnni: None, bias }
     }
 
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
@@ -296,17 +293,18 @@ impl GgufDecoder {
                 detail: format!("tensor {name}: {e}"),
             })
         };
+        // The quantized copy decode steps read: in a vectorised format unless kept as stored.
+        let decode_copy = |q: QTensor| -> Result<QMatMul, ModelError> {
+            let q = if mode == WeightMode::BothAsStored { q } else { vector_format(q, device)? };
+            Ok(QMatMul::from_qtensor(q)?)
+        };
         let matmul = |q: QTensor| -> Result<(QMatMul, Option<QMatMul>), ModelError> {
             Ok(match mode {
-                WeightMode::Quantized => (QMatMul::from_qtensor(vector_format(q, device)?)?, None),
+                WeightMode::Quantized => (decode_copy(q)?, None),
                 WeightMode::Dequantized => (QMatMul::Tensor(q.dequantize(device)?), None),
-                WeightMode::Both => {
+                WeightMode::Both | WeightMode::BothAsStored => {
                     let dense = QMatMul::Tensor(q.dequantize(device)?);
-                    (QMatMul::from_qtensor(vector_format(q, device)?)?, Some(dense))
-                }
-                WeightMode::BothAsStored => {
-                    let dense = QMatMul::Tensor(q.dequantize(device)?);
-                    (QMatMul::from_qtensor(q)?, Some(dense))
+                    (decode_copy(q)?, Some(dense))
                 }
             })
         };
@@ -321,31 +319,18 @@ impl GgufDecoder {
         let embed = embed_q.dequantize(device)?;
         let output = if ct.tensor_infos.contains_key("output.weight") {
             let (q, dense) = matmul(tensor(reader, "output.weight")?)?;
-            if mode == WeightMode::BothAsStored {
-                Linear::as_stored(q, dense, None)
-            } else {
-                Linear::new(q, dense, None)?
-            }
+            Linear::new(q, dense, None, mode)?
         } else {
-            // Tied embeddings (SmolLM2): the output projection is the embedding matrix.
-            match mode {
-                WeightMode::Quantized => Linear::new(
-                    QMatMul::from_qtensor(vector_format(embed_q, device)?)?,
-                    None,
-                    None,
-                )?,
-                WeightMode::Dequantized => Linear::new(QMatMul::Tensor(embed.clone()), None, None)?,
-                WeightMode::Both => Linear::new(
-                    QMatMul::from_qtensor(vector_format(embed_q, device)?)?,
-                    Some(QMatMul::Tensor(embed.clone())),
-                    None,
-                )?,
-                WeightMode::BothAsStored => Linear::as_stored(
-                    QMatMul::from_qtensor(embed_q)?,
-                    Some(QMatMul::Tensor(embed.clone())),
-                    None,
-                ),
-            }
+            // Tied embeddings (SmolLM2): the output projection is the embedding matrix, whose
+            // f32 copy is shared rather than dequantized a second time.
+            let (weight, dense) = match mode {
+                WeightMode::Quantized => (decode_copy(embed_q)?, None),
+                WeightMode::Dequantized => (QMatMul::Tensor(embed.clone()), None),
+                WeightMode::Both | WeightMode::BothAsStored => {
+                    (decode_copy(embed_q)?, Some(QMatMul::Tensor(embed.clone())))
+                }
+            };
+            Linear::new(weight, dense, None, mode)?
         };
         let norm = tensor(reader, "output_norm.weight")?.dequantize(device)?;
         let mut blocks = Vec::with_capacity(config.n_layer);
@@ -353,11 +338,7 @@ impl GgufDecoder {
             let p = format!("blk.{i}");
             let linear = |reader: &mut R, name: &str| -> Result<Linear, ModelError> {
                 let (weight, dense) = matmul(tensor(reader, &format!("{p}.{name}.weight"))?)?;
-                if mode == WeightMode::BothAsStored {
-                    let bias = bias(reader, &format!("{p}.{name}.bias"))?;
-                    return Ok(Linear::as_stored(weight, dense, bias));
-                }
-                Linear::new(weight, dense, bias(reader, &format!("{p}.{name}.bias"))?)
+                Linear::new(weight, dense, bias(reader, &format!("{p}.{name}.bias"))?, mode)
             };
             blocks.push(Block {
                 attn_norm: tensor(reader, &format!("{p}.attn_norm.weight"))?.dequantize(device)?,
