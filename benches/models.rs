@@ -4,6 +4,8 @@
 //! `cargo bench --bench models` (models must be pulled; missing ones are skipped, and
 //! `RAYON_NUM_THREADS` sets the thread count). Each figure is the median of several runs.
 //! The peer comparison with llama.cpp is `scripts/bench-llama-cpp.sh`, run on the same prompts.
+//! `MURAKKAB_BENCH_ONLY=decode,labels` runs only those parts (`embed`, `prefill`, `decode`,
+//! `labels`).
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -35,6 +37,12 @@ fn sentences() -> Vec<String> {
             .collect();
     }
     out
+}
+
+/// Whether `part` runs (`MURAKKAB_BENCH_ONLY` unset, or listing it).
+fn runs(part: &str) -> bool {
+    std::env::var("MURAKKAB_BENCH_ONLY")
+        .map_or(true, |only| only.split(',').any(|p| p.trim() == part))
 }
 
 fn median_secs<F: FnMut()>(runs: usize, mut f: F) -> f64 {
@@ -99,7 +107,7 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
     let empty = model.prefix_cache(&[]).unwrap();
     let prompt = long_prompt(&model, texts, 250);
     let d = model.decoder();
-    for batch in [1usize, 16] {
+    for batch in [1usize, 16].into_iter().filter(|_| runs("prefill")) {
         let prompts = vec![prompt.as_slice(); batch];
         let caches = vec![&empty; batch];
         let s = median_secs(3, || {
@@ -111,31 +119,46 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
             prompt.len()
         );
     }
-    let short: Vec<Vec<u32>> = (0..16)
-        .map(|i| {
-            model
-                .encode(&format!(
-                    "<|im_start|>user\nWrite a story number {i}.<|im_end|>\n<|im_start|>assistant\n"
-                ))
-                .unwrap()
-        })
-        .collect();
-    // The same weights as stored in the file (Q4_1, Q5_0: candle's scalar dot product), side by
-    // side with the re-quantized ones the runtime uses, for what the conversion gains.
-    let card = find_model(home, id).unwrap();
-    let path = home.model_dir(id).join("model.gguf");
-    let as_stored =
-        LanguageModel::load(id, &path, &card.eos_tokens, &Device::Cpu, WeightMode::BothAsStored)
-            .unwrap();
-    for batch in [1usize, 16] {
-        let rate = decode_rate(&model, &empty, &short[..batch]);
-        let stored = decode_rate(&as_stored, &empty, &short[..batch]);
-        println!(
-            "{id}: decode  batch {batch:>2}: {rate:>8.1} tok/s (weights as stored: {stored:.1} tok/s, {:.2}x)",
-            rate / stored
-        );
+    if runs("decode") {
+        let short: Vec<Vec<u32>> = (0..16)
+            .map(|i| {
+                model
+                    .encode(&format!(
+                        "<|im_start|>user\nWrite a story number {i}.<|im_end|>\n<|im_start|>assistant\n"
+                    ))
+                    .unwrap()
+            })
+            .collect();
+        // The same weights as stored in the file (Q4_1, Q5_0: candle's scalar dot product), side by
+        // side with the re-quantized ones the runtime uses, for what the conversion gains.
+        let card = find_model(home, id).unwrap();
+        let path = home.model_dir(id).join("model.gguf");
+        let as_stored = LanguageModel::load(
+            id,
+            &path,
+            &card.eos_tokens,
+            &Device::Cpu,
+            WeightMode::BothAsStored,
+        )
+        .unwrap();
+        for batch in [1usize, 16] {
+            let rate = decode_rate(&model, &empty, &short[..batch]);
+            let stored = decode_rate(&as_stored, &empty, &short[..batch]);
+            println!(
+                "{id}: decode  batch {batch:>2}: {rate:>8.1} tok/s (weights as stored: {stored:.1} tok/s, {:.2}x)",
+                rate / stored
+            );
+        }
     }
-    // Label scoring: a shared instruction, then each row's text; two labels.
+    if runs("labels") {
+        bench_label_scoring(&model, id, texts);
+    }
+    let (rss, peak) = memory_mb();
+    println!("{id}: after its runs: process {rss:.0} MB, peak {peak:.0} MB");
+}
+
+/// Label scoring: a shared instruction, then each row's text; two labels.
+fn bench_label_scoring(model: &LanguageModel, id: &str, texts: &[String]) {
     let prefix_tokens = model
         .encode("<|im_start|>user\nIs the sentiment of this review positive or negative? Answer with one word.\n\nReview:\n")
         .unwrap();
@@ -156,8 +179,6 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
         rows.len(),
         prefix_tokens.len()
     );
-    let (rss, peak) = memory_mb();
-    println!("{id}: after its runs: process {rss:.0} MB, peak {peak:.0} MB");
 }
 
 /// Decode tokens/s generating 32 tokens per prompt: (prefill + 32 steps) − (prefill + 1 step).
@@ -186,7 +207,7 @@ fn main() {
     let texts = sentences();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!("model benchmarks, threads: {threads}");
-    if pulled(&home, "all-minilm-l6-v2") {
+    if pulled(&home, "all-minilm-l6-v2") && runs("embed") {
         let before = memory_mb().0;
         let enc = ModelRegistry::global().encoder(&home, "all-minilm-l6-v2").unwrap();
         report_load("all-minilm-l6-v2", before);

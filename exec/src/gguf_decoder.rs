@@ -16,6 +16,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
 use crate::error::ModelError;
+use crate::kv_cache::BatchCache;
+pub use crate::kv_cache::SeqCache;
 use crate::q8_gemv::Q8Matrix;
 
 /// How projection weights are held.
@@ -61,30 +63,6 @@ pub struct DecoderConfig {
     pub rms_eps: f64,
     /// NEOX-style (halves) rather than interleaved RoPE.
     pub neox_rope: bool,
-}
-
-/// The keys and values one sequence has produced so far, per layer: `[n_kv_head, len, head_dim]`.
-#[derive(Debug, Clone)]
-pub struct SeqCache {
-    layers: Vec<(Tensor, Tensor)>,
-    len: usize,
-}
-
-impl SeqCache {
-    /// Tokens covered.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no token is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Bytes held by the cache.
-    pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|(k, v)| (k.elem_count() + v.elem_count()) * 4).sum()
-    }
 }
 
 /// The kind of forward pass, which picks the weight copy in [`WeightMode::Both`].
@@ -442,12 +420,7 @@ impl GgufDecoder {
         let c = &self.config;
         let t = tokens.iter().map(|s| s.len()).max().unwrap_or(1);
         let p = caches.iter().map(|s| s.len).max().unwrap_or(0);
-        if p + t > c.context_length {
-            return Err(ModelError::Unsupported {
-                id: c.architecture.clone(),
-                reason: format!("{} tokens exceed the context of {}", p + t, c.context_length),
-            });
-        }
+        self.check_context(p + t)?;
         // Right-padded token ids and each token's absolute position.
         let mut ids = Vec::with_capacity(b * t);
         let mut positions = Vec::with_capacity(b * t);
@@ -457,14 +430,114 @@ impl GgufDecoder {
                 positions.push((cache.len + i.min(seq.len() - 1)) as u32);
             }
         }
+        let mask = self.mask(tokens, caches, t, p, c.n_head / c.n_kv_head)?;
+        let mut new_caches: Vec<Vec<(Tensor, Tensor)>> = vec![Vec::with_capacity(c.n_layer); b];
+        let x = self.layers(ids, positions, (b, t), mask.as_ref(), pass, |layer, k, v| {
+            // Past keys/values, each sequence's padded to the longest past.
+            let (past_k, past_v) = self.stack_past(caches, layer, p)?;
+            let keys = Tensor::cat(&[&past_k, k], 2)?;
+            let values = Tensor::cat(&[&past_v, v], 2)?;
+            if b == 1 {
+                // One sequence: the concatenation above is exactly its new cache.
+                new_caches[0].push((keys.squeeze(0)?, values.squeeze(0)?));
+            } else {
+                for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
+                    let (ck, cv) = &cache.layers[layer];
+                    let nk = k.i(s)?.narrow(1, 0, seq.len())?;
+                    let nv = v.i(s)?.narrow(1, 0, seq.len())?;
+                    new_caches[s].push((Tensor::cat(&[ck, &nk], 1)?, Tensor::cat(&[cv, &nv], 1)?));
+                }
+            }
+            Ok((keys, values))
+        })?;
+        let last_index: Vec<u32> =
+            tokens.iter().enumerate().map(|(s, seq)| (s * t + seq.len() - 1) as u32).collect();
+        let last = x
+            .reshape((b * t, c.dim))?
+            .index_select(&Tensor::new(last_index.as_slice(), &self.device)?, 0)?;
+        let caches = new_caches
+            .into_iter()
+            .zip(tokens.iter().zip(caches))
+            .map(|(layers, (seq, old))| SeqCache { layers, len: old.len + seq.len() })
+            .collect();
+        Ok((last, all_positions.then_some(x), caches))
+    }
+
+    /// The batch cache of rows about to be generated from `caches`, with room for `expected`
+    /// tokens each (it grows past that).
+    pub fn batch_cache(
+        &self,
+        caches: &[&SeqCache],
+        expected: usize,
+    ) -> Result<BatchCache, ModelError> {
+        BatchCache::from_seqs(caches, expected.min(self.config.context_length))
+    }
+
+    /// One generation step of every row of `cache`: `tokens[s]` is row `s`'s next token.
+    /// Returns the final-norm hidden states (`[B, dim]`) and stores the step in `cache` in place.
+    /// The same numbers as [`Self::decode_step`] on each row's [`SeqCache`].
+    pub fn decode_batch_step(
+        &self,
+        tokens: &[u32],
+        cache: &mut BatchCache,
+    ) -> Result<Tensor, ModelError> {
+        self.device.with_context(|| {
+            let b = tokens.len();
+            if b == 0 || b != cache.rows() {
+                return Err(ModelError::Unsupported {
+                    id: self.config.architecture.clone(),
+                    reason: format!("a batch step needs one token per row ({} rows)", cache.rows()),
+                });
+            }
+            self.check_context(cache.next_width())?;
+            let positions = (0..b).map(|s| cache.next_position(s) as u32).collect();
+            let mask = cache.next_mask(self.config.n_head / self.config.n_kv_head, &self.device)?;
+            cache.reserve_step()?;
+            let x = self.layers(
+                tokens.to_vec(),
+                positions,
+                (b, 1),
+                mask.as_ref(),
+                Pass::Decode,
+                |layer, k, v| cache.store(layer, k, v),
+            )?;
+            cache.finish_step();
+            Ok(x.reshape((b, self.config.dim))?)
+        })
+    }
+
+    fn check_context(&self, tokens: usize) -> Result<(), ModelError> {
+        if tokens > self.config.context_length {
+            return Err(ModelError::Unsupported {
+                id: self.config.architecture.clone(),
+                reason: format!(
+                    "{tokens} tokens exceed the context of {}",
+                    self.config.context_length
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The transformer blocks and the final norm over right-padded token ids (`[B, T]`) at
+    /// `positions`; `kv(layer, k, v)` stores the new keys and values (`[B, n_kv_head, T,
+    /// head_dim]`, after RoPE) wherever the caller keeps them and returns the keys and values to
+    /// attend to, which `mask` (`[B, 1, group * T, width]`) fits. Returns `[B, T, dim]`.
+    fn layers(
+        &self,
+        ids: Vec<u32>,
+        positions: Vec<u32>,
+        (b, t): (usize, usize),
+        mask: Option<&Tensor>,
+        pass: Pass,
+        mut kv: impl FnMut(usize, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor)>,
+    ) -> Result<Tensor, ModelError> {
+        let c = &self.config;
         let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
         let positions = Tensor::from_vec(positions, b * t, &self.device)?;
         let cos = self.cos.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
         let sin = self.sin.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
-        let mask = self.mask(tokens, caches, t, p, c.n_head / c.n_kv_head)?;
-
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.dim))?;
-        let mut new_caches: Vec<Vec<(Tensor, Tensor)>> = vec![Vec::with_capacity(c.n_layer); b];
         for (layer, block) in self.blocks.iter().enumerate() {
             let residual = x.clone();
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.rms_eps as f32)?;
@@ -490,27 +563,13 @@ impl GgufDecoder {
                     candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
                 )
             };
-            // Past keys/values, each sequence's padded to the longest past.
-            let (past_k, past_v) = self.stack_past(caches, layer, p)?;
-            let keys = Tensor::cat(&[&past_k, &k], 2)?;
-            let values = Tensor::cat(&[&past_v, &v], 2)?;
-            if b == 1 {
-                // One sequence: the concatenation above is exactly its new cache.
-                new_caches[0].push((keys.squeeze(0)?, values.squeeze(0)?));
-            } else {
-                for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
-                    let (ck, cv) = &cache.layers[layer];
-                    let nk = k.i(s)?.narrow(1, 0, seq.len())?;
-                    let nv = v.i(s)?.narrow(1, 0, seq.len())?;
-                    new_caches[s].push((Tensor::cat(&[ck, &nk], 1)?, Tensor::cat(&[cv, &nv], 1)?));
-                }
-            }
+            let (keys, values) = kv(layer, &k, &v)?;
             // Grouped-query attention without copying keys: the `group` query heads that share a
             // key/value head are stacked along the time axis, so one matmul serves them all.
             let group = c.n_head / c.n_kv_head;
             let q = q.reshape((b, c.n_kv_head, group * t, c.head_dim))?;
             let scores = (q.matmul(&keys.t()?)? / (c.head_dim as f64).sqrt())?;
-            let scores = match &mask {
+            let scores = match mask {
                 Some(mask) => scores.broadcast_add(mask)?,
                 None => scores,
             };
@@ -527,18 +586,7 @@ impl GgufDecoder {
             let mlp = block.w_down.forward(&(gate * block.w_up.forward(&h, pass)?)?, pass)?;
             x = (residual + mlp)?;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, c.rms_eps as f32)?;
-        let last_index: Vec<u32> =
-            tokens.iter().enumerate().map(|(s, seq)| (s * t + seq.len() - 1) as u32).collect();
-        let last = x
-            .reshape((b * t, c.dim))?
-            .index_select(&Tensor::new(last_index.as_slice(), &self.device)?, 0)?;
-        let caches = new_caches
-            .into_iter()
-            .zip(tokens.iter().zip(caches))
-            .map(|(layers, (seq, old))| SeqCache { layers, len: old.len + seq.len() })
-            .collect();
-        Ok((last, all_positions.then_some(x), caches))
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, c.rms_eps as f32)?)
     }
 
     /// Next-token log-probabilities from hidden states `[N, dim]`: `[N, vocab]`.
@@ -590,7 +638,7 @@ impl GgufDecoder {
         caches: &[&SeqCache],
         layer: usize,
         p: usize,
-    ) -> Result<(Tensor, Tensor), ModelError> {
+    ) -> candle_core::Result<(Tensor, Tensor)> {
         let c = &self.config;
         let pad = |x: &Tensor, len: usize| -> candle_core::Result<Tensor> {
             if len == p {

@@ -301,8 +301,12 @@ impl LanguageModel {
         if options.max_tokens == 0 {
             return Ok(outputs);
         }
-        let (mut last, _, mut caches) =
+        let (mut last, _, caches) =
             self.decoder.forward(prompts, &vec![prefix; prompts.len()], false)?;
+        // Decode steps write into one preallocated batch cache (see `kv_cache`).
+        let mut batch =
+            self.decoder.batch_cache(&caches.iter().collect::<Vec<_>>(), options.max_tokens)?;
+        drop(caches);
         let mut active: Vec<usize> = (0..prompts.len()).collect();
         let mut rngs: Vec<u64> = prompts
             .iter()
@@ -320,7 +324,7 @@ impl LanguageModel {
             let logits = self.decoder.logits(&last)?.to_vec2::<f32>()?;
             let mut next_active = Vec::new();
             let mut next_tokens = Vec::new();
-            let mut next_caches = Vec::new();
+            let mut kept_slots = Vec::new();
             for (slot, &row) in active.iter().enumerate() {
                 let token = pick(&logits[slot], options.sampling, &mut rngs[row]);
                 if self.stop_ids.contains(&token) {
@@ -333,17 +337,14 @@ impl LanguageModel {
                     continue;
                 }
                 next_active.push(row);
-                next_tokens.push([token]);
-                next_caches.push(slot);
+                next_tokens.push(token);
+                kept_slots.push(slot);
             }
             if next_active.is_empty() {
                 break;
             }
-            let seqs: Vec<&[u32]> = next_tokens.iter().map(|t| t.as_slice()).collect();
-            let step_caches: Vec<&SeqCache> = next_caches.iter().map(|&s| &caches[s]).collect();
-            let (l, c) = self.decoder.decode_step(&seqs, &step_caches)?;
-            last = l;
-            caches = c;
+            batch.retain(&kept_slots)?;
+            last = self.decoder.decode_batch_step(&next_tokens, &mut batch)?;
             active = next_active;
         }
         Ok(outputs)

@@ -136,6 +136,48 @@ fn generation_is_the_same_batched_and_alone() {
 }
 
 #[test]
+fn batch_cache_steps_equal_steps_on_each_rows_own_cache() {
+    // Generation writes decode steps into one preallocated batch cache (prompts padded to the
+    // longest, generated tokens side by side); each row must get what a step on its own cache
+    // gives, across capacity growth and rows leaving the batch.
+    for (arch, dtype, mode) in variants() {
+        let (_dir, m) = load(arch, dtype, mode);
+        let d = m.decoder();
+        let prefix = m.prefix_cache(&m.encode("the").unwrap()).unwrap();
+        let prompts: Vec<Vec<u32>> = ["cat sat on the mat", "a", "in the thin"]
+            .iter()
+            .map(|t| m.encode(t).unwrap())
+            .collect();
+        let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        let (_, _, mut own) = d.forward(&refs, &[&prefix, &prefix, &prefix], false).unwrap();
+        // Room for 1 token: the cache grows several times over 40 steps.
+        let mut batch = d.batch_cache(&own.iter().collect::<Vec<_>>(), 1).unwrap();
+        let mut rows: Vec<usize> = vec![0, 1, 2];
+        for step in 0..40u32 {
+            if step == 17 {
+                // The middle row stops.
+                batch.retain(&[0, 2]).unwrap();
+                rows = vec![0, 2];
+            }
+            let tokens: Vec<u32> =
+                rows.iter().map(|&r| (step * 7 + r as u32 * 3) % 50 + 1).collect();
+            let batched =
+                d.decode_batch_step(&tokens, &mut batch).unwrap().to_vec2::<f32>().unwrap();
+            for (slot, &r) in rows.iter().enumerate() {
+                let (single, mut c) = d.decode_step(&[&[tokens[slot]]], &[&own[r]]).unwrap();
+                own[r] = c.remove(0);
+                let diff = max_diff(&batched[slot], &single.to_vec2::<f32>().unwrap()[0]);
+                assert!(diff < 1e-4, "{arch} {dtype:?}: step {step}, row {r} differs by {diff}");
+            }
+        }
+        for (slot, &r) in rows.iter().enumerate() {
+            let row = batch.row(slot).unwrap();
+            assert_eq!(row.len(), own[r].len(), "{arch} {dtype:?}: row {r}");
+        }
+    }
+}
+
+#[test]
 fn unsupported_architectures_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.gguf");
