@@ -5,7 +5,7 @@
 //! `RAYON_NUM_THREADS` sets the thread count). Each figure is the median of several runs.
 //! The peer comparison with llama.cpp is `scripts/bench-llama-cpp.sh`, run on the same prompts.
 //! `MURAKKAB_BENCH_ONLY=decode,labels` runs only those parts (`embed`, `prefill`, `decode`,
-//! `labels`).
+//! `stored`: decode with the weights as stored beside it, `steps`: decode steps alone, `labels`).
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -130,25 +130,28 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
             })
             .collect();
         // The same weights as stored in the file (Q4_1, Q5_0: candle's scalar dot product), side by
-        // side with the re-quantized ones the runtime uses, for what the conversion gains.
-        let card = find_model(home, id).unwrap();
-        let path = home.model_dir(id).join("model.gguf");
-        let as_stored = LanguageModel::load(
-            id,
-            &path,
-            &card.eos_tokens,
-            &Device::Cpu,
-            WeightMode::BothAsStored,
-        )
-        .unwrap();
+        // side with the re-quantized ones the runtime uses, for what the conversion gains
+        // (part `stored`).
+        let as_stored = runs("stored").then(|| {
+            let card = find_model(home, id).unwrap();
+            let path = home.model_dir(id).join("model.gguf");
+            LanguageModel::load(id, &path, &card.eos_tokens, &Device::Cpu, WeightMode::BothAsStored)
+                .unwrap()
+        });
         for batch in [1usize, 16] {
             let rate = decode_rate(&model, &empty, &short[..batch]);
-            let stored = decode_rate(&as_stored, &empty, &short[..batch]);
-            println!(
-                "{id}: decode  batch {batch:>2}: {rate:>8.1} tok/s (weights as stored: {stored:.1} tok/s, {:.2}x)",
-                rate / stored
-            );
+            let stored = match &as_stored {
+                Some(m) => {
+                    let stored = decode_rate(m, &empty, &short[..batch]);
+                    format!(" (weights as stored: {stored:.1} tok/s, {:.2}x)", rate / stored)
+                }
+                None => String::new(),
+            };
+            println!("{id}: decode  batch {batch:>2}: {rate:>8.1} tok/s{stored}");
         }
+    }
+    if runs("steps") {
+        bench_steps(&model, id, &empty);
     }
     if runs("labels") {
         bench_label_scoring(&model, id, texts);
@@ -179,6 +182,23 @@ fn bench_label_scoring(model: &LanguageModel, id: &str, texts: &[String]) {
         rows.len(),
         prefix_tokens.len()
     );
+}
+
+/// Decode steps alone (no prompt pass, no sampling): 64 steps of 16 rows on a 40-token prompt.
+fn bench_steps(model: &LanguageModel, id: &str, empty: &SeqCache) {
+    let d = model.decoder();
+    let prompt: Vec<u32> = (0..40).map(|i| 100 + i).collect();
+    let (_, _, caches) = d.forward(&[&prompt], &[empty], false).unwrap();
+    for rows in [1usize, 16] {
+        let s = median_secs(3, || {
+            let mut batch = d.batch_cache(&vec![&caches[0]; rows], 64).unwrap();
+            for step in 0..64u32 {
+                let tokens = vec![200 + step; rows];
+                d.decode_batch_step(&tokens, &mut batch).unwrap();
+            }
+        });
+        println!("{id}: decode steps, {rows:>2} rows: {:>6.2} ms/step", s * 1000.0 / 64.0);
+    }
 }
 
 /// Decode tokens/s generating 32 tokens per prompt: (prefill + 32 steps) − (prefill + 1 step).
