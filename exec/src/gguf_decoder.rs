@@ -18,7 +18,7 @@ use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use crate::error::ModelError;
 use crate::kv_cache::BatchCache;
 pub use crate::kv_cache::SeqCache;
-use crate::q8_gemv::Q8Matrix;
+use crate::vnni_gemv::VnniMatrix;
 
 /// How projection weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +80,7 @@ struct Linear {
     dense: Option<QMatMul>,
     /// The quantized weights repacked for the AVX-512 VNNI kernel, which decode steps use where
     /// it runs.
-    vnni: Option<Q8Matrix>,
+    vnni: Option<VnniMatrix>,
     bias: Option<Tensor>,
 }
 
@@ -93,10 +93,13 @@ impl Linear {
         mode: WeightMode,
     ) -> Result<Self, ModelError> {
         let vnni = match &weight {
-            QMatMul::QTensor(q) if mode != WeightMode::BothAsStored => Q8Matrix::from_qtensor(q)?,
+            QMatMul::QTensor(q) if mode != WeightMode::BothAsStored => VnniMatrix::from_qtensor(q)?,
             _ => None,
         };
-        let weight = (vnni.is_none() || dense.is_none()).then_some(weight);
+        // candle's copy is kept only where it computes something the others do not: no kernel
+        // copy, or no f32 copy for prompt passes and a format candle multiplies with vector code.
+        let scalar = matches!(&weight, QMatMul::QTensor(q) if SCALAR_FORMATS.contains(&q.dtype()));
+        let weight = (vnni.is_none() || (dense.is_none() && !scalar)).then_some(weight);
         Ok(Self { weight, dense, vnni, bias })
     }
 
@@ -271,9 +274,11 @@ impl GgufDecoder {
                 detail: format!("tensor {name}: {e}"),
             })
         };
-        // The quantized copy decode steps read: in a vectorised format unless kept as stored.
+        // The quantized copy decode steps read: as stored where our kernel takes it (or for the
+        // as-stored benchmark), otherwise in a format candle has vector code for.
         let decode_copy = |q: QTensor| -> Result<QMatMul, ModelError> {
-            let q = if mode == WeightMode::BothAsStored { q } else { vector_format(q, device)? };
+            let keep = mode == WeightMode::BothAsStored || VnniMatrix::supports(&q);
+            let q = if keep { q } else { vector_format(q, device)? };
             Ok(QMatMul::from_qtensor(q)?)
         };
         let matmul = |q: QTensor| -> Result<(QMatMul, Option<QMatMul>), ModelError> {

@@ -26,11 +26,11 @@ mod kv_cache;
 mod language_model;
 pub mod model_memory;
 mod planner;
-pub mod q8_gemv;
 mod registry;
 mod result_cache;
 mod scheduler;
 pub mod tiny_models;
+pub mod vnni_gemv;
 
 pub use ai_map_exec::{AiMapExec, CHUNK_ROWS, estimated_model_seconds};
 pub use ai_runtime::ModelRuntime;

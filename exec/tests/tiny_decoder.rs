@@ -27,7 +27,7 @@ fn variants() -> Vec<(&'static str, GgmlDType, WeightMode)> {
         ("qwen2", GgmlDType::F32, WeightMode::Dequantized),
         ("llama", GgmlDType::Q8_0, WeightMode::Quantized),
         ("qwen2", GgmlDType::Q8_0, WeightMode::Both),
-        // Re-quantized to Q8_0 at load (no vectorised Q4_1 kernel in candle).
+        // Our VNNI kernel on the stored Q4_1 where the CPU has it, else re-quantized to Q8_0.
         ("llama", GgmlDType::Q4_1, WeightMode::Quantized),
     ]
 }
@@ -213,10 +213,11 @@ fn both_weight_copies_agree_on_long_and_short_passes() {
 
 #[test]
 fn requantized_decode_weights_stay_close_to_the_stored_ones() {
-    // Q4_1 weights are re-quantized to Q8_0 for decode steps. Against the exact result (the f32
-    // copy, which prompt passes use), a decode step on the converted weights must be about as
-    // close as one on the weights as stored: both quantize the activations to 8 bits, and Q8_0's
-    // rounding of the stored values is far below Q4_1's own.
+    // Q4_1 weights go to our VNNI kernel as stored where the CPU has it, and are re-quantized to
+    // Q8_0 elsewhere. Against the exact result (the f32 copy, which prompt passes use), a decode
+    // step on the runtime's copy must be about as close as candle's on the weights as stored:
+    // both quantize the activations to 8 bits, and Q8_0's rounding of the stored values is far
+    // below Q4_1's own.
     let (_dir, converted) = load("llama", GgmlDType::Q4_1, WeightMode::Both);
     let (_dir2, stored) = load("llama", GgmlDType::Q4_1, WeightMode::BothAsStored);
     let ids = converted.encode("the cat sat on the mat").unwrap();
