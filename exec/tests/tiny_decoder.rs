@@ -150,6 +150,13 @@ fn batch_cache_steps_equal_steps_on_each_rows_own_cache() {
             .collect();
         let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
         let (_, _, mut own) = d.forward(&refs, &[&prefix, &prefix, &prefix], false).unwrap();
+        // The cache is the same code for every weight format, so f32 weights check it exactly.
+        // Quantized decode steps round activations to 8 bits: a last-bit difference in the
+        // attention (the batch attends over padded slots, a single row does not) can flip one
+        // rounding and move a hidden state by a few hundredths after tens of steps (0.034 at
+        // step 39 here once candle's AVX-512 GEMM changed summation order), far below the O(1)
+        // a misplaced key would cause.
+        let tolerance = if dtype == GgmlDType::F32 { 1e-4 } else { 0.1 };
         // Room for 1 token: the cache grows several times over 40 steps.
         let mut batch = d.batch_cache(&own.iter().collect::<Vec<_>>(), 1).unwrap();
         let mut rows: Vec<usize> = vec![0, 1, 2];
@@ -167,7 +174,7 @@ fn batch_cache_steps_equal_steps_on_each_rows_own_cache() {
                 let (single, mut c) = d.decode_step(&[&[tokens[slot]]], &[&own[r]]).unwrap();
                 own[r] = c.remove(0);
                 let diff = max_diff(&batched[slot], &single.to_vec2::<f32>().unwrap()[0]);
-                assert!(diff < 1e-4, "{arch} {dtype:?}: step {step}, row {r} differs by {diff}");
+                assert!(diff < tolerance, "{arch} {dtype:?}: step {step}, row {r} differs by {diff}");
             }
         }
         for (slot, &r) in rows.iter().enumerate() {
