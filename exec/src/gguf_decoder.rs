@@ -480,7 +480,8 @@ impl GgufDecoder {
 
     /// One generation step of every row of `cache`: `tokens[s]` is row `s`'s next token.
     /// Returns the final-norm hidden states (`[B, dim]`) and stores the step in `cache` in place.
-    /// The same numbers as [`Self::decode_step`] on each row's [`SeqCache`].
+    /// The same computation as [`Self::decode_step`] on each row's [`SeqCache`], up to float
+    /// summation order (the batch attends over padded slots, masked out).
     pub fn decode_batch_step(
         &self,
         tokens: &[u32],
