@@ -2,9 +2,9 @@
 //!
 //! Decode at batch 1 reads every weight once per token, so its ceiling is memory bandwidth
 //! divided by the bytes of weights read per token (`GgufDecoder::decode_weight_bytes`: the
-//! quantized copy decode uses, after re-quantization). Prefill is matrix multiplication, about 2 x parameters FLOPs per token, so its ceiling
-//! is the f32 GEMM rate over the block weights (the embedding table is a lookup). Both ceilings
-//! are measured here, in the same run: STREAM's copy kernel (256 MB arrays, on every model
+//! quantized copy decode uses, after re-quantization). Prefill is matrix multiplication, about
+//! 2 x parameters FLOPs per token, so its ceiling is the f32 GEMM rate over the block weights
+//! (the embedding table is a lookup). Both ceilings are measured here, in the same run: STREAM's copy kernel (256 MB arrays, on every model
 //! thread) and a 1024^3 candle matmul. Decode speed is `murakkab calibrate`'s (batch 1, with
 //! the logits); prefill is one forward pass of 16 prompts of 256 tokens, nothing cached.
 //!

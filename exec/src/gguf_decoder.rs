@@ -16,8 +16,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
 use crate::error::ModelError;
-use crate::kv_cache::BatchCache;
 pub use crate::kv_cache::SeqCache;
+use crate::kv_cache::{BatchCache, stack_padded};
 use crate::vnni_gemv::VnniMatrix;
 
 /// How projection weights are held.
@@ -74,7 +74,8 @@ enum Pass {
 
 struct Linear {
     /// Candle's quantized weights: decode steps where the VNNI kernel does not run, and prompt
-    /// passes without an f32 copy. Dropped when both of those exist (one Q8_0 copy is enough).
+    /// passes without an f32 copy. Dropped where the kernel runs and either an f32 copy exists
+    /// or candle's code for the format is scalar (one quantized copy is enough).
     weight: Option<QMatMul>,
     /// The f32 copy used for large passes in [`WeightMode::Both`].
     dense: Option<QMatMul>,
@@ -439,7 +440,7 @@ impl GgufDecoder {
         let mut new_caches: Vec<Vec<(Tensor, Tensor)>> = vec![Vec::with_capacity(c.n_layer); b];
         let x = self.layers(ids, positions, (b, t), mask.as_ref(), pass, |layer, k, v| {
             // Past keys/values, each sequence's padded to the longest past.
-            let (past_k, past_v) = self.stack_past(caches, layer, p)?;
+            let (past_k, past_v) = stack_padded(caches, layer, p)?;
             let keys = Tensor::cat(&[&past_k, k], 2)?;
             let values = Tensor::cat(&[&past_v, v], 2)?;
             if b == 1 {
@@ -637,33 +638,6 @@ impl GgufDecoder {
             }
         }
         Ok(Some(Tensor::from_vec(m, (tokens.len(), 1, rows, width), &self.device)?))
-    }
-
-    fn stack_past(
-        &self,
-        caches: &[&SeqCache],
-        layer: usize,
-        p: usize,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let c = &self.config;
-        let pad = |x: &Tensor, len: usize| -> candle_core::Result<Tensor> {
-            if len == p {
-                Ok(x.clone())
-            } else {
-                let zeros =
-                    Tensor::zeros((c.n_kv_head, p - len, c.head_dim), DType::F32, &self.device)?;
-                Tensor::cat(&[x, &zeros], 1)
-            }
-        };
-        let ks = caches
-            .iter()
-            .map(|s| pad(&s.layers[layer].0, s.len))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let vs = caches
-            .iter()
-            .map(|s| pad(&s.layers[layer].1, s.len))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok((Tensor::stack(&ks, 0)?, Tensor::stack(&vs, 0)?))
     }
 }
 

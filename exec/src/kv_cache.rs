@@ -69,17 +69,9 @@ impl BatchCache {
         let past: Vec<usize> = rows.iter().map(|r| r.len).collect();
         let base = past.iter().copied().max().unwrap_or(0);
         let capacity = base + expected.max(1);
-        let mut layers = Vec::with_capacity(first.layers.len());
-        for layer in 0..first.layers.len() {
-            let pad = |pick: fn(&(Tensor, Tensor)) -> &Tensor| -> candle_core::Result<Tensor> {
-                let padded = rows
-                    .iter()
-                    .map(|r| pad_slots(pick(&r.layers[layer]), capacity))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::stack(&padded, 0)
-            };
-            layers.push((pad(|kv| &kv.0)?, pad(|kv| &kv.1)?));
-        }
+        let layers = (0..first.layers.len())
+            .map(|layer| stack_padded(rows, layer, capacity))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { layers, past, base, generated: 0, capacity })
     }
 
@@ -188,6 +180,24 @@ impl BatchCache {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(SeqCache { layers, len: self.past[s] + self.generated })
     }
+}
+
+/// Layer `layer` of `rows`' caches, each padded with zeros to `slots` positions and stacked:
+/// keys and values `[B, n_kv_head, slots, head_dim]`. Prompt passes attend to these; a batch
+/// cache starts from them.
+pub(crate) fn stack_padded(
+    rows: &[&SeqCache],
+    layer: usize,
+    slots: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let stack = |pick: fn(&(Tensor, Tensor)) -> &Tensor| -> candle_core::Result<Tensor> {
+        let padded = rows
+            .iter()
+            .map(|r| pad_slots(pick(&r.layers[layer]), slots))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::stack(&padded, 0)
+    };
+    Ok((stack(|kv| &kv.0)?, stack(|kv| &kv.1)?))
 }
 
 /// `x` (`[heads, len, head_dim]`) followed by zeros up to `slots` along the time axis.

@@ -71,7 +71,8 @@ impl ModelMemory {
 
 /// Bytes a decoder holds for its weights: the files — or 36 bytes per 32 weights if that is
 /// more, since formats without a vectorised kernel are re-quantized to Q8_0 at load and repacked
-/// for the decode kernel (an f32 scale per block) — plus an f32 copy of every weight when it keeps
+/// for the decode kernel (an f32 scale per block; Q4_1 kept for our kernel takes 24, so this
+/// bounds it) — plus an f32 copy of every weight when it keeps
 /// one for prefill (models up to 1B parameters). Without the f32 copy, prompt passes use candle's
 /// quantized weights beside the repacked ones: twice the quantized part, as an upper bound.
 pub fn decoder_weight_bytes(file_bytes: u64, parameters: u64, f32_copy: bool) -> usize {

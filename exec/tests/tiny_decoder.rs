@@ -174,7 +174,10 @@ fn batch_cache_steps_equal_steps_on_each_rows_own_cache() {
                 let (single, mut c) = d.decode_step(&[&[tokens[slot]]], &[&own[r]]).unwrap();
                 own[r] = c.remove(0);
                 let diff = max_diff(&batched[slot], &single.to_vec2::<f32>().unwrap()[0]);
-                assert!(diff < tolerance, "{arch} {dtype:?}: step {step}, row {r} differs by {diff}");
+                assert!(
+                    diff < tolerance,
+                    "{arch} {dtype:?}: step {step}, row {r} differs by {diff}"
+                );
             }
         }
         for (slot, &r) in rows.iter().enumerate() {
