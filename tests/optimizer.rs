@@ -99,13 +99,24 @@ impl AiBackend for TwoModels {
         Err("no generation here".into())
     }
 
+    /// The mood of each row: the reference always right, the cheap model wrong on hard rows.
     fn extract(
         &self,
-        _model: &str,
-        _batch: &ChatBatch,
+        model: &str,
+        batch: &ChatBatch,
         _fields: &[(String, FieldType)],
     ) -> Result<BatchOutput<Vec<Option<FieldValue>>>, String> {
-        Err("no extraction here".into())
+        self.calls.lock().unwrap().push((format!("extract {model}"), batch.rows.len()));
+        let rows = batch
+            .rows
+            .iter()
+            .map(|r| {
+                let upbeat = r.contains("upbeat") != (model == CHEAP && r.contains("hard"));
+                let mood = if upbeat { "Upbeat" } else { "gloomy " };
+                Ok(vec![Some(FieldValue::Text(mood.to_string()))])
+            })
+            .collect();
+        Ok(BatchOutput { rows, truncated: 0 })
     }
 
     fn count_tokens(&self, _model: &str, text: &str) -> Result<usize, String> {
@@ -380,4 +391,49 @@ async fn loading_a_model_makes_latency_and_energy_choose_different_plans() {
     assert!(plan.contains(&format!("cascade({CHEAP}")), "{plan}");
     assert!(plan.contains("for energy (recorded"), "{plan}");
     assert!(plan.contains("(incl. loading: 100.0s, 480J)"), "{plan}");
+}
+
+const EXTRACT: &str =
+    "SELECT id, ai_extract(text, '{\"mood\": \"text\"}')['mood'] AS mood FROM reviews ORDER BY id";
+
+#[tokio::test]
+async fn ai_extract_runs_the_cheap_model_only_where_its_values_agree_often_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    // Plain EXPLAIN runs nothing and says when the choice is made.
+    let plan = text_of(&db, &format!("EXPLAIN {EXTRACT}")).await;
+    assert!(plan.contains("ai_extract: model chosen from a sample"), "{plan}");
+    assert!(backend.calls.lock().unwrap().is_empty(), "EXPLAIN ran a model");
+    // The cheap model gets 1 row in 10 wrong: agreement ~0.9 cannot prove 0.9 at 95%.
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {EXTRACT}")).await;
+    assert!(plan.contains(&format!("ai_extract: {REFERENCE} for balanced (sampled")), "{plan}");
+    assert!(plan.contains("generated="), "{plan}");
+    let extracted = |model: &str| backend.rows(&format!("extract {model}"));
+    assert_eq!(extracted(CHEAP), 64, "the cheap model extracted the sample only");
+
+    // With a lower target it proves, and the statistics decide without a new sample.
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    run(&db, "SET murakkab.quality_target = 0.7").await;
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {EXTRACT}")).await;
+    assert!(plan.contains(&format!("ai_extract: {CHEAP} for balanced (sampled")), "{plan}");
+    assert!(plan.contains("reference alone"), "{plan}");
+    let extracted = |model: &str| backend.rows(&format!("extract {model}"));
+    // The sampled rows come from the result cache: 1,000 cheap rows in all, 64 reference rows.
+    assert_eq!((extracted(CHEAP), extracted(REFERENCE)), (1000, 64));
+    let moods = labels(&run(&db, EXTRACT).await);
+    let right = moods
+        .iter()
+        .zip(1..)
+        .filter(|(m, v)| {
+            m.trim().eq_ignore_ascii_case(if v % 2 == 0 { "upbeat" } else { "gloomy" })
+        })
+        .count();
+    assert_eq!(right, 900, "the cheap model's answers: wrong on the 100 hard rows");
+    let plan = text_of(&db, &format!("EXPLAIN {EXTRACT}")).await;
+    assert!(plan.contains(&format!("ai_extract: {CHEAP} for balanced (recorded")), "{plan}");
 }

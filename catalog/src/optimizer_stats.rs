@@ -47,6 +47,30 @@ impl LabelCallStats {
     }
 }
 
+/// What a sample taught about one `ai_extract` call: how often each cheaper model's values
+/// equal the reference model's, and how many tokens a row reads and generates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtractCallStats {
+    /// Rows of the call's input when it was sampled.
+    pub input_rows: u64,
+    /// The model every candidate is compared with: the largest that can generate.
+    pub reference: String,
+    /// Mean tokens of a row's prompt part (its text in its block).
+    pub mean_row_tokens: f64,
+    /// Mean tokens of the reference's answers (the generated JSON).
+    pub mean_output_tokens: f64,
+    /// One entry per cheaper candidate over the sampled rows the reference answered
+    /// (`confidence` is 1 where the candidate answered, 0 where it failed).
+    pub candidates: Vec<CandidateOutcome>,
+}
+
+impl ExtractCallStats {
+    /// Rows in the sample that the reference answered.
+    pub fn sample_rows(&self) -> usize {
+        self.candidates.first().map_or(0, |c| c.agrees.len())
+    }
+}
+
 /// What a sample taught about one AI predicate of a conjunction: how many rows pass it and
 /// what a row costs (the predicate-ordering rule ranks by cost / (1 - selectivity)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +170,21 @@ impl StatsStore {
     /// Stores `stats` under `key`, replacing any earlier record atomically.
     pub fn save_label_stats(&self, key: &str, stats: &LabelCallStats) -> std::io::Result<()> {
         self.write_json(&self.path(key), &Stored { key: key.to_string(), stats: stats.clone() })
+    }
+
+    fn extract_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("extract-{}.json", Self::id_of(key)))
+    }
+
+    /// The extraction statistics stored under `key`, if any are readable.
+    pub fn extract_stats(&self, key: &str) -> Option<ExtractCallStats> {
+        self.read_keyed(&self.extract_path(key), key)
+    }
+
+    /// Stores extraction statistics under `key`, replacing any earlier record atomically.
+    pub fn save_extract_stats(&self, key: &str, stats: &ExtractCallStats) -> std::io::Result<()> {
+        let stored = Stored { key: key.to_string(), stats: stats.clone() };
+        self.write_json(&self.extract_path(key), &stored)
     }
 
     fn predicate_path(&self, key: &str) -> PathBuf {

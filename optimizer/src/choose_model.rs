@@ -27,8 +27,10 @@
 //! defaults from model size) and the sample's token counts.
 //!
 //! Does not apply: with `murakkab.optimizer.enabled = false`; to calls that name a model or a
-//! cascade; to per-row conditions or label lists; to other AI functions (generation has no
-//! label probability to cascade on). Under plain EXPLAIN nothing is sampled: recorded
+//! cascade; to per-row conditions or label lists. `ai_extract` calls at `auto` with a constant
+//! schema are decided in the same pass, one model for every row (`extract_choice`: generation
+//! has no label probability to cascade on); `ai_complete` is not (free text has no agreement
+//! to measure). Under plain EXPLAIN nothing is sampled: recorded
 //! statistics still decide, otherwise the note says the choice is made when the query runs.
 //! When the input is too small for a sample to pay for itself, the reference model is used.
 //!
@@ -62,7 +64,8 @@ use murakkab_catalog::{
 };
 use murakkab_compiler::{AiMap, MurakkabOptions, OverBudget};
 use murakkab_udfs::{
-    AiBackend, AiContext, AiWarnings, Cascade, ModelPlan, best_label, prompts, top_probability,
+    AiBackend, AiContext, AiWarnings, Cascade, FieldType, ModelPlan, best_label, parse_schema,
+    prompts, top_probability,
 };
 
 use crate::cost_model::{Cost, embed_row_cost, label_row_cost, load_cost};
@@ -84,70 +87,77 @@ const PROXY_FOLDS: usize = 5;
 /// Chooses models for label-scoring calls; see the module doc.
 #[derive(Debug)]
 pub struct ModelChooser {
-    backend: Arc<dyn AiBackend>,
+    pub(crate) backend: Arc<dyn AiBackend>,
     warnings: Arc<AiWarnings>,
-    store: StatsStore,
+    pub(crate) store: StatsStore,
 }
 
 /// What a call asks the model, besides the row.
 #[derive(Debug, Clone, PartialEq)]
-enum Instruction {
+pub(crate) enum Instruction {
     /// `ai_filter`'s condition.
     Condition(String),
     /// `ai_classify`'s labels.
     Labels(Vec<String>),
+    /// `ai_extract`'s fields (decided by `extract_choice`).
+    Schema(Vec<(String, FieldType)>),
 }
 
 impl Instruction {
+    /// The labels a label-scoring call scores (none for an extraction).
     fn labels(&self) -> Vec<String> {
         match self {
             Self::Condition(_) => prompts::FILTER_LABELS.iter().map(|l| l.to_string()).collect(),
             Self::Labels(l) => l.clone(),
+            Self::Schema(_) => Vec::new(),
         }
     }
 
-    fn prompt(&self, texts: &[String]) -> murakkab_udfs::ChatBatch {
+    /// The prompts the call's function builds for `texts` (so sampled answers are the ones the
+    /// query would compute, and land in the result cache under the same keys).
+    pub(crate) fn prompt(&self, texts: &[String]) -> murakkab_udfs::ChatBatch {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         match self {
             Self::Condition(c) => prompts::filter(&texts, c),
             Self::Labels(l) => prompts::classify(&texts, l),
+            Self::Schema(fields) => prompts::extract(&texts, fields),
         }
     }
 }
 
 /// One call the rule may decide.
 #[derive(Debug, Clone)]
-struct Site {
-    key: String,
-    function: String,
+pub(crate) struct Site {
+    pub(crate) key: String,
+    pub(crate) function: String,
     text: Expr,
-    instruction: Instruction,
+    pub(crate) instruction: Instruction,
     input: LogicalPlan,
     /// At most this many rows will be pulled through the call (a LIMIT above it).
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
 }
 
 /// The plan chosen for a call and the note EXPLAIN shows.
 #[derive(Debug, Clone)]
-struct Decision {
+pub(crate) struct Decision {
     /// The SQL function decided for.
-    function: String,
-    plan: ModelPlan,
-    note: String,
+    pub(crate) function: String,
+    pub(crate) plan: ModelPlan,
+    pub(crate) note: String,
     /// The call's estimated time and energy under `plan`, when it was estimated.
-    estimate: Option<Cost>,
+    pub(crate) estimate: Option<Cost>,
     /// The least-energy plan whatever its quality (what `over_budget = 'degrade'` runs), with
     /// its estimate and estimated quality.
-    cheapest: Option<(ModelPlan, Cost, f64)>,
+    pub(crate) cheapest: Option<(ModelPlan, Cost, f64)>,
     /// Rows the estimate is for.
-    rows: u64,
+    pub(crate) rows: u64,
     /// Every plan weighed, for reports (persisted beside the statistics).
-    considered: Option<PlanChoices>,
+    pub(crate) considered: Option<PlanChoices>,
 }
 
 impl Decision {
     /// A decision without estimates.
-    fn plain(plan: ModelPlan, note: String) -> Self {
+    pub(crate) fn plain(plan: ModelPlan, note: String) -> Self {
         Self {
             function: String::new(),
             plan,
@@ -161,25 +171,28 @@ impl Decision {
 }
 
 /// Rows drawn from a call's input.
-struct Sample {
-    texts: Vec<String>,
+pub(crate) struct Sample {
+    pub(crate) texts: Vec<String>,
     /// Rows of the input seen; all of them when `complete`.
-    input_rows: u64,
-    complete: bool,
+    pub(crate) input_rows: u64,
+    pub(crate) complete: bool,
 }
 
 /// Everything one planning pass decides with.
-struct Pass<'a> {
+pub(crate) struct Pass<'a> {
     session: &'a dyn Session,
     /// Says which models are resident (loading the others is part of a plan's cost).
     backend: &'a dyn AiBackend,
-    options: MurakkabOptions,
-    profile: DeviceProfile,
+    pub(crate) options: MurakkabOptions,
+    pub(crate) profile: DeviceProfile,
+    /// Models that can score labels, smallest first.
     candidates: Vec<ModelCard>,
     reference: ModelCard,
+    /// Models that can generate, smallest first (`ai_extract`'s candidates).
+    pub(crate) generators: Vec<ModelCard>,
     /// The encoder proxies are trained on, if one is pulled.
     encoder: Option<ModelCard>,
-    may_sample: bool,
+    pub(crate) may_sample: bool,
 }
 
 impl ModelChooser {
@@ -205,7 +218,8 @@ impl ModelChooser {
         let Some(reference) = candidates.last().cloned() else { return Ok(plan.clone()) };
         let encoder =
             self.backend.candidate_models(Task::Embed).into_iter().find(|c| c.can(Task::Embed));
-        let sites = sites(plan, &candidates, encoder.as_ref())?;
+        let generators = self.backend.candidate_models(Task::Generate);
+        let sites = sites(plan, &candidates, &generators, encoder.as_ref())?;
         if sites.is_empty() {
             return Ok(plan.clone());
         }
@@ -216,6 +230,7 @@ impl ModelChooser {
             profile: DeviceProfile::load(self.backend.home()),
             candidates,
             reference,
+            generators,
             encoder,
             // Plain EXPLAIN shows the plan without running anything.
             may_sample: !matches!(plan, LogicalPlan::Explain(_)),
@@ -229,7 +244,7 @@ impl ModelChooser {
             }
         }
         self.enforce_budget(&mut decisions, &pass.options)?;
-        rewrite(plan, &decisions, &pass.candidates, pass.encoder.as_ref())
+        rewrite(plan, &decisions, &pass.candidates, &pass.generators, pass.encoder.as_ref())
     }
 
     /// `murakkab.max_energy_j`: refuses a query estimated to use more, or switches every call to
@@ -274,6 +289,9 @@ impl ModelChooser {
     }
 
     async fn decide(&self, site: &Site, pass: &Pass<'_>) -> Result<Decision> {
+        if let Instruction::Schema(fields) = &site.instruction {
+            return self.decide_extract(site, fields, pass).await;
+        }
         if let Some(stats) = self.store.label_stats(&site.key) {
             let decision = choose_plan(site, &stats, pass, "recorded");
             self.record_choices(site, &decision);
@@ -316,7 +334,11 @@ impl ModelChooser {
         .join()
         .await
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        if sample.complete && !sampling_pays(&sample, tokens, pass) {
+        let label_cost = |card: &ModelCard| {
+            label_row_cost(&pass.profile.speed(card), tokens, &pass.options)
+                .value(pass.options.objective, &pass.options)
+        };
+        if sample.complete && !sampling_pays(&sample, &pass.candidates, label_cost) {
             let rows = sample.input_rows;
             let per_row =
                 label_row_cost(&pass.profile.speed(&pass.reference), tokens, &pass.options);
@@ -343,7 +365,7 @@ impl ModelChooser {
     }
 
     /// Persists the plans weighed for `site` (a report's Pareto plot reads them).
-    fn record_choices(&self, site: &Site, decision: &Decision) {
+    pub(crate) fn record_choices(&self, site: &Site, decision: &Decision) {
         if let Some(choices) = &decision.considered
             && let Err(e) = self.store.save_plan_choices(&site.key, choices)
         {
@@ -357,7 +379,7 @@ impl ModelChooser {
     /// The sample grows with the input: 5% of its rows, at least `murakkab.optimizer.sample_rows`
     /// and at most four times that (a proxy model learns more from more rows, and a larger
     /// sample narrows the confidence bound, while its cost stays a small share of the input's).
-    async fn sample(&self, site: &Site, pass: &Pass<'_>) -> Result<Sample> {
+    pub(crate) async fn sample(&self, site: &Site, pass: &Pass<'_>) -> Result<Sample> {
         let least = pass.options.sample_rows;
         let size = MAX_SAMPLE_FACTOR * least;
         let ai_below = contains_ai_map(&site.input)?;
@@ -519,14 +541,15 @@ fn proxy_outcome(
 }
 
 /// Whether sampling can save more than it costs: the rows after the sample, moved from the
-/// reference to the cheapest model at best, against the sample scored by both.
-fn sampling_pays(sample: &Sample, tokens: f64, pass: &Pass<'_>) -> bool {
-    let (Some(cheapest), reference) = (pass.candidates.first(), &pass.reference) else {
+/// reference (the last of `candidates`) to the cheapest (the first) at best, against the
+/// sample computed by both; `cost` is a row's cost on a model by the objective.
+pub(crate) fn sampling_pays(
+    sample: &Sample,
+    candidates: &[ModelCard],
+    cost: impl Fn(&ModelCard) -> f64,
+) -> bool {
+    let (Some(cheapest), Some(reference)) = (candidates.first(), candidates.last()) else {
         return false;
-    };
-    let cost = |card: &ModelCard| {
-        label_row_cost(&pass.profile.speed(card), tokens, &pass.options)
-            .value(pass.options.objective, &pass.options)
     };
     let (c, r) = (cost(cheapest), cost(reference));
     let n = sample.input_rows as f64;
@@ -551,7 +574,7 @@ fn score_sample(
 }
 
 /// Mean tokens of a sampled row's prompt part (its text in its block), by `model`'s tokenizer.
-fn mean_tokens(
+pub(crate) fn mean_tokens(
     backend: &dyn AiBackend,
     model: &str,
     texts: &[String],
@@ -713,7 +736,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
 
 /// The one-time cost of loading the models `plan` runs that are not resident (a proxy runs
 /// on the encoder).
-fn load_of(plan: &ModelPlan, pass: &Pass<'_>) -> Cost {
+pub(crate) fn load_of(plan: &ModelPlan, pass: &Pass<'_>) -> Cost {
     let mut cards: Vec<&ModelCard> = plan
         .models()
         .into_iter()
@@ -721,7 +744,7 @@ fn load_of(plan: &ModelPlan, pass: &Pass<'_>) -> Cost {
             if id.starts_with(PROXY_PREFIX) {
                 pass.encoder.as_ref()
             } else {
-                pass.candidates.iter().find(|c| c.id == id)
+                pass.candidates.iter().chain(&pass.generators).find(|c| c.id == id)
             }
         })
         .collect();
@@ -735,7 +758,7 @@ fn load_of(plan: &ModelPlan, pass: &Pass<'_>) -> Cost {
 }
 
 /// A weighed plan with its estimates over all its rows (`total`, loads included).
-fn considered(choice: &Choice, total: Cost) -> ConsideredPlan {
+pub(crate) fn considered(choice: &Choice, total: Cost) -> ConsideredPlan {
     ConsideredPlan {
         plan: choice.plan.to_string(),
         seconds: total.seconds,
@@ -747,23 +770,24 @@ fn considered(choice: &Choice, total: Cost) -> ConsideredPlan {
 }
 
 /// A candidate plan and its estimates.
-struct Choice {
-    plan: ModelPlan,
-    cost: Cost,
-    quality: f64,
-    quality_lower: f64,
-    escalated: Option<f64>,
+pub(crate) struct Choice {
+    pub(crate) plan: ModelPlan,
+    pub(crate) cost: Cost,
+    pub(crate) quality: f64,
+    pub(crate) quality_lower: f64,
+    pub(crate) escalated: Option<f64>,
     /// Rows computed by a model per input row, over every stage (1 for a single model).
-    stage_rows: f64,
+    pub(crate) stage_rows: f64,
 }
 
 /// The calls of every AI node in `plan` the rule may decide.
 fn sites(
     plan: &LogicalPlan,
     candidates: &[ModelCard],
+    generators: &[ModelCard],
     encoder: Option<&ModelCard>,
 ) -> Result<Vec<Site>> {
-    let models = model_set(candidates, encoder);
+    let models = model_set(candidates, generators, encoder);
     let mut found = Vec::new();
     collect_sites(plan, None, &models, &mut found)?;
     Ok(found)
@@ -823,9 +847,18 @@ pub(crate) fn function_call(call: &Expr) -> Option<&ScalarFunction> {
     }
 }
 
-/// The models a decision depends on, as they enter the statistics key.
-fn model_set(candidates: &[ModelCard], encoder: Option<&ModelCard>) -> String {
+/// The models a decision depends on, as they enter the statistics key (each once).
+fn model_set(
+    candidates: &[ModelCard],
+    generators: &[ModelCard],
+    encoder: Option<&ModelCard>,
+) -> String {
     let mut ids: Vec<&str> = candidates.iter().map(|c| c.id.as_str()).collect();
+    for generator in generators {
+        if !ids.contains(&generator.id.as_str()) {
+            ids.push(&generator.id);
+        }
+    }
     ids.extend(encoder.map(|e| e.id.as_str()));
     ids.join(",")
 }
@@ -839,6 +872,7 @@ fn site_of(call: &Expr, input: &LogicalPlan, models: &str) -> Option<Site> {
     let instruction = match function.as_str() {
         "ai_filter" => Instruction::Condition(literal_string(f.args.get(1)?)??),
         "ai_classify" => Instruction::Labels(literal_strings(f.args.get(1)?)?),
+        "ai_extract" => Instruction::Schema(parse_schema(&literal_string(f.args.get(1)?)??).ok()?),
         _ => return None,
     };
     let text = f.args.first()?.clone();
@@ -887,9 +921,10 @@ fn rewrite(
     plan: &LogicalPlan,
     decisions: &HashMap<String, Decision>,
     candidates: &[ModelCard],
+    generators: &[ModelCard],
     encoder: Option<&ModelCard>,
 ) -> Result<LogicalPlan> {
-    let models = model_set(candidates, encoder);
+    let models = model_set(candidates, generators, encoder);
     // Top-down, so each node's key is computed over its input before that input is rewritten,
     // exactly as `sites` computed it.
     plan.clone()

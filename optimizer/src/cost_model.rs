@@ -62,6 +62,19 @@ pub fn label_row_cost(speed: &ModelSpeed, row_tokens: f64, options: &MurakkabOpt
     Cost { seconds, joules: seconds * busy_watts(options) }
 }
 
+/// The cost of one generating row on a model of `speed`: its prompt's `row_tokens` through a
+/// forward pass, then `generated_tokens` decode steps.
+pub fn generate_row_cost(
+    speed: &ModelSpeed,
+    row_tokens: f64,
+    generated_tokens: f64,
+    options: &MurakkabOptions,
+) -> Cost {
+    let seconds = generated_tokens / speed.decode_tokens_per_s.max(1e-9);
+    label_row_cost(speed, row_tokens, options)
+        .plus(Cost { seconds, joules: seconds * busy_watts(options) })
+}
+
 /// The one-time cost of loading a model of `speed` and `parameters` that is not resident:
 /// reading and converting its weights runs on one thread, so it is priced at one core's
 /// watts, not every model thread's (which is why a plan that loads a small model can be the

@@ -11,6 +11,7 @@
 
 mod choose_model;
 pub mod cost_model;
+mod extract_choice;
 mod order_predicates;
 pub mod proxy_training;
 pub mod quality;

@@ -68,7 +68,7 @@ use crate::choose_model::{
     as_ai_map, call_is_auto, contains_ai_map, function_call, literal_string,
     skip_column_projections, with_model,
 };
-use crate::cost_model::{Cost, busy_watts, embed_row_cost, label_row_cost};
+use crate::cost_model::{Cost, embed_row_cost, generate_row_cost, label_row_cost};
 use crate::sampling::Reservoir;
 
 /// The sample is drawn from a reservoir this many times `sample_rows` (as `choose_model`'s, so
@@ -425,9 +425,7 @@ impl MeasureJob {
                     DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => tokens(values)?,
                     _ => 16.0,
                 };
-                let seconds = generated / speed.decode_tokens_per_s.max(1e-9);
-                label_row_cost(&speed, input_tokens, &self.options)
-                    .plus(Cost { seconds, joules: seconds * busy_watts(&self.options) })
+                generate_row_cost(&speed, input_tokens, generated, &self.options)
             }
             CallKind::Embed(texts) => embed_row_cost(&speed, &self.options).times(texts as f64),
             CallKind::Other => Cost::default(),

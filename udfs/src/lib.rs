@@ -32,7 +32,7 @@ use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 pub use ai_classify::AiClassify;
 pub use ai_complete::{AiComplete, DEFAULT_MAX_TOKENS};
 pub use ai_embed::{AiEmbed, vector_type};
-pub use ai_extract::AiExtract;
+pub use ai_extract::{AiExtract, parse_schema};
 pub use ai_filter::AiFilter;
 pub use ai_search::AiSearch;
 pub use ai_similarity::AiSimilarity;
