@@ -83,16 +83,22 @@ pub fn classify(texts: &[&str], labels: &[String]) -> ChatBatch {
 }
 
 /// Prompts for `ai_extract(text, schema)`.
+///
+/// Fields are asked as questions about the text, with no type for text fields: the token mask
+/// already enforces each type, and small models shown `- condition: text` answered with the
+/// word "text" (Qwen2.5-0.5B on Drugs.com reviews: 4 of 21 conditions right, most answers
+/// "text"; with this prompt 8 of 21, the rest mostly longer phrases).
 pub fn extract(texts: &[&str], fields: &[(String, FieldType)]) -> ChatBatch {
     let described = fields
         .iter()
-        .map(|(name, t)| format!("- {}: {}", fence(name), type_word(*t)))
+        .map(|(name, t)| format!("- {}{}", fence(name), type_word(*t)))
         .collect::<Vec<_>>()
         .join("\n");
     ChatBatch {
         shared: format!(
-            "Extract these fields from the text. Use null for a field the text does not give.\n\
-             {described}\nAnswer with one JSON object.\n"
+            "What does the text say for each of these?\n{described}\n\
+             Answer with one JSON object with these keys. Keep each value short: the few \
+             words of the text that answer it. Use null where the text does not say.\n"
         ),
         rows: texts.iter().map(|t| block(t)).collect(),
         calibration_row: None,
@@ -101,10 +107,10 @@ pub fn extract(texts: &[&str], fields: &[(String, FieldType)]) -> ChatBatch {
 
 fn type_word(t: FieldType) -> &'static str {
     match t {
-        FieldType::Text => "text",
-        FieldType::Integer => "integer",
-        FieldType::Float => "number",
-        FieldType::Boolean => "true or false",
+        FieldType::Text => "",
+        FieldType::Integer => " (a whole number)",
+        FieldType::Float => " (a number)",
+        FieldType::Boolean => " (true or false)",
     }
 }
 
