@@ -482,18 +482,19 @@ impl AiBackend for ModelRuntime {
         record_prompt(lm.id(), &prefix, &rows);
         let _device = crate::scheduler::device_turn();
         crate::call_stats::record_batch();
-        let cache = self.prefix_cache(&lm, &prefix)?;
-        let rows: Vec<RowResult<Vec<Option<FieldValue>>>> = rows
-            .iter()
-            .map(|row| {
-                let _memory = self
-                    .reserve_batch(&lm, 1, prefix.len() + row.len() + reserve)
-                    .map_err(|e| e.to_string())?;
-                crate::constrained_json::extract(&lm, &cache, row, fields)
-                    .map_err(|e| e.to_string())
-            })
-            .collect();
+        let rows: Vec<RowResult<(Vec<Option<FieldValue>>, usize)>> =
+            self.with_prefix(&lm, &prefix, rows.len(), |cache| {
+                isolate_failures(rows.len(), |chunk| {
+                    let part: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
+                    let tokens = prefix.len() + longest(&part) + reserve;
+                    let _memory = self.reserve_batch(&lm, part.len(), tokens)?;
+                    lm.extract(cache, &part, fields)
+                })
+            });
         escalate_exhaustion(&rows)?;
+        let chosen: usize = rows.iter().flatten().map(|(_, n)| n).sum();
+        crate::call_stats::record(|s| s.tokens_out += chosen as u64);
+        let rows = rows.into_iter().map(|r| r.map(|(values, _)| values)).collect();
         Ok(BatchOutput { rows, truncated })
     }
 

@@ -10,10 +10,11 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, IndexOp, Tensor};
+use murakkab_udfs::FieldType;
 use tokenizers::Tokenizer;
 
 use crate::batching::in_length_order;
-use crate::constrained_json::TokenClasses;
+use crate::constrained_json::{Extraction, TokenClasses};
 use crate::error::ModelError;
 use crate::gguf_decoder::{GgufDecoder, SeqCache, WeightMode};
 use crate::gguf_tokenizer::tokenizer_from_gguf;
@@ -287,6 +288,26 @@ impl LanguageModel {
             |chunk| {
                 let batch: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
                 self.generate_chunk(prefix, &batch, options)
+            },
+        )
+    }
+
+    /// Each row's values of `fields` (and the tokens the model chose for them), generated under
+    /// the JSON constraint of [`crate::constrained_json`], rows of similar length advancing
+    /// together in chunks.
+    pub fn extract(
+        &self,
+        prefix: &SeqCache,
+        rows: &[Vec<u32>],
+        fields: &[(String, FieldType)],
+    ) -> Result<Vec<Extraction>, ModelError> {
+        in_length_order(
+            rows.len(),
+            ROW_BATCH,
+            |i| rows[i].len(),
+            |chunk| {
+                let batch: Vec<&[u32]> = chunk.iter().map(|&i| rows[i].as_slice()).collect();
+                crate::constrained_json::extract_batch(self, prefix, &batch, fields)
             },
         )
     }

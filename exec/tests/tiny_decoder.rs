@@ -136,6 +136,48 @@ fn generation_is_the_same_batched_and_alone() {
 }
 
 #[test]
+fn extraction_is_the_same_batched_and_alone() {
+    use murakkab_udfs::{FieldType, FieldValue};
+    let fields: Vec<(String, FieldType)> = [
+        ("name", FieldType::Text),
+        ("age", FieldType::Integer),
+        ("price", FieldType::Float),
+        ("ok", FieldType::Boolean),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_string(), t))
+    .collect();
+    for (arch, dtype, mode) in [
+        ("qwen2", GgmlDType::F32, WeightMode::Dequantized),
+        ("llama", GgmlDType::F32, WeightMode::Dequantized),
+    ] {
+        let (_dir, m) = load(arch, dtype, mode);
+        let prefix = m.prefix_cache(&m.encode("Extract:").unwrap()).unwrap();
+        let rows: Vec<Vec<u32>> = ["the", "a cat sat on the mat at 4", "in", "x y z"]
+            .iter()
+            .map(|t| m.encode(t).unwrap())
+            .collect();
+        let batched = m.extract(&prefix, &rows, &fields).unwrap();
+        for (values, chosen) in &batched {
+            assert_eq!(values.len(), 4, "{arch}: one value or NULL per field");
+            assert!(*chosen <= 48 + 12 + 12 + 1, "{arch}: {chosen} tokens chosen");
+            let typed = [
+                matches!(values[0], None | Some(FieldValue::Text(_))),
+                matches!(values[1], None | Some(FieldValue::Integer(_))),
+                matches!(values[2], None | Some(FieldValue::Float(_))),
+                matches!(values[3], None | Some(FieldValue::Boolean(_))),
+            ];
+            assert_eq!(typed, [true; 4], "{arch}: {values:?}");
+        }
+        // A row's values do not depend on its batch neighbours.
+        for (i, row) in rows.iter().enumerate() {
+            let alone = m.extract(&prefix, std::slice::from_ref(row), &fields).unwrap();
+            assert_eq!(alone[0], batched[i], "{arch}, row {i}");
+        }
+    }
+}
+
+#[test]
 fn batch_cache_steps_equal_steps_on_each_rows_own_cache() {
     // Generation writes decode steps into one preallocated batch cache (prompts padded to the
     // longest, generated tokens side by side); each row must get what a step on its own cache
