@@ -87,7 +87,7 @@ pub fn classify(texts: &[&str], labels: &[String]) -> ChatBatch {
 /// The fields are asked as a question about the text, with no type for text fields: the token
 /// mask already enforces each type, and small models shown `- condition: text` answered with
 /// the word "text". On 21 Drugs.com reviews that name their condition, Qwen2.5-0.5B extracted
-/// it 4 times with that prompt and 8 with this one; SmolLM2 still fills
+/// it 3 times with that prompt and 8 with this one; SmolLM2 still fills
 /// `'Alice is 31 and lives in Oslo.'` completely (`tests/sql/real/ai_functions.slt`).
 pub fn extract(texts: &[&str], fields: &[(String, FieldType)]) -> ChatBatch {
     let described = fields
