@@ -325,15 +325,7 @@ impl ModelChooser {
             let note = format!("{}: {reference} (empty input)", site.function);
             return Ok(Decision::plain(reference, note));
         }
-        let backend = Arc::clone(&self.backend);
-        let (texts, instruction) = (sample.texts.clone(), site.instruction.clone());
-        let reference_id = pass.reference.id.clone();
-        let tokens = SpawnedTask::spawn_blocking(move || {
-            mean_tokens(backend.as_ref(), &reference_id, &texts, &instruction)
-        })
-        .join()
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let tokens = self.mean_sample_tokens(site, &sample, &pass.reference).await?;
         let label_cost = |card: &ModelCard| {
             label_row_cost(&pass.profile.speed(card), tokens, &pass.options)
                 .value(pass.options.objective, &pass.options)
@@ -362,6 +354,25 @@ impl ModelChooser {
         self.record_choices(site, &decision);
         decision.note.push_str(&format!("; sampling took {:.1}s", started.elapsed().as_secs_f64()));
         Ok(decision)
+    }
+
+    /// Mean tokens of a sampled row's prompt part for `site`, by `model`'s tokenizer (on a
+    /// blocking thread: the tokenizer may load the model).
+    pub(crate) async fn mean_sample_tokens(
+        &self,
+        site: &Site,
+        sample: &Sample,
+        model: &ModelCard,
+    ) -> Result<f64> {
+        let backend = Arc::clone(&self.backend);
+        let (texts, instruction) = (sample.texts.clone(), site.instruction.clone());
+        let model = model.id.clone();
+        SpawnedTask::spawn_blocking(move || {
+            mean_tokens(backend.as_ref(), &model, &texts, &instruction)
+        })
+        .join()
+        .await
+        .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     /// Persists the plans weighed for `site` (a report's Pareto plot reads them).
@@ -574,7 +585,7 @@ fn score_sample(
 }
 
 /// Mean tokens of a sampled row's prompt part (its text in its block), by `model`'s tokenizer.
-pub(crate) fn mean_tokens(
+fn mean_tokens(
     backend: &dyn AiBackend,
     model: &str,
     texts: &[String],

@@ -34,8 +34,7 @@ use murakkab_catalog::{
 use murakkab_udfs::{AiBackend, FieldType, FieldValue, ModelPlan};
 
 use crate::choose_model::{
-    Choice, Decision, Instruction, ModelChooser, Pass, Site, considered, load_of, mean_tokens,
-    sampling_pays,
+    Choice, Decision, Instruction, ModelChooser, Pass, Site, considered, load_of, sampling_pays,
 };
 use crate::cost_model::{Cost, generate_row_cost};
 use crate::quality::{Z_95, wilson_lower_bound};
@@ -93,15 +92,7 @@ impl ModelChooser {
                 format!("{function}: {reference_plan} (empty input)"),
             ));
         }
-        let backend = Arc::clone(&self.backend);
-        let (texts, instruction) = (sample.texts.clone(), site.instruction.clone());
-        let reference_id = reference.id.clone();
-        let tokens = SpawnedTask::spawn_blocking(move || {
-            mean_tokens(backend.as_ref(), &reference_id, &texts, &instruction)
-        })
-        .join()
-        .await
-        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let tokens = self.mean_sample_tokens(site, &sample, reference).await?;
         let row_cost = |card: &ModelCard| {
             generate_row_cost(
                 &pass.profile.speed(card),
