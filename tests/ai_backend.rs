@@ -22,6 +22,8 @@ struct Scripted {
     home: MurakkabHome,
     rows_seen: AtomicUsize,
     complete_calls: AtomicUsize,
+    /// The models generation was asked to run, in call order.
+    complete_models: std::sync::Mutex<Vec<String>>,
     /// Backend calls of any kind.
     calls: AtomicUsize,
     /// The models label scoring was asked to run, in call order.
@@ -44,6 +46,7 @@ impl Scripted {
             home: MurakkabHome::at(home),
             rows_seen: AtomicUsize::new(0),
             complete_calls: AtomicUsize::new(0),
+            complete_models: std::sync::Mutex::new(Vec::new()),
             calls: AtomicUsize::new(0),
             scoring_models: std::sync::Mutex::new(Vec::new()),
             per_row,
@@ -121,11 +124,12 @@ impl AiBackend for Scripted {
 
     fn complete(
         &self,
-        _model: &str,
+        model: &str,
         batch: &ChatBatch,
         _options: &CompletionOptions,
     ) -> Result<BatchOutput<String>, String> {
         self.complete_calls.fetch_add(1, Ordering::SeqCst);
+        self.complete_models.lock().unwrap().push(model.to_string());
         Ok(self.answer(batch, |r| format!("summary of {} chars", r.len())))
     }
 
@@ -248,6 +252,40 @@ async fn a_large_group_is_summarised_by_map_reduce() {
     let calls = backend.complete_calls.load(Ordering::SeqCst);
     assert!(calls >= 2, "map and reduce need at least two generation calls, made {calls}");
     assert!(backend.rows_seen.load(Ordering::SeqCst) > 2, "the map step has several chunks");
+}
+
+#[tokio::test]
+async fn every_group_is_summarised_in_one_batched_call_and_the_naive_plan_asks_per_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    let query = "SELECT g, ai_summarize_agg(t) AS s FROM (VALUES (1, 'a b'), (2, 'c d e'), \
+                 (1, 'f'), (3, NULL), (4, 'g')) AS v(g, t) GROUP BY g ORDER BY g";
+    let summaries = |batches: &[murakkab::arrow::array::RecordBatch]| -> Vec<Option<String>> {
+        let s = batches[0].column(1).as_string::<i32>();
+        (0..s.len()).map(|i| s.is_valid(i).then(|| s.value(i).to_string())).collect()
+    };
+    let batched = summaries(&run(&db, query).await);
+    assert_eq!(backend.complete_calls.load(Ordering::SeqCst), 1, "three groups, one call");
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 3);
+    assert!(batched[2].is_none(), "a group with no text is NULL");
+    assert_ne!(batched[0], batched[1], "each group gets its own summary");
+    // Each group's summary is the one it gets alone.
+    let alone = run(&db, "SELECT ai_summarize_agg(t) FROM (VALUES ('a b'), ('f')) AS v(t)").await;
+    assert_eq!(Some(alone[0].column(0).as_string::<i32>().value(0).to_string()), batched[0]);
+    assert_eq!(*backend.complete_models.lock().unwrap(), ["smollm2-135m-instruct"]);
+
+    // The naive baseline: `auto` is the largest model and every chunk is its own call.
+    run(&db, "SET murakkab.optimizer.enabled = false").await;
+    run(&db, "SET murakkab.exec.batching = false").await;
+    backend.complete_models.lock().unwrap().clear();
+    let naive = summaries(&run(&db, query).await);
+    assert_eq!(naive, batched, "the scripted backend answers by prompt, whatever the model");
+    assert_eq!(
+        *backend.complete_models.lock().unwrap(),
+        ["qwen2.5-coder-0.5b-instruct"; 3],
+        "one call per group's chunk, on the largest model"
+    );
 }
 
 #[tokio::test]

@@ -1,41 +1,49 @@
 //! `ai_summarize_agg(text [, model])`: one summary of all the texts in a group.
 //!
-//! Any group size: the texts are packed into chunks that fit the model's context (map), each
-//! chunk is summarised (all chunks in one batched generation), and the partial summaries are
-//! summarised again until one is left (reduce).
+//! Any group size: map-reduce over chunks that fit the model's context, every group's chunks of
+//! one level batched together (`summary_accumulators`).
+//!
+//! The model and the batching are fixed at planning time, by the expression simplifier (the one
+//! place a logical aggregate sees the session's options): `auto` becomes the model a scalar AI
+//! call would run on under the same options — the largest pulled generating model with
+//! `murakkab.optimizer.enabled = false` (the naive baseline), the default choice otherwise —
+//! and `murakkab.exec.batching` / `murakkab.on_error` are read once. The rewrite keeps the
+//! call's name, so output columns are unchanged:
+//!
+//! ```text
+//! before: Aggregate: groupBy=[[condition]], aggr=[[ai_summarize_agg(reviews.review)]]
+//! after:  the same text; its function now carries
+//!         SummaryPlan { model: "qwen2.5-coder-0.5b-instruct", batching: false, .. }
+//! ```
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, ListArray, StringArray};
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{ScalarValue, exec_err};
+use datafusion::common::{ScalarValue, plan_err};
 use datafusion::error::Result;
-use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDFImpl, Documentation, Signature};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::function::{
+    AccumulatorArgs, AggregateFunctionSimplification, StateFieldsArgs,
+};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, Expr, GroupsAccumulator,
+    Signature,
+};
 use datafusion::physical_expr::expressions::Literal;
 use murakkab_catalog::Task;
 
 use crate::args::{self, AiContext, Kind, Param, optional, required};
-use crate::backend::CompletionOptions;
 use crate::docs::ai_doc;
-use crate::prompts;
+use crate::summary_accumulators::{SummaryAccumulator, SummaryGroups, SummaryPlan};
 
 const NAME: &str = "ai_summarize_agg";
 const PARAMS: &[Param] = &[required("text", Kind::Text), optional("model", Kind::ConstText)];
-/// Tokens of one summary.
-const SUMMARY_TOKENS: usize = 120;
-/// Most input tokens per chunk: below the context of every model, and small enough that one
-/// chunk's prefill stays a few seconds on a CPU.
-const MAX_CHUNK_TOKENS: usize = 2048;
-/// Tokens set aside for the instruction and chat markers.
-const INSTRUCTION_TOKENS: usize = 96;
 
 static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     ai_doc(
         "An aggregate: one short summary of all the texts in a group, of any size (map-reduce \
-         over chunks that fit the model's context). NULL texts are skipped; a group with no \
-         text gives NULL.",
+         over chunks that fit the model's context; every group's chunks are generated in one \
+         batch). NULL texts are skipped; a group with no text gives NULL.",
         "ai_summarize_agg(text [, model => 'auto'])",
         "> SELECT product, ai_summarize_agg(review) AS summary FROM reviews GROUP BY product;\n\
          -- one row per product: the product and a two-to-three-sentence summary of all its\n\
@@ -52,16 +60,70 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
 pub struct AiSummarizeAgg {
     signature: Signature,
     context: Arc<AiContext>,
+    /// Set by planning (see the module doc); `None` until the simplifier has run, in which case
+    /// the accumulators run the default model, batched.
+    plan: Option<SummaryPlan>,
 }
 
 impl AiSummarizeAgg {
     /// The aggregate over `context`'s backend.
     pub fn new(context: Arc<AiContext>) -> Self {
-        Self { signature: args::signature(PARAMS), context }
+        Self { signature: args::signature(PARAMS), context, plan: None }
+    }
+
+    /// The model and batching of a call whose arguments are `args`, under `config`.
+    fn plan_for(
+        &self,
+        args: &[Expr],
+        config: &datafusion::common::config::ConfigOptions,
+    ) -> Result<SummaryPlan> {
+        let requested = match args.get(1) {
+            None => None,
+            Some(Expr::Literal(ScalarValue::Utf8(m) | ScalarValue::Utf8View(m) | ScalarValue::LargeUtf8(m), _)) => m.clone(),
+            Some(Expr::Literal(v, _)) if v.is_null() => None,
+            Some(_) => return plan_err!("{NAME}: argument 'model' must be a constant string"),
+        };
+        let card = args::model_for(&self.context, config, requested.as_deref(), Task::Generate)
+            .map_err(|e| datafusion::common::plan_datafusion_err!("{NAME}: {e}"))?;
+        Ok(SummaryPlan {
+            model: card.id,
+            batching: args::batching_enabled(config),
+            fail_on_error: args::fail_on_error(config),
+        })
+    }
+
+    /// The plan the accumulators run: the one planning fixed, or the default model, batched.
+    fn plan_or_default(&self, acc_args: &AccumulatorArgs) -> Result<SummaryPlan> {
+        if let Some(plan) = &self.plan {
+            return Ok(plan.clone());
+        }
+        let model = match acc_args.exprs.get(1) {
+            None => None,
+            Some(e) => match e.downcast_ref::<Literal>().map(|l| l.value()) {
+                Some(
+                    ScalarValue::Utf8(m) | ScalarValue::Utf8View(m) | ScalarValue::LargeUtf8(m),
+                ) => m.clone(),
+                Some(v) if v.is_null() => None,
+                _ => return plan_err!("{NAME}: argument 'model' must be a constant string"),
+            },
+        };
+        let card = args::check_model(NAME, &self.context, model.as_deref(), Task::Generate)?;
+        Ok(SummaryPlan { model: card.id, batching: true, fail_on_error: false })
     }
 }
 
-args::impl_eq_by_context!(AiSummarizeAgg);
+impl PartialEq for AiSummarizeAgg {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.context, &other.context) && self.plan == other.plan
+    }
+}
+impl Eq for AiSummarizeAgg {}
+impl std::hash::Hash for AiSummarizeAgg {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        NAME.hash(state);
+        self.plan.hash(state);
+    }
+}
 
 impl AggregateUDFImpl for AiSummarizeAgg {
     fn name(&self) -> &str {
@@ -85,148 +147,39 @@ impl AggregateUDFImpl for AiSummarizeAgg {
     }
 
     fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let model = match acc_args.exprs.get(1) {
-            None => None,
-            Some(e) => match e.downcast_ref::<Literal>().map(|l| l.value()) {
-                Some(
-                    ScalarValue::Utf8(m) | ScalarValue::Utf8View(m) | ScalarValue::LargeUtf8(m),
-                ) => m.clone(),
-                Some(v) if v.is_null() => None,
-                _ => return exec_err!("{NAME}: argument 'model' must be a constant string"),
-            },
-        };
-        let card = args::check_model(NAME, &self.context, model.as_deref(), Task::Generate)?;
-        Ok(Box::new(SummarizeAccumulator {
-            context: Arc::clone(&self.context),
-            model: card.id,
-            texts: Vec::new(),
-            bytes: 0,
+        let plan = self.plan_or_default(&acc_args)?;
+        Ok(Box::new(SummaryAccumulator::new(Arc::clone(&self.context), plan)))
+    }
+
+    fn groups_accumulator_supported(&self, acc_args: AccumulatorArgs) -> bool {
+        !acc_args.is_distinct
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        acc_args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        let plan = self.plan_or_default(&acc_args)?;
+        Ok(Box::new(SummaryGroups::new(Arc::clone(&self.context), plan)))
+    }
+
+    fn simplify(&self) -> Option<AggregateFunctionSimplification> {
+        if self.plan.is_some() {
+            return None;
+        }
+        let context = Arc::clone(&self.context);
+        Some(Box::new(move |call: AggregateFunction, info| {
+            let unplanned = AiSummarizeAgg::new(Arc::clone(&context));
+            let plan = unplanned.plan_for(&call.params.args, info.config_options())?;
+            let planned = AiSummarizeAgg { plan: Some(plan), ..unplanned };
+            Ok(Expr::AggregateFunction(AggregateFunction {
+                func: Arc::new(AggregateUDF::new_from_impl(planned)),
+                params: call.params,
+            }))
         }))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
         Some(&DOC)
-    }
-}
-
-/// Collects a group's texts; summarises them when the group is complete.
-#[derive(Debug)]
-struct SummarizeAccumulator {
-    context: Arc<AiContext>,
-    model: String,
-    texts: Vec<String>,
-    bytes: usize,
-}
-
-impl SummarizeAccumulator {
-    fn push_strings(&mut self, array: &ArrayRef) -> Result<()> {
-        let strings = cast(array, &DataType::Utf8)?;
-        let Some(strings) = strings.as_any().downcast_ref::<StringArray>() else {
-            return exec_err!("{NAME}: expected text");
-        };
-        for s in strings.iter().flatten() {
-            self.bytes += s.len();
-            self.texts.push(s.to_string());
-        }
-        Ok(())
-    }
-
-    /// Packs texts into chunks of at most `budget` tokens (a longer text is a chunk alone and
-    /// is cut to fit by the backend, with a warning).
-    fn chunks(&self, texts: Vec<String>, budget: usize) -> Result<Vec<Vec<String>>, String> {
-        let mut chunks: Vec<Vec<String>> = Vec::new();
-        let mut used = 0;
-        for text in texts {
-            let tokens = self.context.backend.count_tokens(&self.model, &text)? + 2;
-            if chunks.is_empty() || used + tokens > budget {
-                chunks.push(Vec::new());
-                used = 0;
-            }
-            used += tokens;
-            if let Some(last) = chunks.last_mut() {
-                last.push(text);
-            }
-        }
-        Ok(chunks)
-    }
-
-    fn summarize(&self) -> Result<Option<String>, String> {
-        let backend = &self.context.backend;
-        let budget = backend
-            .context_length(&self.model)?
-            .saturating_sub(SUMMARY_TOKENS + INSTRUCTION_TOKENS)
-            .clamp(64, MAX_CHUNK_TOKENS);
-        let options = CompletionOptions { max_tokens: SUMMARY_TOKENS, temperature: 0.0, seed: 0 };
-        let mut texts = self.texts.clone();
-        loop {
-            let chunks = self.chunks(texts, budget)?;
-            let batches: Vec<_> = chunks.iter().map(|c| prompts::summarize(c)).collect();
-            // One generation call for every chunk of this level: they are batched together.
-            let merged = crate::backend::ChatBatch {
-                shared: batches.first().map(|b| b.shared.clone()).unwrap_or_default(),
-                rows: batches.into_iter().flat_map(|b| b.rows).collect(),
-                calibration_row: None,
-            };
-            let out = backend.complete(&self.model, &merged, &options)?;
-            self.context.warnings.record(
-                NAME,
-                "prompt longer than the model's context, cut in the middle",
-                out.truncated,
-                None,
-            );
-            let summaries: Vec<String> = out.rows.into_iter().collect::<Result<Vec<_>, _>>()?;
-            if summaries.len() <= 1 {
-                return Ok(summaries.into_iter().next().filter(|s| !s.is_empty()));
-            }
-            texts = summaries;
-        }
-    }
-}
-
-impl Accumulator for SummarizeAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        match values.first() {
-            Some(array) => self.push_strings(array),
-            None => Ok(()),
-        }
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let Some(lists) = states.first().and_then(|s| s.as_any().downcast_ref::<ListArray>())
-        else {
-            return exec_err!("{NAME}: unexpected partial state");
-        };
-        for i in 0..lists.len() {
-            if !lists.is_null(i) {
-                self.push_strings(&lists.value(i))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let values: Vec<ScalarValue> =
-            self.texts.iter().map(|t| ScalarValue::Utf8(Some(t.clone()))).collect();
-        Ok(vec![ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Utf8))])
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        if self.texts.is_empty() {
-            return Ok(ScalarValue::Utf8(None));
-        }
-        match self.summarize() {
-            Ok(summary) => Ok(ScalarValue::Utf8(summary)),
-            Err(e) if e.contains("not pulled") || e.contains("unknown model") => {
-                exec_err!("{NAME}: {e}")
-            }
-            Err(e) => {
-                self.context.warnings.record(NAME, "no usable model output, NULL", 1, Some(e));
-                Ok(ScalarValue::Utf8(None))
-            }
-        }
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.bytes + self.texts.capacity() * 24
     }
 }

@@ -23,6 +23,7 @@ mod function_stats;
 mod model_plan;
 pub mod prompts;
 pub mod vector_math;
+mod summary_accumulators;
 mod warnings;
 
 use std::sync::Arc;
