@@ -279,6 +279,8 @@ async fn every_group_is_summarised_in_one_batched_call_and_the_naive_plan_asks_p
     run(&db, "SET murakkab.optimizer.enabled = false").await;
     run(&db, "SET murakkab.exec.batching = false").await;
     backend.complete_models.lock().unwrap().clear();
+    let plan = format!("{:?}", run(&db, &format!("EXPLAIN {query}")).await);
+    assert!(plan.contains("[model: qwen2.5-coder-0.5b-instruct, one chunk per call]"), "{plan}");
     let naive = summaries(&run(&db, query).await);
     assert_eq!(naive, batched, "the scripted backend answers by prompt, whatever the model");
     assert_eq!(

@@ -7,13 +7,14 @@
 //! place a logical aggregate sees the session's options): `auto` becomes the model a scalar AI
 //! call would run on under the same options — the largest pulled generating model with
 //! `murakkab.optimizer.enabled = false` (the naive baseline), the default choice otherwise —
-//! and `murakkab.exec.batching` / `murakkab.on_error` are read once. The rewrite keeps the
-//! call's name, so output columns are unchanged:
+//! and `murakkab.exec.batching` / `murakkab.on_error` are read once. The call keeps its column
+//! name; EXPLAIN shows what was fixed:
 //!
 //! ```text
-//! before: Aggregate: groupBy=[[condition]], aggr=[[ai_summarize_agg(reviews.review)]]
-//! after:  the same text; its function now carries
-//!         SummaryPlan { model: "qwen2.5-coder-0.5b-instruct", batching: false, .. }
+//! before: Aggregate: groupBy=[[drugs.condition]], aggr=[[ai_summarize_agg(drugs.review)]]
+//! after (optimizer and batching off, the naive baseline):
+//!         Aggregate: groupBy=[[drugs.condition]], aggr=[[ai_summarize_agg(drugs.review)
+//!           [model: qwen2.5-coder-0.5b-instruct, one chunk per call]]]
 //! ```
 
 use std::sync::{Arc, LazyLock};
@@ -21,13 +22,13 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{ScalarValue, plan_err};
 use datafusion::error::Result;
-use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
 use datafusion::logical_expr::function::{
     AccumulatorArgs, AggregateFunctionSimplification, StateFieldsArgs,
 };
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, Expr, GroupsAccumulator,
-    Signature,
+    Signature, udaf_default_display_name,
 };
 use datafusion::physical_expr::expressions::Literal;
 use murakkab_catalog::Task;
@@ -177,6 +178,18 @@ impl AggregateUDFImpl for AiSummarizeAgg {
                 params: call.params,
             }))
         }))
+    }
+
+    /// EXPLAIN shows what planning fixed (column names use `schema_name`, unchanged).
+    fn display_name(&self, params: &AggregateFunctionParams) -> Result<String> {
+        let call = udaf_default_display_name(self, params)?;
+        Ok(match &self.plan {
+            None => call,
+            Some(plan) => {
+                let batching = if plan.batching { "groups batched" } else { "one chunk per call" };
+                format!("{call} [model: {}, {batching}]", plan.model)
+            }
+        })
     }
 
     fn documentation(&self) -> Option<&Documentation> {
