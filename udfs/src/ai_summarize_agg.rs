@@ -27,8 +27,8 @@ use datafusion::logical_expr::function::{
     AccumulatorArgs, AggregateFunctionSimplification, StateFieldsArgs,
 };
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, Expr, GroupsAccumulator,
-    Signature, udaf_default_display_name,
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, Expr, GroupsAccumulator, Signature,
+    udaf_default_display_name,
 };
 use datafusion::physical_expr::expressions::Literal;
 use murakkab_catalog::Task;
@@ -80,7 +80,10 @@ impl AiSummarizeAgg {
     ) -> Result<SummaryPlan> {
         let requested = match args.get(1) {
             None => None,
-            Some(Expr::Literal(ScalarValue::Utf8(m) | ScalarValue::Utf8View(m) | ScalarValue::LargeUtf8(m), _)) => m.clone(),
+            Some(Expr::Literal(
+                ScalarValue::Utf8(m) | ScalarValue::Utf8View(m) | ScalarValue::LargeUtf8(m),
+                _,
+            )) => m.clone(),
             Some(Expr::Literal(v, _)) if v.is_null() => None,
             Some(_) => return plan_err!("{NAME}: argument 'model' must be a constant string"),
         };

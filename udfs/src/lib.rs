@@ -22,8 +22,8 @@ mod embedding_store;
 mod function_stats;
 mod model_plan;
 pub mod prompts;
-pub mod vector_math;
 mod summary_accumulators;
+pub mod vector_math;
 mod warnings;
 
 use std::sync::Arc;

@@ -163,7 +163,10 @@ fn generate(
         let expected = merged.rows.len();
         let out = backend.complete(&plan.model, &merged, &options)?;
         if out.rows.len() != expected {
-            return Err(format!("the model returned {} results for {expected} inputs", out.rows.len()));
+            return Err(format!(
+                "the model returned {} results for {expected} inputs",
+                out.rows.len()
+            ));
         }
         return Ok(out);
     }
