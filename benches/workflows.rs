@@ -73,7 +73,9 @@ const WORKFLOWS: &[Workflow] = &[
         key: "bbc-topics",
         name: "topic of BBC news headlines, 5 labels",
         sql: "SELECT id, ai_classify(headline, ['business', 'entertainment', 'politics', \
-              'sport', 'tech']) AS answer, topic AS truth FROM bbc WHERE id % {step} = 0",
+              'sport', 'tech']) AS answer, \
+              CASE topic WHEN 'sports' THEN 'sport' ELSE topic END AS truth \
+              FROM bbc WHERE id % {step} = 0",
         dataset_rows: 2225,
         population: None,
     },
