@@ -575,14 +575,7 @@ impl GgufDecoder {
             // key/value head are stacked along the time axis, so one matmul serves them all.
             let group = c.n_head / c.n_kv_head;
             let q = q.reshape((b, c.n_kv_head, group * t, c.head_dim))?;
-            let scores = (q.matmul(&keys.t()?)? / (c.head_dim as f64).sqrt())?;
-            let scores = match mask {
-                Some(mask) => scores.broadcast_add(mask)?,
-                None => scores,
-            };
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-            let attn = weights
-                .matmul(&values)?
+            let attn = attention(&q, &keys, &values, mask, c.head_dim)?
                 .reshape((b, c.n_head, t, c.head_dim))?
                 .transpose(1, 2)?
                 .reshape((b, t, c.n_head * c.head_dim))?;
@@ -639,6 +632,50 @@ impl GgufDecoder {
         }
         Ok(Some(Tensor::from_vec(m, (tokens.len(), 1, rows, width), &self.device)?))
     }
+}
+
+/// Most attention scores (`f32`s) one block of query rows materialises: 4 MB. A long prompt's
+/// whole score matrix is `B × n_kv_head × group·T × width` (qwen2.5-0.5b, six 1,000-token
+/// prompts: 336 MB per layer, three such temporaries with the mask and the softmax), and
+/// allocations that size are fresh pages from the kernel every time: half the time of a
+/// batched long-prompt prefill went to page faults. Blocks this size are reused by the
+/// allocator and stay in cache.
+const SCORE_BLOCK: usize = 1 << 20;
+
+/// `softmax(q·kᵀ/√d + mask)·v` for `q` `[B, H, R, d]`, keys and values `[B, H, W, d]` and `mask`
+/// `[B, 1, R, W]`: over blocks of query rows when the scores would exceed [`SCORE_BLOCK`] (each
+/// row's scores are independent, so blocks give the same rows).
+fn attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: Option<&Tensor>,
+    head_dim: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, h, rows, _) = q.dims4()?;
+    let width = keys.dim(2)?;
+    let keys_t = keys.t()?;
+    let scale = (head_dim as f64).sqrt();
+    let block = |q: &Tensor, mask: Option<Tensor>| -> candle_core::Result<Tensor> {
+        let scores = (q.matmul(&keys_t)? / scale)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(&mask)?,
+            None => scores,
+        };
+        candle_nn::ops::softmax_last_dim(&scores)?.matmul(values)
+    };
+    let per_block = (SCORE_BLOCK / (b * h * width).max(1)).max(1);
+    if per_block >= rows {
+        return block(q, mask.cloned());
+    }
+    let mut out = Vec::with_capacity(rows.div_ceil(per_block));
+    for start in (0..rows).step_by(per_block) {
+        let len = per_block.min(rows - start);
+        let q = q.narrow(2, start, len)?.contiguous()?;
+        let mask = mask.map(|m| m.narrow(2, start, len)).transpose()?;
+        out.push(block(&q, mask)?);
+    }
+    Tensor::cat(&out, 2)
 }
 
 /// Block formats whose dot product candle 0.11 computes with scalar code on x86 (no AVX path):
