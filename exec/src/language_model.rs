@@ -21,6 +21,8 @@ use crate::gguf_tokenizer::tokenizer_from_gguf;
 
 /// Rows per forward pass.
 const ROW_BATCH: usize = 16;
+/// Most padded prompt tokens (rows × longest) in one prefill forward of a generation chunk.
+const PREFILL_TOKENS: usize = 2048;
 
 /// How to pick the next token.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -312,6 +314,40 @@ impl LanguageModel {
         )
     }
 
+    /// The prompts' forward pass after `prefix`: the last position's hidden state of each
+    /// (`[N, dim]`) and each one's cache. Consecutive prompts share a forward while their padded
+    /// size (rows × longest) stays within [`PREFILL_TOKENS`], so short prompts still fill a
+    /// matrix product and long ones are not padded to their longest neighbour (a prompt is
+    /// already a matrix of its tokens; padding only adds work, quadratic in attention).
+    fn prefill(
+        &self,
+        prefix: &SeqCache,
+        prompts: &[&[u32]],
+    ) -> Result<(Tensor, Vec<SeqCache>), ModelError> {
+        let mut lasts = Vec::new();
+        let mut caches = Vec::with_capacity(prompts.len());
+        let mut start = 0;
+        while start < prompts.len() {
+            let mut end = start + 1;
+            let mut longest = prompts[start].len();
+            while let Some(next) = prompts.get(end) {
+                let widest = longest.max(next.len());
+                if widest * (end + 1 - start) > PREFILL_TOKENS {
+                    break;
+                }
+                longest = widest;
+                end += 1;
+            }
+            let part = &prompts[start..end];
+            let (last, _, part_caches) =
+                self.decoder.forward(part, &vec![prefix; part.len()], false)?;
+            lasts.push(last);
+            caches.extend(part_caches);
+            start = end;
+        }
+        Ok((Tensor::cat(&lasts, 0)?, caches))
+    }
+
     fn generate_chunk(
         &self,
         prefix: &SeqCache,
@@ -322,8 +358,7 @@ impl LanguageModel {
         if options.max_tokens == 0 {
             return Ok(outputs);
         }
-        let (mut last, _, caches) =
-            self.decoder.forward(prompts, &vec![prefix; prompts.len()], false)?;
+        let (mut last, caches) = self.prefill(prefix, prompts)?;
         // Decode steps write into one preallocated batch cache (see `kv_cache`).
         let mut batch =
             self.decoder.batch_cache(&caches.iter().collect::<Vec<_>>(), options.max_tokens)?;
