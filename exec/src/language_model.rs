@@ -21,7 +21,7 @@ use crate::gguf_tokenizer::tokenizer_from_gguf;
 
 /// Rows per forward pass.
 const ROW_BATCH: usize = 16;
-/// Most padded prompt tokens (rows × longest) in one prefill forward of a generation chunk.
+/// Most padded prompt tokens (rows × longest) in one prefill forward.
 const PREFILL_TOKENS: usize = 2048;
 
 /// How to pick the next token.
@@ -230,8 +230,7 @@ impl LanguageModel {
                 reason: "a row prompt must have at least one token".into(),
             });
         }
-        let caches = vec![prefix; rows.len()];
-        let (last, _, row_caches) = self.decoder.forward(rows, &caches, false)?;
+        let (last, row_caches) = self.prefill(prefix, rows)?;
         let first = self.decoder.log_probs(&last)?; // [R, vocab]
         let first = first.to_vec2::<f32>()?;
         // log p(label) = log p(first token) + sum of later tokens' log-probs.
@@ -314,11 +313,12 @@ impl LanguageModel {
         )
     }
 
-    /// The prompts' forward pass after `prefix`: the last position's hidden state of each
-    /// (`[N, dim]`) and each one's cache. Consecutive prompts share a forward while their padded
-    /// size (rows × longest) stays within [`PREFILL_TOKENS`], so short prompts still fill a
-    /// matrix product and long ones are not padded to their longest neighbour (a prompt is
-    /// already a matrix of its tokens; padding only adds work, quadratic in attention).
+    /// The prompts' forward pass after `prefix` (label scoring's rows, generation's prompts):
+    /// the last position's hidden state of each (`[N, dim]`) and each one's cache. Consecutive
+    /// prompts share a forward while their padded size (rows × longest) stays within
+    /// [`PREFILL_TOKENS`], so short prompts still fill a matrix product and long ones are not
+    /// padded to their longest neighbour (a prompt is already a matrix of its tokens; padding
+    /// only adds work, quadratic in attention).
     fn prefill(
         &self,
         prefix: &SeqCache,
