@@ -78,15 +78,12 @@ impl AiSummarizeAgg {
         args: &[Expr],
         config: &datafusion::common::config::ConfigOptions,
     ) -> Result<SummaryPlan> {
-        let requested = match args.get(1) {
+        let literal = match args.get(1) {
             None => None,
-            Some(Expr::Literal(
-                ScalarValue::Utf8(m) | ScalarValue::Utf8View(m) | ScalarValue::LargeUtf8(m),
-                _,
-            )) => m.clone(),
-            Some(Expr::Literal(v, _)) if v.is_null() => None,
+            Some(Expr::Literal(value, _)) => Some(value),
             Some(_) => return plan_err!("{NAME}: argument 'model' must be a constant string"),
         };
+        let requested = requested_model(literal)?;
         let card = args::model_for(&self.context, config, requested.as_deref(), Task::Generate)
             .map_err(|e| datafusion::common::plan_datafusion_err!("{NAME}: {e}"))?;
         Ok(SummaryPlan {
@@ -101,18 +98,28 @@ impl AiSummarizeAgg {
         if let Some(plan) = &self.plan {
             return Ok(plan.clone());
         }
-        let model = match acc_args.exprs.get(1) {
+        let literal = match acc_args.exprs.get(1) {
             None => None,
-            Some(e) => match e.downcast_ref::<Literal>().map(|l| l.value()) {
-                Some(
-                    ScalarValue::Utf8(m) | ScalarValue::Utf8View(m) | ScalarValue::LargeUtf8(m),
-                ) => m.clone(),
-                Some(v) if v.is_null() => None,
-                _ => return plan_err!("{NAME}: argument 'model' must be a constant string"),
+            Some(e) => match e.downcast_ref::<Literal>() {
+                Some(l) => Some(l.value()),
+                None => return plan_err!("{NAME}: argument 'model' must be a constant string"),
             },
         };
+        let model = requested_model(literal)?;
         let card = args::check_model(NAME, &self.context, model.as_deref(), Task::Generate)?;
         Ok(SummaryPlan { model: card.id, batching: true, fail_on_error: false })
+    }
+}
+
+/// The model a constant `model` argument names (`None`: absent or NULL, i.e. `auto`).
+fn requested_model(literal: Option<&ScalarValue>) -> Result<Option<String>> {
+    match literal {
+        None => Ok(None),
+        Some(ScalarValue::Utf8(m) | ScalarValue::Utf8View(m) | ScalarValue::LargeUtf8(m)) => {
+            Ok(m.clone())
+        }
+        Some(v) if v.is_null() => Ok(None),
+        Some(_) => plan_err!("{NAME}: argument 'model' must be a constant string"),
     }
 }
 
