@@ -32,7 +32,7 @@ mod scheduler;
 pub mod tiny_models;
 pub mod vnni_gemv;
 
-pub use ai_map_exec::{AiMapExec, CHUNK_ROWS, estimated_model_seconds};
+pub use ai_map_exec::{AiMapExec, CHUNK_ROWS, MAX_CHUNK_ROWS, estimated_model_seconds};
 pub use ai_runtime::ModelRuntime;
 pub use bert_encoder::{BertEncoder, Embeddings};
 pub use device::ComputeDevice;

@@ -139,7 +139,9 @@ fn load_once<T>(
     if card.status(home) != ModelStatus::Pulled {
         return Err(ModelError::NotPulled { id: id.to_string() });
     }
+    let started = std::time::Instant::now();
     let model = Arc::new(load(&card)?);
+    tracing::debug!("loaded model {id} in {:.1}s", started.elapsed().as_secs_f64());
     loaded.insert(key, Arc::clone(&model));
     Ok(model)
 }

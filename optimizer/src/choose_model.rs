@@ -75,8 +75,8 @@ use crate::quality::{Z_95, cheap_plans, two_stage_plans};
 use crate::sampling::Reservoir;
 use crate::semantic_join::SemanticJoin;
 
-/// Rows per scoring call while sampling (as the executor's chunks).
-const SAMPLE_BATCH_ROWS: usize = 16;
+/// Rows per forward batch of the model runtime (the unit of the estimate's `calls`).
+const FORWARD_BATCH_ROWS: usize = 16;
 /// The largest sample, as a multiple of `murakkab.optimizer.sample_rows`.
 const MAX_SAMPLE_FACTOR: usize = 4;
 /// Fewest labelled sample rows a proxy is trained on.
@@ -470,7 +470,17 @@ struct MeasureJob {
 }
 
 fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCallStats> {
-    let answers = |model: &str| score_sample(backend, model, &job.texts, &job.instruction);
+    let answers = |model: &str| {
+        let started = std::time::Instant::now();
+        let scored = score_sample(backend, model, &job.texts, &job.instruction);
+        tracing::debug!(
+            "{}: scored a {}-row sample with {model} in {:.1}s",
+            job.function,
+            job.texts.len(),
+            started.elapsed().as_secs_f64()
+        );
+        scored
+    };
     let truth = answers(&job.reference).map_err(|e| {
         DataFusionError::Execution(format!("{}: sampling {}: {e}", job.function, job.reference))
     })?;
@@ -487,11 +497,17 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
         }
         candidates.push(outcome);
     }
+    let started = std::time::Instant::now();
     if let Some(outcome) =
         job.encoder.as_deref().and_then(|e| proxy_outcome(backend, job, e, &truth))
     {
         candidates.push(outcome);
     }
+    tracing::debug!(
+        "{}: proxy trained and measured in {:.1}s",
+        job.function,
+        started.elapsed().as_secs_f64()
+    );
     let answered: Vec<&Vec<f32>> = truth.iter().flatten().collect();
     let first = answered.iter().filter(|p| best_label(p) == 0).count();
     Ok(LabelCallStats {
@@ -584,13 +600,9 @@ fn score_sample(
     texts: &[String],
     instruction: &Instruction,
 ) -> std::result::Result<Vec<Option<Vec<f32>>>, String> {
-    let labels = instruction.labels();
-    let mut out = Vec::with_capacity(texts.len());
-    for chunk in texts.chunks(SAMPLE_BATCH_ROWS) {
-        let scored = backend.score_labels(model, &instruction.prompt(chunk), &labels)?;
-        out.extend(scored.rows.into_iter().map(std::result::Result::ok));
-    }
-    Ok(out)
+    // One call: the runtime sorts the rows by length into its row batches.
+    let scored = backend.score_labels(model, &instruction.prompt(texts), &instruction.labels())?;
+    Ok(scored.rows.into_iter().map(std::result::Result::ok).collect())
 }
 
 /// Mean tokens of a sampled row's prompt part (its text in its block), by `model`'s tokenizer.
@@ -708,7 +720,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
     let total = total(&best);
     let reference_plan = ModelPlan::Model(reference_card.id.clone());
     let reference_total = reference_cost.times(rows).plus(load_of(&reference_plan, pass));
-    // Forward batches of SAMPLE_BATCH_ROWS rows (the executor's chunks) and row tokens read,
+    // Forward batches of FORWARD_BATCH_ROWS rows and row tokens read,
     // over every stage the plan runs.
     let model_rows = rows * best.stage_rows;
     let mut note = format!(
@@ -717,7 +729,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
         best.plan,
         stats.sample_rows(),
         stats.input_rows,
-        (model_rows / SAMPLE_BATCH_ROWS as f64).ceil(),
+        (model_rows / FORWARD_BATCH_ROWS as f64).ceil(),
         model_rows * stats.mean_row_tokens
     );
     if let Some(escalated) = best.escalated {

@@ -39,8 +39,8 @@ use crate::choose_model::{
 use crate::cost_model::{Cost, generate_row_cost};
 use crate::quality::{Z_95, wilson_lower_bound};
 
-/// Rows per extraction call while sampling (as the executor's chunks).
-const SAMPLE_BATCH_ROWS: usize = 16;
+/// Rows per forward batch of the model runtime (the unit of the estimate's `calls`).
+const FORWARD_BATCH_ROWS: usize = 16;
 /// Generated tokens assumed per row before any answer is seen (to decide whether sampling pays).
 const ASSUMED_OUTPUT_TOKENS: f64 = 16.0;
 
@@ -188,19 +188,16 @@ impl ExtractJob {
         })
     }
 
-    /// Each sampled row's values under `model`, in chunks as the executor runs them.
+    /// Each sampled row's values under `model`, in one call (the runtime sorts the rows by
+    /// length into its row batches).
     fn extract(
         &self,
         backend: &dyn AiBackend,
         model: &str,
     ) -> std::result::Result<Vec<Extracted>, String> {
-        let mut out = Vec::with_capacity(self.texts.len());
-        for chunk in self.texts.chunks(SAMPLE_BATCH_ROWS) {
-            let batch = self.instruction.prompt(chunk);
-            let extracted = backend.extract(model, &batch, &self.fields)?;
-            out.extend(extracted.rows.into_iter().map(std::result::Result::ok));
-        }
-        Ok(out)
+        let extracted =
+            backend.extract(model, &self.instruction.prompt(&self.texts), &self.fields)?;
+        Ok(extracted.rows.into_iter().map(std::result::Result::ok).collect())
     }
 }
 
@@ -292,7 +289,7 @@ fn choose_extract_plan(
     let (Some((best, best_total)), Some((cheap, cheap_total))) = (best, cheapest) else {
         return Decision::plain(ModelPlan::Auto, format!("{}: no candidate", site.function));
     };
-    let calls = (rows / SAMPLE_BATCH_ROWS as f64).ceil();
+    let calls = (rows / FORWARD_BATCH_ROWS as f64).ceil();
     let mut note = format!(
         "{}: {} for {objective} ({source}, {}-row sample): est. rows={}, calls={calls:.0}, \
          tokens={:.0}, generated={:.0}, quality={:.3} (>= {:.3} at 95%), time={:.1}s, energy={:.0}J",
