@@ -11,14 +11,22 @@
 //!   ai_filter v2), labels scored as the bare words;
 //! - **numbered**: the same question as item 1 of a numbered list, "Answer as the question's
 //!   number, then the answer.", labels scored as "1. <label>" (the wording the fusion bench's
-//!   fused prompt uses; it answered topics better there).
+//!   fused prompt uses; it answered topics better there);
+//! - **calibrated** (filters only): the plain wording with `ai_classify`'s contextual
+//!   calibration (each row's probabilities divided by an empty text's).
+//!
+//! A fourth dataset, Fodors / Zagat restaurant pairs worded as the join workflow words them
+//! (half gold matches), asks whether Qwen can judge the semantic join at all.
 //!
 //! 2026-12-04, 120 rows each, accuracy smollm2 / qwen (smollm2's agreement with qwen):
 //! UCI plain 0.867 / 0.917 (0.867), numbered 0.808 / 0.892 (0.867); BBC headlines plain
 //! 0.342 / 0.408 (0.167), numbered 0.375 / 0.475 (0.500); spam plain 0.450 / 0.692 (0.375),
-//! numbered 0.308 / 0.692 (0.033). Numbered is not better across the board (worse on UCI, far
-//! worse for smollm2 on spam) and slower (the "1. " tokens are scored too), so the functions
-//! keep the plain wording.
+//! numbered 0.308 / 0.692 (0.033), calibrated 0.458 / 0.333 (0.608); restaurant pairs plain
+//! 0.550 / 0.500 (0.783), numbered 0.500 / 0.500, calibrated 0.525 / 0.525. Numbered is not
+//! better across the board (worse on UCI, far worse for smollm2 on spam) and slower (the "1. "
+//! tokens are scored too); calibration halves Qwen's spam accuracy; no wording makes either
+//! model a judge of restaurant pairs (Qwen says "no" to every pair). The functions keep the
+//! plain wording.
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -62,6 +70,14 @@ impl Question {
         }
     }
 
+    /// `ai_filter`'s wording with contextual calibration (as `ai_classify` has): each row's
+    /// yes / no probabilities divided by those of an empty text. `None` for a label question,
+    /// which is calibrated already.
+    fn calibrated(&self, texts: &[&str]) -> Option<ChatBatch> {
+        let Self::Condition(_) = self else { return None };
+        Some(ChatBatch { calibration_row: Some("<text>\n\n</text>".into()), ..self.plain(texts) })
+    }
+
     /// The same question as item 1 of a numbered list.
     fn numbered(&self, texts: &[&str]) -> ChatBatch {
         let plain = self.plain(texts);
@@ -102,6 +118,7 @@ fn datasets(n: usize) -> Vec<Dataset> {
         (!subject.is_empty()).then(|| (subject.to_string(), usize::from(!spam)))
     });
     let unzip = |r: Vec<(String, usize)>| r.into_iter().unzip::<_, _, Vec<_>, Vec<_>>();
+    let pairs = restaurant_pairs(n);
     let ((uci_t, uci_y), (bbc_t, bbc_y), (spam_t, spam_y)) = (unzip(uci), unzip(bbc), unzip(spam));
     vec![
         Dataset {
@@ -122,7 +139,47 @@ fn datasets(n: usize) -> Vec<Dataset> {
             truth: spam_y,
             question: Question::Condition("The email is unsolicited spam".into()),
         },
+        Dataset {
+            name: "restaurant pairs",
+            texts: pairs.iter().map(|(t, _)| t.clone()).collect(),
+            truth: pairs.iter().map(|(_, y)| *y).collect(),
+            question: Question::Condition("A and B are the same restaurant".into()),
+        },
     ]
+}
+
+/// Fodors / Zagat record pairs worded as the join workflow words them: each gold match (yes)
+/// and the same Fodors record with the next match's Zagat record (no), `n` in all.
+fn restaurant_pairs(n: usize) -> Vec<(String, usize)> {
+    let read = |file: &str| -> Vec<serde_json::Value> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(file);
+        let text = std::fs::read_to_string(&path).expect("run scripts/fetch-data.sh first");
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let by_id =
+        |rows: Vec<serde_json::Value>| -> std::collections::HashMap<i64, serde_json::Value> {
+            rows.into_iter().filter_map(|v| Some((v["id"].as_i64()?, v))).collect()
+        };
+    let (fodors, zagat) =
+        (by_id(read("restaurants-fodors.jsonl")), by_id(read("restaurants-zagat.jsonl")));
+    let matches: Vec<(i64, i64)> = read("restaurants-matches.jsonl")
+        .iter()
+        .filter_map(|m| Some((m["fodors_id"].as_i64()?, m["zagat_id"].as_i64()?)))
+        .collect();
+    let words = |v: &serde_json::Value| {
+        let field = |k: &str| v[k].as_str().unwrap_or("").to_string();
+        format!("{}, {}, {}", field("name"), field("addr"), field("city"))
+    };
+    let mut pairs = Vec::new();
+    for (i, (f, z)) in matches.iter().enumerate().take(n / 2) {
+        let other = matches[(i + 1) % matches.len()].1;
+        for (z, truth) in [(*z, 0), (other, 1)] {
+            if let (Some(a), Some(b)) = (fodors.get(f), zagat.get(&z)) {
+                pairs.push((format!("A: {}. B: {}.", words(a), words(b)), truth));
+            }
+        }
+    }
+    pairs
 }
 
 fn main() {
@@ -132,10 +189,12 @@ fn main() {
         let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
         let labels = data.question.labels();
         let numbered: Vec<String> = labels.iter().map(|l| format!("1. {l}")).collect();
-        for (wording, batch, scored) in [
-            ("plain", data.question.plain(&texts), &labels),
-            ("numbered", data.question.numbered(&texts), &numbered),
-        ] {
+        let wordings = [
+            Some(("plain", data.question.plain(&texts), &labels)),
+            Some(("numbered", data.question.numbered(&texts), &numbered)),
+            data.question.calibrated(&texts).map(|b| ("calibrated", b, &labels)),
+        ];
+        for (wording, batch, scored) in wordings.into_iter().flatten() {
             let mut answers = Vec::new();
             let mut line = format!("{} ({} rows), {wording}:", data.name, texts.len());
             for model in MODELS {
