@@ -177,8 +177,9 @@ struct Run {
     accuracy: f64,
     /// The model plans the optimizer chose (from EXPLAIN after the run).
     plans: Vec<String>,
-    /// Forward batches run, rows computed by a model, rows answered by the result cache,
-    /// prompt tokens read and tokens generated (the optimizer's sampling included).
+    /// Calls into a model (chunks of up to 256 rows), rows computed by a model, rows answered
+    /// by the result cache, prompt tokens read and tokens generated (the optimizer's sampling
+    /// included).
     model_calls: u64,
     model_rows: u64,
     cache_hits: u64,
@@ -368,7 +369,7 @@ fn markdown(report: &[Row], rows: usize) -> String {
         ));
     }
     md.push_str(
-        "\n## Model work per plan\n\nForward batches / rows computed by a model / rows from the \
+        "\n## Model work per plan\n\nModel calls / rows computed by a model / rows from the \
          result cache / prompt tokens read, the optimizer's sampling included.\n\n\
          | workflow | naive | batching only | optimized |\n|---|---|---|---|\n",
     );
@@ -630,7 +631,7 @@ fn main() {
                 ("repeat", &row.repeat),
             ] {
                 println!(
-                    "  {mode:13} {} forward batches, {} rows computed, {} from the cache, {} tokens in, {} out",
+                    "  {mode:13} {} model calls, {} rows computed, {} from the cache, {} tokens in, {} out",
                     run.model_calls, run.model_rows, run.cache_hits, run.tokens_in, run.tokens_out
                 );
             }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::array::{RecordBatch, new_null_array};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -388,7 +389,7 @@ impl ExecutionPlan for AiMapExec {
         let options = MurakkabOptions::from_config(context.session_config().options());
         let priority = options.priority;
         // The naive baseline takes one row at a time, so each chunk is one model call per row.
-        let mut chunk_sizes = match (options.batching, priority) {
+        let chunk_sizes = match (options.batching, priority) {
             (false, _) => ChunkSizes::growing(1, 1),
             (true, Priority::Batch) => ChunkSizes::growing(BATCH_CHUNK_ROWS, BATCH_CHUNK_ROWS),
             (true, Priority::Interactive) => ChunkSizes::growing(CHUNK_ROWS, MAX_CHUNK_ROWS),
@@ -417,44 +418,29 @@ impl ExecutionPlan for AiMapExec {
         };
         let on_drop = CancelOnDrop(cx.cancel.clone());
         let out_schema = Arc::clone(&self.schema);
-        // Each input batch becomes a stream of chunks; `flat_map` pulls them one at a time, so
-        // nothing past the chunk being consumed is computed.
-        let stream = input.flat_map(move |batch| {
+        // The input becomes a stream of chunks, pulled one at a time, so nothing past the chunk
+        // being consumed is computed.
+        let stream = chunks(input, chunk_sizes).then(move |chunk| {
             let _owned_by_the_stream = &on_drop;
             let cx = cx.clone();
-            let chunks: Vec<Result<RecordBatch>> = match batch {
-                Err(e) => vec![Err(e)],
-                Ok(batch) => chunk_sizes
-                    .cut(batch.num_rows())
-                    .into_iter()
-                    .map(|(start, rows)| Ok(batch.slice(start, rows)))
-                    .collect(),
-            };
-            futures::stream::iter(chunks).then(move |chunk| {
-                let cx = cx.clone();
-                async move {
-                    let chunk = chunk?;
-                    // Model work runs off the async threads, so dropping this stream (which
-                    // drops the await below and sets the chunk's flag) takes effect at once and
-                    // the work in flight stops at its next forward pass. So does a timeout.
-                    let flag = cx.cancel.chunk_flag();
-                    let (input, work_cx, work_flag) =
-                        (chunk.clone(), cx.clone(), Arc::clone(&flag));
-                    let work = SpawnedTask::spawn_blocking(move || {
-                        map_chunk(&chunk, &work_cx, &work_flag)
-                    })
-                    .join();
-                    match crate::deadline::within(work, cx.timeout).await {
-                        Some(joined) => {
-                            joined.map_err(|e| DataFusionError::External(Box::new(e)))?
-                        }
-                        None => {
-                            flag.store(true, Ordering::Relaxed);
-                            timed_out_chunk(&input, &cx, cx.timeout.unwrap_or_default())
-                        }
+            async move {
+                let chunk = chunk?;
+                // Model work runs off the async threads, so dropping this stream (which drops
+                // the await below and sets the chunk's flag) takes effect at once and the work
+                // in flight stops at its next forward pass. So does a timeout.
+                let flag = cx.cancel.chunk_flag();
+                let (input, work_cx, work_flag) = (chunk.clone(), cx.clone(), Arc::clone(&flag));
+                let work =
+                    SpawnedTask::spawn_blocking(move || map_chunk(&chunk, &work_cx, &work_flag))
+                        .join();
+                match crate::deadline::within(work, cx.timeout).await {
+                    Some(joined) => joined.map_err(|e| DataFusionError::External(Box::new(e)))?,
+                    None => {
+                        flag.store(true, Ordering::Relaxed);
+                        timed_out_chunk(&input, &cx, cx.timeout.unwrap_or_default())
                     }
                 }
-            })
+            }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
@@ -464,8 +450,47 @@ impl ExecutionPlan for AiMapExec {
     }
 }
 
-/// The sizes of a stream's chunks: the first `next` rows, then twice as many each time up to
-/// `most` (see [`MAX_CHUNK_ROWS`]); the growth carries over from one input batch to the next.
+/// `input`'s rows in chunks of `sizes`: small input batches (a join's, a selective filter's)
+/// are gathered and large ones cut, so every chunk but the last has its full size.
+fn chunks(
+    input: SendableRecordBatchStream,
+    sizes: ChunkSizes,
+) -> impl futures::Stream<Item = Result<RecordBatch>> {
+    let state = (input, None::<RecordBatch>, sizes, false);
+    futures::stream::unfold(state, |(mut input, mut pending, mut sizes, mut done)| async move {
+        loop {
+            let held = pending.as_ref().map_or(0, RecordBatch::num_rows);
+            if held > 0 && (held >= sizes.next || done) {
+                let Some(batch) = pending.take() else { continue };
+                let take = sizes.take(held);
+                if take < held {
+                    pending = Some(batch.slice(take, held - take));
+                }
+                return Some((Ok(batch.slice(0, take)), (input, pending, sizes, done)));
+            }
+            if done {
+                return None;
+            }
+            match input.next().await {
+                None => done = true,
+                Some(Err(e)) => return Some((Err(e), (input, None, sizes, true))),
+                Some(Ok(batch)) if batch.num_rows() == 0 => {}
+                Some(Ok(batch)) => {
+                    pending = match pending.take() {
+                        None => Some(batch),
+                        Some(held) => match concat_batches(&batch.schema(), [&held, &batch]) {
+                            Ok(joined) => Some(joined),
+                            Err(e) => return Some((Err(e.into()), (input, None, sizes, true))),
+                        },
+                    };
+                }
+            }
+        }
+    })
+}
+
+/// The sizes of a stream's chunks: `first` rows, then twice as many each time up to `most`
+/// (see [`MAX_CHUNK_ROWS`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct ChunkSizes {
     first: usize,
@@ -479,19 +504,14 @@ impl ChunkSizes {
         Self { first, next: first, most: most.max(first) }
     }
 
-    /// `(start, rows)` of the chunks of a batch of `rows` rows.
-    fn cut(&mut self, rows: usize) -> Vec<(usize, usize)> {
-        let mut chunks = Vec::new();
-        let mut start = 0;
-        while start < rows {
-            let take = self.next.min(rows - start);
-            chunks.push((start, take));
-            start += take;
-            if take == self.next {
-                self.next = (self.next * 2).min(self.most);
-            }
+    /// The rows of the next chunk when `available` rows are at hand; a full chunk doubles the
+    /// next one.
+    fn take(&mut self, available: usize) -> usize {
+        let take = self.next.min(available);
+        if take == self.next {
+            self.next = (self.next * 2).min(self.most);
         }
-        chunks
+        take
     }
 }
 
@@ -509,16 +529,47 @@ impl fmt::Display for ChunkSizes {
 mod tests {
     use super::*;
 
+    fn batch(rows: std::ops::Range<i64>) -> RecordBatch {
+        let column: datafusion::arrow::array::ArrayRef =
+            Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(rows));
+        RecordBatch::try_from_iter([("v", column)]).unwrap()
+    }
+
+    async fn chunk_rows(batches: Vec<RecordBatch>, sizes: ChunkSizes) -> Vec<Vec<i64>> {
+        let schema = batches[0].schema();
+        let input = futures::stream::iter(batches.into_iter().map(Ok));
+        let input: SendableRecordBatchStream =
+            Box::pin(RecordBatchStreamAdapter::new(schema, input));
+        chunks(input, sizes)
+            .map(|c| {
+                let c = c.unwrap();
+                let v = c.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>();
+                v.unwrap().values().to_vec()
+            })
+            .collect()
+            .await
+    }
+
     #[test]
-    fn chunks_double_up_to_the_largest_across_batches() {
-        let mut sizes = ChunkSizes::growing(16, 64);
-        assert_eq!(sizes.cut(100), vec![(0, 16), (16, 32), (48, 52)]);
-        // The short last chunk did not double the next one.
-        assert_eq!(sizes.cut(200), vec![(0, 64), (64, 64), (128, 64), (192, 8)]);
-        assert_eq!(sizes.to_string(), "16..64");
-        let mut naive = ChunkSizes::growing(1, 1);
-        assert_eq!(naive.cut(3), vec![(0, 1), (1, 1), (2, 1)]);
-        assert_eq!(naive.to_string(), "1");
-        assert!(ChunkSizes::growing(8, 8).cut(0).is_empty());
+    fn chunks_double_gathering_small_batches_and_cutting_large_ones() {
+        futures::executor::block_on(chunks_double());
+    }
+
+    async fn chunks_double() {
+        // A join's output: many small batches, gathered into chunks of 4, 8, 8 and the rest.
+        let small: Vec<RecordBatch> = (0..7).map(|i| batch(i * 3..i * 3 + 3)).collect();
+        let out = chunk_rows(small, ChunkSizes::growing(4, 8)).await;
+        let sizes: Vec<usize> = out.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [4, 8, 8, 1]);
+        assert_eq!(out.concat(), (0..21).collect::<Vec<i64>>(), "every row once, in order");
+        // One large batch (and an empty one) cut into 16, 32, 64 and the rest.
+        let large = vec![batch(0..0), batch(0..150)];
+        let out = chunk_rows(large, ChunkSizes::growing(16, 64)).await;
+        assert_eq!(out.iter().map(Vec::len).collect::<Vec<_>>(), [16, 32, 64, 38]);
+        // The naive baseline: one row per chunk.
+        let out = chunk_rows(vec![batch(0..3)], ChunkSizes::growing(1, 1)).await;
+        assert_eq!(out, [vec![0], vec![1], vec![2]]);
+        assert_eq!(ChunkSizes::growing(16, 256).to_string(), "16..256");
+        assert_eq!(ChunkSizes::growing(8, 8).to_string(), "8");
     }
 }
