@@ -201,7 +201,7 @@ const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         key: "model_timeout_s",
-        description: "Seconds one chunk of an AI operator's model work may take; past it the chunk's AI values become NULL with a warning (or the query fails under on_error = 'fail') and the model work is cancelled. 0: no limit.",
+        description: "Seconds one chunk of an AI operator's model work may take; past it the chunk's AI values become NULL with a warning (or the query fails under on_error = 'fail') and the model work is cancelled. Chunks stay at 16 rows while it is set (otherwise they grow to 256). 0: no limit.",
     },
     OptionDoc {
         key: "carbon_intensity_g_per_kwh",

@@ -392,6 +392,11 @@ impl ExecutionPlan for AiMapExec {
         let chunk_sizes = match (options.batching, priority) {
             (false, _) => ChunkSizes::growing(1, 1),
             (true, Priority::Batch) => ChunkSizes::growing(BATCH_CHUNK_ROWS, BATCH_CHUNK_ROWS),
+            // A timeout bounds one chunk's work, so under one chunks keep their first size and
+            // the limit means the same for every chunk.
+            (true, Priority::Interactive) if options.model_timeout_s > 0.0 => {
+                ChunkSizes::growing(CHUNK_ROWS, CHUNK_ROWS)
+            }
             (true, Priority::Interactive) => ChunkSizes::growing(CHUNK_ROWS, MAX_CHUNK_ROWS),
         };
         if let Ok(mut shown) = self.chunk_rows.lock() {
