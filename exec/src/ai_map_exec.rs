@@ -1,12 +1,13 @@
 //! `AiMapExec`: the physical operator of an [`AiMap`] node.
 //!
-//! It streams: each input batch is cut into chunks ([`CHUNK_ROWS`] rows first, doubling up to
+//! It streams: the input is re-cut into chunks ([`CHUNK_ROWS`] rows first, doubling up to
 //! [`MAX_CHUNK_ROWS`]), the AI calls are evaluated on one chunk at a time and the chunk goes out
 //! with its new columns before the next is started. So the first rows reach the user after one
 //! small chunk, a satisfied `LIMIT` (or a dropped stream) stops the model after at most one more
-//! chunk, and memory stays bounded by one input batch. EXPLAIN ANALYZE shows rows, the models called, model calls and their mean
-//! rows, rows the model computed, cache and dedup hits, tokens in and out, rows with warnings,
-//! the model time (`elapsed_compute`), CPU time, and energy and gCO2e (measured or modeled).
+//! chunk, and memory stays bounded by one input batch and one chunk. EXPLAIN ANALYZE shows
+//! rows, the models called, model calls and their mean rows, rows the model computed, cache and
+//! dedup hits, tokens in and out, rows with warnings, the model time (`elapsed_compute`), CPU
+//! time, and energy and gCO2e (measured or modeled).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,7 +64,7 @@ pub struct AiMapExec {
     /// The models the calls ran on, filled in during execution for EXPLAIN ANALYZE.
     models: Arc<Mutex<Vec<String>>>,
     /// Rows of the first and the largest chunk: set by the session's options when executed.
-    chunk_rows: Arc<Mutex<ChunkSizes>>,
+    chunk_sizes: Arc<Mutex<ChunkSizes>>,
     /// The session's grid intensity (g/kWh, as f64 bits), set when executed, for EXPLAIN ANALYZE.
     carbon_intensity: Arc<std::sync::atomic::AtomicU64>,
     /// The optimizer's choices and estimates for the calls, shown beside the actual figures.
@@ -111,7 +112,7 @@ impl AiMapExec {
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
             models: Arc::new(Mutex::new(Vec::new())),
-            chunk_rows: Arc::new(Mutex::new(ChunkSizes::growing(CHUNK_ROWS, MAX_CHUNK_ROWS))),
+            chunk_sizes: Arc::new(Mutex::new(ChunkSizes::growing(CHUNK_ROWS, MAX_CHUNK_ROWS))),
             carbon_intensity: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             notes: Vec::new(),
             estimated_ms: None,
@@ -128,7 +129,7 @@ pub fn estimated_model_seconds(plan: &Arc<dyn ExecutionPlan>) -> Option<f64> {
 
 impl DisplayAs for AiMapExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let chunk_rows = self.chunk_rows.lock().map(|c| c.to_string()).unwrap_or_default();
+        let chunk_rows = self.chunk_sizes.lock().map(|c| c.to_string()).unwrap_or_default();
         write!(f, "AiMapExec: chunk_rows={chunk_rows}, calls=[")?;
         for (i, (expr, name)) in self.calls.iter().enumerate() {
             if i > 0 {
@@ -399,7 +400,7 @@ impl ExecutionPlan for AiMapExec {
             }
             (true, Priority::Interactive) => ChunkSizes::growing(CHUNK_ROWS, MAX_CHUNK_ROWS),
         };
-        if let Ok(mut shown) = self.chunk_rows.lock() {
+        if let Ok(mut shown) = self.chunk_sizes.lock() {
             *shown = chunk_sizes;
         }
         self.carbon_intensity.store(options.carbon_intensity_now().to_bits(), Ordering::Relaxed);
@@ -464,9 +465,9 @@ fn chunks(
     let state = (input, None::<RecordBatch>, sizes, false);
     futures::stream::unfold(state, |(mut input, mut pending, mut sizes, mut done)| async move {
         loop {
-            let held = pending.as_ref().map_or(0, RecordBatch::num_rows);
-            if held > 0 && (held >= sizes.next || done) {
-                let Some(batch) = pending.take() else { continue };
+            let ready = |b: &mut RecordBatch| b.num_rows() >= sizes.next || done;
+            if let Some(batch) = pending.take_if(ready) {
+                let held = batch.num_rows();
                 let take = sizes.take(held);
                 if take < held {
                     pending = Some(batch.slice(take, held - take));

@@ -76,7 +76,7 @@ use crate::sampling::Reservoir;
 use crate::semantic_join::SemanticJoin;
 
 /// Rows per forward batch of the model runtime (the unit of the estimate's `calls`).
-const FORWARD_BATCH_ROWS: usize = 16;
+pub(crate) const FORWARD_BATCH_ROWS: usize = 16;
 /// The largest sample, as a multiple of `murakkab.optimizer.sample_rows`.
 const MAX_SAMPLE_FACTOR: usize = 4;
 /// Fewest labelled sample rows a proxy is trained on.

@@ -34,13 +34,12 @@ use murakkab_catalog::{
 use murakkab_udfs::{AiBackend, FieldType, FieldValue, ModelPlan};
 
 use crate::choose_model::{
-    Choice, Decision, Instruction, ModelChooser, Pass, Site, considered, load_of, sampling_pays,
+    Choice, Decision, FORWARD_BATCH_ROWS, Instruction, ModelChooser, Pass, Site, considered,
+    load_of, sampling_pays,
 };
 use crate::cost_model::{Cost, generate_row_cost};
 use crate::quality::{Z_95, wilson_lower_bound};
 
-/// Rows per forward batch of the model runtime (the unit of the estimate's `calls`).
-const FORWARD_BATCH_ROWS: usize = 16;
 /// Generated tokens assumed per row before any answer is seen (to decide whether sampling pays).
 const ASSUMED_OUTPUT_TOKENS: f64 = 16.0;
 
