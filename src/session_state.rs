@@ -17,7 +17,8 @@ use murakkab_catalog::MurakkabHome;
 use murakkab_compiler::{LiftAiCalls, MurakkabOptions};
 use murakkab_exec::{CachedBackend, ModelRuntime, MurakkabQueryPlanner};
 use murakkab_optimizer::{
-    ChoosingQueryPlanner, ModelChooser, PredicateOrderer, SemanticJoin, TopKBelowAiMap,
+    ChoosingQueryPlanner, ModelChooser, PredicateOrderer, ReuseAiColumns, SemanticJoin,
+    TopKBelowAiMap,
 };
 use murakkab_udfs::{AiBackend, AiContext, AiWarnings, CheckedBackend};
 
@@ -90,6 +91,8 @@ pub(crate) fn new_context(
         // rules in each optimizer pass: by then cheap filters sit as low as they can, and the
         // AiMap lets filters on its input's columns keep moving below it (fewer model calls).
         .with_optimizer_rule(Arc::new(LiftAiCalls))
+        // A call a map below already answered for the same rows is read from its column.
+        .with_optimizer_rule(Arc::new(ReuseAiColumns))
         .with_optimizer_rule(Arc::new(TopKBelowAiMap))
         // Physical planning starts with predicate ordering, semantic joins and model choice (which sample the data below an AI call,
         // so it cannot be a logical rule: those are synchronous and see no rows), then

@@ -596,6 +596,40 @@ async fn a_second_ai_predicate_sees_only_the_rows_that_passed_the_first() {
     assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 6 + 8);
 }
 
+/// A call written in WHERE, in SELECT and in ORDER BY is one map, answering each row once.
+#[tokio::test]
+async fn a_call_repeated_in_where_select_and_order_by_is_answered_once_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    let query = "SELECT t, ai_classify(t, ['yes', 'no']) AS c \
+                 FROM (VALUES ('a'), ('nope b'), ('c'), ('nope d'), ('e'), ('f')) AS v(t) \
+                 WHERE ai_classify(t, ['yes', 'no']) = 'yes' OR t LIKE 'nope d%' \
+                 ORDER BY ai_classify(t, ['yes', 'no']) DESC, t";
+    let plan = explain(&db, query).await;
+    assert_eq!(plan.matches("AiMap:").count(), 1, "{plan}");
+    assert!(!plan.contains("Sort: ai_classify"), "the sort key is the map's column: {plan}");
+    let text = |batches: Vec<murakkab::arrow::array::RecordBatch>| {
+        murakkab::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
+    };
+    let rows = text(run(&db, query).await);
+    let expected = [
+        "| a      | yes |",
+        "| c      | yes |",
+        "| e      | yes |",
+        "| f      | yes |",
+        "| nope d | no  |",
+    ];
+    let body: Vec<&str> = rows.lines().skip(3).filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(body, expected, "{rows}");
+    assert_eq!(backend.rows_seen.load(Ordering::SeqCst), 6, "one answer per row: {plan}");
+    // The naive baseline computes each of the three calls as written.
+    run(&db, "SET murakkab.optimizer.enabled = false").await;
+    run(&db, "SET murakkab.exec.batching = false").await;
+    assert_eq!(text(run(&db, query).await), rows);
+    assert!(backend.rows_seen.load(Ordering::SeqCst) >= 6 + 6 + 5, "naive: every call runs");
+}
+
 /// Rewrites that must not change results (pushdown, conjunct splitting, top-k below the map,
 /// dedup, batching) give the same rows with the optimizer on and in the naive baseline.
 #[tokio::test]
@@ -612,6 +646,11 @@ async fn exact_rewrites_return_the_same_rows_with_the_optimizer_on_and_off() {
         "SELECT a.v, b.w FROM generate_series(1, 12) AS a(v) JOIN generate_series(1, 12) AS b(w) \
          ON a.v = b.w AND ai_filter('pair ' || a.v || CASE WHEN b.w % 3 = 0 THEN ' nope' ELSE '' END, 'match') \
          ORDER BY a.v",
+        // The same call in WHERE, SELECT and ORDER BY, through a subquery alias (computed once).
+        "SELECT s.v, ai_classify(s.w, ['a', 'b']) AS c FROM \
+         (SELECT v, 'item ' || v || CASE WHEN v % 3 = 0 THEN ' nope' ELSE '' END AS w \
+          FROM generate_series(1, 30) AS g(v) WHERE ai_classify('item ' || v || CASE WHEN v % 3 = 0 THEN ' nope' ELSE '' END, ['a', 'b']) = 'a' OR v > 20) AS s \
+         ORDER BY ai_classify(s.w, ['a', 'b']), s.v",
     ];
     let dir = tempfile::tempdir().unwrap();
     let backend = Scripted::new(dir.path());

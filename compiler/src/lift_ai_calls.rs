@@ -41,10 +41,22 @@
 //! optimizer's semantic-join rule.) In an outer join such a call stays in the join condition and
 //! runs as a plain function, since a filter above would drop the unmatched rows.
 //!
+//! Sorts too: `ORDER BY ai_classify(t.body, [a, b])` sorts on a map's column, and a projection
+//! above the sort drops that column again:
+//! ```text
+//! Projection: t.id, t.body
+//!   Sort: __ai_0 ASC NULLS LAST
+//!     AiMap: ai_classify(t.body, [a, b]) AS __ai_0
+//!       TableScan: t
+//! ```
+//! so the optimizer chooses the sort key's model like any other call's (a sort key computed by
+//! a different model than the filter or projection asking the same question could disagree
+//! with them), and the calls stream to the model in chunks.
+//!
 //! Only calls whose arguments hold no other AI call are lifted in one pass; a nested call is
 //! lifted by the next pass of the optimizer's fixed-point loop, into a map above the first. Calls
-//! in sorts and window functions are left in place: they still run, as plain functions (not
-//! streamed in chunks).
+//! in window functions are left in place: they still run, as plain functions (not streamed in
+//! chunks).
 
 use std::sync::Arc;
 
@@ -52,7 +64,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, Result};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
-    Aggregate, Expr, Extension, Filter, Join, JoinType, LogicalPlan, Projection,
+    Aggregate, Expr, Extension, Filter, Join, JoinType, LogicalPlan, Projection, Sort, SortExpr,
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
 
@@ -342,6 +354,19 @@ impl OptimizerRule for LiftAiCalls {
                 let projection =
                     Projection::try_new(renamed, Arc::new(LogicalPlan::Aggregate(aggregate)))?;
                 Ok(Transformed::yes(LogicalPlan::Projection(projection)))
+            }
+            LogicalPlan::Sort(s) if s.expr.iter().any(|k| contains_model_call(&k.expr)) => {
+                let mut next_id = first_free_id(&s.input);
+                let schema = Arc::clone(s.input.schema());
+                let keys: Vec<Expr> = s.expr.iter().map(|k| k.expr.clone()).collect();
+                let (keys, calls) = extract_calls(keys, &mut next_id)?;
+                let keys = keys
+                    .into_iter()
+                    .zip(&s.expr)
+                    .map(|(expr, k)| SortExpr { expr: expr.unalias(), ..k.clone() })
+                    .collect();
+                let sort = Sort { expr: keys, input: with_map(s.input, calls)?, fetch: s.fetch };
+                Ok(Transformed::yes(project_columns(&schema, Arc::new(LogicalPlan::Sort(sort)))?))
             }
             LogicalPlan::Join(j) if join_has_model_call(&j) => {
                 let schema = Arc::clone(&j.schema);

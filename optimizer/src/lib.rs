@@ -15,11 +15,13 @@ mod extract_choice;
 mod order_predicates;
 pub mod proxy_training;
 pub mod quality;
+mod reuse_ai_columns;
 mod sampling;
 mod semantic_join;
 mod top_k_below_ai_map;
 
 pub use choose_model::{ChoosingQueryPlanner, ModelChooser};
 pub use order_predicates::PredicateOrderer;
+pub use reuse_ai_columns::ReuseAiColumns;
 pub use semantic_join::SemanticJoin;
 pub use top_k_below_ai_map::TopKBelowAiMap;

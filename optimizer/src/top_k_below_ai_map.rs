@@ -43,7 +43,7 @@ use murakkab_compiler::{AiMap, MurakkabOptions};
 pub struct TopKBelowAiMap;
 
 /// Rewrites `expr` from a projection's output columns to its input's expressions.
-fn through_projection(expr: Expr, projection: &Projection) -> Result<Expr> {
+pub(crate) fn through_projection(expr: Expr, projection: &Projection) -> Result<Expr> {
     let by_name: HashMap<Column, Expr> = projection
         .schema
         .iter()
