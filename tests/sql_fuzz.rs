@@ -1,5 +1,5 @@
 //! SQL fuzzing: random valid and invalid queries that mix the AI functions (on the tiny
-//! random-weight models) with joins, aggregates, subqueries, set operations and LIMIT.
+//! random-weight models) with joins, aggregates, subqueries, set operations, ORDER BY on their answers and LIMIT.
 //!
 //! Every query must end, within 10 s, in rows or in an error a user can act on: no panic, no
 //! DataFusion "Internal error", no hang; the generator's valid queries must return rows. Those
@@ -156,7 +156,7 @@ fn query(rng: &mut Rng) -> (String, bool) {
         0 => (format!(" LIMIT {}", rng.below(6)), false),
         _ => (String::new(), true),
     };
-    let sql = match rng.below(7) {
+    let sql = match rng.below(8) {
         0 => format!(
             "SELECT t.id, {} AS a, {} AS b FROM t{filter}{limit}",
             text(rng, depth),
@@ -182,6 +182,11 @@ fn query(rng: &mut Rng) -> (String, bool) {
         ),
         5 => format!(
             "SELECT ai_summarize_agg(t.body, {LLM}) IS NOT NULL AS summarised, count(*) AS c FROM t{filter}"
+        ),
+        6 => format!(
+            "SELECT t.id, {} AS a FROM t{filter} ORDER BY {}, t.id{limit}",
+            text(rng, depth),
+            text(rng, depth)
         ),
         _ => format!(
             "SELECT t.id, {} AS a FROM t{filter} ORDER BY t.id DESC{limit}",
