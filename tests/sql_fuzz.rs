@@ -1,5 +1,6 @@
 //! SQL fuzzing: random valid and invalid queries that mix the AI functions (on the tiny
-//! random-weight models) with joins, aggregates, subqueries, set operations, ORDER BY on their answers and LIMIT.
+//! random-weight models) with joins, aggregates, subqueries, set operations, ORDER BY on their
+//! answers and LIMIT.
 //!
 //! Every query must end, within 10 s, in rows or in an error a user can act on: no panic, no
 //! DataFusion "Internal error", no hang; the generator's valid queries must return rows. Those
