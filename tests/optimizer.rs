@@ -289,6 +289,29 @@ async fn with_the_optimizer_off_or_a_model_named_nothing_is_sampled() {
     assert!(!dir.path().join("stats").exists(), "no statistics were gathered");
 }
 
+/// A cascade takes the reference's answer wherever it is already known (here from an earlier
+/// query; on a first run, the optimizer's sample) instead of a cheaper stage's guess.
+#[tokio::test]
+async fn a_cascade_answers_rows_the_reference_already_answered_with_that_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    let first_hundred = CLASSIFY
+        .replace("])", &format!("], model => '{REFERENCE}')"))
+        .replace("ORDER BY", "WHERE id <= 100 ORDER BY");
+    run(&db, &first_hundred).await;
+    // Threshold 0.5: the cheap model's wrong 0.55 on hard rows is accepted.
+    let cascade =
+        CLASSIFY.replace("])", &format!("], model => 'cascade({CHEAP}, {REFERENCE}, 0.5)')"));
+    let answers = labels(&run(&db, &cascade).await);
+    let wrong: Vec<usize> =
+        (0..1000).filter(|&i| answers[i] != truth()[i]).map(|i| i + 1).collect();
+    assert_eq!(wrong, (110..=1000).step_by(10).collect::<Vec<_>>(), "hard rows after 100 only");
+    assert_eq!(backend.rows(CHEAP), 900, "the cheap model never sees the known rows");
+    assert_eq!(backend.rows(REFERENCE), 100);
+}
+
 #[tokio::test]
 async fn a_hand_written_cascade_runs_and_a_malformed_one_names_the_problem() {
     let dir = tempfile::tempdir().unwrap();

@@ -131,6 +131,38 @@ impl CachedBackend {
         })();
     }
 
+    /// Each row's cached answer, computing nothing (counted as hits); all `None` where reuse
+    /// is off.
+    fn known<T: DeserializeOwned>(
+        &self,
+        model: &str,
+        operation: &str,
+        parameters: &str,
+        batch: &ChatBatch,
+    ) -> Vec<Option<T>> {
+        if !murakkab_udfs::reuse_allowed() {
+            return batch.rows.iter().map(|_| None).collect();
+        }
+        let identity = self.model_identity(model);
+        let calibration = batch.calibration_row.as_deref().unwrap_or("");
+        let known: Vec<Option<T>> = batch
+            .rows
+            .iter()
+            .map(|row| {
+                self.get(&self.key(
+                    &identity,
+                    operation,
+                    parameters,
+                    &[&batch.shared, row, calibration],
+                ))
+            })
+            .collect();
+        let hits = known.iter().filter(|k| k.is_some()).count();
+        self.stats.hits.fetch_add(hits as u64, Ordering::Relaxed);
+        crate::call_stats::record(|s| s.cache_hits += hits as u64);
+        known
+    }
+
     /// Answers the rows of `batch` from the cache and sends the rest to `compute` as one
     /// smaller batch (same instruction), storing what comes back.
     fn through<T: Serialize + DeserializeOwned + Clone>(
@@ -227,6 +259,11 @@ impl CachedBackend {
     }
 }
 
+/// The key parameters of a label-scoring request: its labels.
+fn label_parameters(labels: &[String]) -> String {
+    serde_json::to_string(labels).unwrap_or_default()
+}
+
 /// `FieldValue` as stored in the cache.
 #[derive(Serialize, serde::Deserialize, Clone)]
 enum StoredValue {
@@ -299,10 +336,18 @@ impl AiBackend for CachedBackend {
         batch: &ChatBatch,
         labels: &[String],
     ) -> Result<BatchOutput<Vec<f32>>, String> {
-        let parameters = serde_json::to_string(labels).unwrap_or_default();
-        self.through(model, "score_labels", &parameters, batch, |b| {
+        self.through(model, "score_labels", &label_parameters(labels), batch, |b| {
             self.inner.score_labels(model, b, labels)
         })
+    }
+
+    fn known_label_scores(
+        &self,
+        model: &str,
+        batch: &ChatBatch,
+        labels: &[String],
+    ) -> Vec<Option<Vec<f32>>> {
+        self.known(model, "score_labels", &label_parameters(labels), batch)
     }
 
     fn complete(

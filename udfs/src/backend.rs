@@ -109,6 +109,19 @@ pub trait AiBackend: Send + Sync + Debug {
         labels: &[String],
     ) -> Result<BatchOutput<Vec<f32>>, String>;
 
+    /// The label probabilities `score_labels` would return for the rows of `batch` that
+    /// `model` has already answered (a result cache), without running anything; `None` for the
+    /// others. A cascade gives those rows the reference model's known answer rather than a
+    /// cheaper stage's guess (the optimizer's sample is such rows). Defaults to none known.
+    fn known_label_scores(
+        &self,
+        _model: &str,
+        batch: &ChatBatch,
+        _labels: &[String],
+    ) -> Vec<Option<Vec<f32>>> {
+        vec![None; batch.rows.len()]
+    }
+
     /// The generated answer of each row.
     fn complete(
         &self,

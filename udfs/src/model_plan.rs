@@ -150,6 +150,9 @@ pub(crate) struct ScoringRows<'a, P: Fn(&[usize]) -> ChatBatch> {
 }
 
 /// Scores the rows under `plan`, counting the rows a cascade sent on to its reference model.
+/// A cascade answers rows whose reference answer is already cached with that answer, so the
+/// optimizer's sample (scored by the reference to measure the cheaper stages) is not answered
+/// again, worse, by a cheaper stage.
 pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
     context: &AiContext,
     config: &ConfigOptions,
@@ -166,9 +169,18 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
         ModelPlan::Model(id) => return score_on(context, id, scoring, labels),
         ModelPlan::Cascade(c) => c,
     };
-    // `pending`: slots (positions in `rows`) no stage has been sure of yet.
+    // `pending`: slots (positions in `rows`) no stage has been sure of yet. Rows whose
+    // reference answer is already known (the optimizer's sample, an earlier query) take it.
     let mut out: Vec<Result<Vec<f32>, String>> = vec![Err(String::new()); rows.len()];
-    let mut pending: Vec<usize> = (0..rows.len()).collect();
+    let mut known =
+        context.backend.known_label_scores(&cascade.reference, &(scoring.prompt)(rows), labels);
+    let mut pending: Vec<usize> = Vec::with_capacity(rows.len());
+    for slot in 0..rows.len() {
+        match known.get_mut(slot).and_then(Option::take) {
+            Some(p) => out[slot] = Ok(p),
+            None => pending.push(slot),
+        }
+    }
     let mut truncated = 0;
     for (model, threshold) in &cascade.stages {
         if pending.is_empty() {
