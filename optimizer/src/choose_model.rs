@@ -72,7 +72,7 @@ use crate::cost_model::{Cost, embed_row_cost, label_row_cost, load_cost};
 use crate::order_predicates::PredicateOrderer;
 use crate::proxy_training::{out_of_fold, train};
 use crate::quality::{Z_95, cheap_plans, two_stage_plans};
-use crate::sampling::Reservoir;
+use crate::sampling::{PrioritySample, row_priorities};
 use crate::semantic_join::SemanticJoin;
 
 /// Rows per forward batch of the model runtime (the unit of the estimate's `calls`).
@@ -384,8 +384,9 @@ impl ModelChooser {
         }
     }
 
-    /// Draws the sample: a seeded reservoir over the whole input, or its first rows when an AI
-    /// call sits below (so that call is not run over every row for a sample).
+    /// Draws the sample: the rows of least seeded priority over the whole input (the same rows
+    /// whatever order its partitions deliver them in, see `sampling`), or from its first rows
+    /// when an AI call sits below (so that call is not run over every row for a sample).
     ///
     /// The sample grows with the input: 5% of its rows, at least `murakkab.optimizer.sample_rows`
     /// and at most four times that (a proxy model learns more from more rows, and a larger
@@ -394,35 +395,34 @@ impl ModelChooser {
         let least = pass.options.sample_rows;
         let size = MAX_SAMPLE_FACTOR * least;
         let ai_below = contains_ai_map(&site.input)?;
+        // The text, then the whole input row, whose values set the row's priority (as
+        // `order_predicates` does over the same input, so both draw the same rows).
+        let row: Vec<Expr> = site.input.schema().columns().into_iter().map(Expr::Column).collect();
         let projection = LogicalPlanBuilder::from(site.input.clone())
-            .project(vec![site.text.clone().alias("__sample_text")])?
+            .project(std::iter::once(site.text.clone().alias("__sample_text")).chain(row))?
             .build()?;
         let physical: Arc<dyn ExecutionPlan> =
             pass.session.create_physical_plan(&projection).await?;
         let mut stream = execute_stream(physical, pass.session.task_ctx())?;
-        let mut reservoir = Reservoir::new(size);
-        let mut texts: Vec<String> = Vec::with_capacity(size);
+        let mut sample = PrioritySample::new(size);
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            let priorities = row_priorities(&batch.columns()[1..])?;
             let column = cast(batch.column(0), &DataType::Utf8)?;
             let column = column.as_string::<i32>();
-            for i in 0..column.len() {
-                if column.is_null(i) {
-                    continue;
-                }
-                match reservoir.offer() {
-                    Some(slot) if slot == texts.len() => texts.push(column.value(i).to_string()),
-                    Some(slot) => texts[slot] = column.value(i).to_string(),
-                    None => {}
+            for (i, &priority) in priorities.iter().enumerate() {
+                if !column.is_null(i) {
+                    sample.offer(priority, || column.value(i).to_string());
                 }
             }
-            if ai_below && texts.len() >= least {
-                return Ok(Sample { texts, input_rows: reservoir.seen(), complete: false });
+            if ai_below && sample.len() >= least {
+                let input_rows = sample.seen();
+                let texts = sample.into_sorted();
+                return Ok(Sample { texts, input_rows, complete: false });
             }
         }
-        // A shuffled reservoir's every prefix is a uniform sample of the input too.
-        reservoir.shuffle(&mut texts);
-        let seen = reservoir.seen();
+        let seen = sample.seen();
+        let mut texts = sample.into_sorted();
         let wanted = ((seen as usize) / 20).clamp(least, size);
         texts.truncate(wanted);
         Ok(Sample { texts, input_rows: seen, complete: true })

@@ -24,8 +24,8 @@
 //! written-last predicate lowest when they tie on kind, which this rule then reconsiders.)
 //!
 //! How: the chain's input (the plan below the lowest map) is read once and a seeded uniform
-//! sample of `murakkab.optimizer.sample_rows` rows drawn — the same rows `choose_model` samples
-//! first, so the answers computed here are cache hits there and when the query runs. Every
+//! sample of `murakkab.optimizer.sample_rows` rows drawn (the rows of least priority, a seeded
+//! hash of each row's values; see `sampling`) — the same rows `choose_model` samples first, so the answers computed here are cache hits there and when the query runs. Every
 //! predicate is evaluated on the sample (label-scoring calls left at `auto` on the reference
 //! model, the largest that can score labels); its selectivity is the share of sampled rows that
 //! pass, and its cost per row comes from the cost model: the rows' tokens over the model's
@@ -69,11 +69,8 @@ use crate::choose_model::{
     skip_column_projections, with_model,
 };
 use crate::cost_model::{Cost, embed_row_cost, generate_row_cost, label_row_cost};
-use crate::sampling::Reservoir;
+use crate::sampling::{PrioritySample, row_priorities};
 
-/// The sample is drawn from a reservoir this many times `sample_rows` (as `choose_model`'s, so
-/// both draw the same rows).
-const RESERVOIR_FACTOR: usize = 4;
 /// Inputs with fewer rows than this many samples per predicate keep the written order. The
 /// sample asks every predicate about every sampled row (`m · s` calls), while a better order
 /// saves about `n · c · |s_1 - s_2|` — a quarter of a pass over the input for typical
@@ -219,37 +216,34 @@ impl PredicateOrderer {
         let physical = pass.session.create_physical_plan(&chain.base).await?;
         let schema = physical.schema();
         let mut stream = execute_stream(physical, pass.session.task_ctx())?;
-        let mut reservoir = Reservoir::new(RESERVOIR_FACTOR * least);
+        let mut drawn = PrioritySample::new(least);
         // Kept rows are copied out of each batch (`take`), so the input's batches are not held.
         let mut kept: Vec<RecordBatch> = Vec::new();
-        let mut slots: Vec<(usize, usize)> = Vec::new();
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            let priorities = row_priorities(batch.columns())?;
             let mut rows: Vec<u32> = Vec::new();
-            for row in 0..batch.num_rows() {
-                let Some(slot) = reservoir.offer() else { continue };
-                let at = (kept.len(), rows.len());
-                if slot == slots.len() {
-                    slots.push(at);
-                } else {
-                    slots[slot] = at;
-                }
-                rows.push(row as u32);
+            for (row, &priority) in priorities.iter().enumerate() {
+                // A kept row's place: (copied batch, row within it).
+                drawn.offer(priority, || {
+                    rows.push(row as u32);
+                    (kept.len(), rows.len() - 1)
+                });
             }
             if !rows.is_empty() {
                 let indices = datafusion::arrow::array::UInt32Array::from(rows);
                 kept.push(take_record_batch(&batch, &indices)?);
             }
         }
-        reservoir.shuffle(&mut slots);
-        slots.truncate(least);
+        let seen = drawn.seen();
+        let slots = drawn.into_sorted();
         let batches: Vec<&RecordBatch> = kept.iter().collect();
         let sample = if batches.is_empty() {
             RecordBatch::new_empty(schema)
         } else {
             interleave_record_batch(&batches, &slots)?
         };
-        Ok((sample, reservoir.seen()))
+        Ok((sample, seen))
     }
 
     /// Evaluates `link` on the sample: the share of rows that pass and the cost of a row.

@@ -174,10 +174,12 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
     let mut out: Vec<Result<Vec<f32>, String>> = vec![Err(String::new()); rows.len()];
     let mut known =
         context.backend.known_label_scores(&cascade.reference, &(scoring.prompt)(rows), labels);
+    // A backend that answers fewer rows than asked knows nothing of the rest.
+    known.resize(rows.len(), None);
     let mut pending: Vec<usize> = Vec::with_capacity(rows.len());
-    for slot in 0..rows.len() {
-        match known.get_mut(slot).and_then(Option::take) {
-            Some(p) => out[slot] = Ok(p),
+    for (slot, (answer, known)) in out.iter_mut().zip(known).enumerate() {
+        match known {
+            Some(p) => *answer = Ok(p),
             None => pending.push(slot),
         }
     }
