@@ -31,7 +31,9 @@
 //! (filters, sorts, limits, projections, subquery aliases, other maps), so every row the upper
 //! call sees is a row the lower call answered, and the arguments are compared after the
 //! projections' expressions are substituted in, so they read the same values. The same call
-//! twice in one node was already computed once (`LiftAiCalls`).
+//! twice in one node was already computed once (`LiftAiCalls`). A sampled `ai_complete`
+//! (`temperature > 0`) written twice is answered once too: one question about a row, one
+//! answer, as the result cache would give it anyway.
 //!
 //! Does not apply through aggregates, joins, unions or windows (a row above is not one row
 //! below); when the arguments call a volatile function that is not a model (`random()`: two
