@@ -31,7 +31,8 @@
 //! same for every pair).
 //!
 //! How `k` is chosen (to meet `murakkab.quality_target` as recall): a seeded sample of left rows
-//! (`SAMPLE_LEFT_ROWS`) is asked about its `MAX_K` nearest right rows and about evenly spaced
+//! (`SAMPLE_LEFT_ROWS`, drawn from the rows numbered in order of their text, so the same rows
+//! whatever order the input's partitions deliver them in) is asked about its `MAX_K` nearest right rows and about evenly spaced
 //! farther ones (`FAR_PAIRS_PER_ROW`), on the reference model. The farther pairs estimate the
 //! matches blocking would miss beyond `MAX_K`; `k` is the fewest nearest whose share of all
 //! estimated matches reaches the target. The answers go through the result cache (the sampled
@@ -345,8 +346,14 @@ fn candidates(
         let args = vec![text, lit(encoder)];
         Expr::ScalarFunction(ScalarFunction { func: Arc::clone(&embed), args })
     };
-    let mut numbered = LogicalPlanBuilder::from(site.left.clone())
-        .window(vec![row_number().alias("__left_row")])?;
+    // A sample numbers the left rows by their text, so the same numbers pick the same rows
+    // whatever order the input's partitions deliver them in (rows of equal text pair alike).
+    let number = match only_left {
+        Some(_) => row_number().order_by(vec![site.left_text.clone().sort(true, false)]).build()?,
+        None => row_number(),
+    };
+    let mut numbered =
+        LogicalPlanBuilder::from(site.left.clone()).window(vec![number.alias("__left_row")])?;
     if let Some(rows) = only_left {
         let rows = rows.iter().map(|&r| lit(r)).collect();
         numbered = numbered.filter(col("__left_row").in_list(rows, false))?;
