@@ -231,11 +231,10 @@ impl LanguageModel {
             });
         }
         let (last, row_caches) = self.prefill(prefix, rows)?;
-        let first = self.decoder.log_probs(&last)?; // [R, vocab]
-        let first = first.to_vec2::<f32>()?;
-        // log p(label) = log p(first token) + sum of later tokens' log-probs.
-        let mut scores: Vec<Vec<f32>> =
-            first.iter().map(|lp| labels.iter().map(|l| lp[l[0] as usize]).collect()).collect();
+        // log p(label) = log p(first token) + sum of later tokens' log-probs. The first tokens'
+        // scores lack the row's log-sum-exp, a constant the softmax over labels cancels.
+        let first_tokens: Vec<u32> = labels.iter().map(|l| l[0]).collect();
+        let mut scores = self.decoder.token_scores(&last, &first_tokens)?.to_vec2::<f32>()?;
         let multi: Vec<usize> = (0..labels.len()).filter(|&k| labels[k].len() > 1).collect();
         if !multi.is_empty() {
             let mut seqs: Vec<&[u32]> = Vec::new();
