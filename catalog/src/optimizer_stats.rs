@@ -36,14 +36,17 @@ pub struct CandidateOutcome {
     pub model: String,
     /// The probability of the candidate's top label on each sampled row (0 where it failed).
     pub confidence: Vec<f32>,
-    /// Whether the candidate's answer equals the reference's on each sampled row.
+    /// Whether the candidate's answer equals the reference's on each sampled row. A candidate
+    /// the optimizer stopped measuring early (it could not pay for the rest of the sample) has
+    /// entries for the sample's first rows only, in the same order as the others'.
     pub agrees: Vec<bool>,
 }
 
 impl LabelCallStats {
-    /// Rows in the sample.
+    /// Rows in the sample: the most any candidate was measured on (a candidate that could
+    /// not pay for the whole sample stops after its first rows).
     pub fn sample_rows(&self) -> usize {
-        self.candidates.first().map_or(0, |c| c.agrees.len())
+        self.candidates.iter().map(|c| c.agrees.len()).max().unwrap_or(0)
     }
 }
 
