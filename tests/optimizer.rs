@@ -217,6 +217,30 @@ async fn a_cascade_meets_the_quality_target_at_a_fraction_of_the_reference_work(
 }
 
 #[tokio::test]
+async fn a_cheap_model_wrong_on_its_first_sampled_rows_is_not_measured_on_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    // Every row hard: the cheap model is wrong on all of them.
+    let all_hard = REVIEWS.replace("CASE WHEN v % 10 = 0 THEN 'hard ' ELSE 'easy ' END", "'hard '");
+    run(&db, &all_hard).await;
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
+    assert!(plan.contains(&format!("ai_classify: {REFERENCE} for balanced")), "{plan}");
+    assert!(plan.contains("64-row sample"), "the reference scored the whole sample:\n{plan}");
+    assert_eq!(backend.rows(CHEAP), 16, "the cheap model stopped after its first look");
+
+    // One row in ten hard: its first 16 rows promise a cascade, so it scores the other 48.
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    run(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
+    let calls = backend.calls.lock().unwrap().clone();
+    let cheap: Vec<usize> = calls.iter().filter(|(m, _)| m == CHEAP).map(|(_, n)| *n).collect();
+    assert_eq!(cheap[..2], [16, 48], "{calls:?}");
+}
+
+#[tokio::test]
 async fn statistics_persist_so_a_repeated_query_skips_the_sample() {
     let dir = tempfile::tempdir().unwrap();
     let backend = TwoModels::new(dir.path());

@@ -27,6 +27,9 @@ pub struct LabelCallStats {
     pub first_label_rate: f64,
     /// One entry per cheaper candidate, each over the same sampled rows.
     pub candidates: Vec<CandidateOutcome>,
+    /// Rows the reference answered in the sample (0 in records written before it was kept).
+    #[serde(default)]
+    pub reference_rows: usize,
 }
 
 /// How one candidate model did on the sampled rows, row by row.
@@ -43,10 +46,10 @@ pub struct CandidateOutcome {
 }
 
 impl LabelCallStats {
-    /// Rows in the sample: the most any candidate was measured on (a candidate that could
-    /// not pay for the whole sample stops after its first rows).
+    /// Rows in the sample: those the reference answered (a candidate that could not pay for
+    /// the whole sample stops after its first rows).
     pub fn sample_rows(&self) -> usize {
-        self.candidates.iter().map(|c| c.agrees.len()).max().unwrap_or(0)
+        self.candidates.iter().map(|c| c.agrees.len()).fold(self.reference_rows, usize::max)
     }
 }
 
@@ -291,6 +294,7 @@ mod tests {
                 confidence: vec![0.9, 0.6],
                 agrees: vec![true, false],
             }],
+            reference_rows: 2,
         }
     }
 

@@ -590,6 +590,7 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
         mean_row_tokens: job.tokens,
         first_label_rate: first as f64 / answered.len().max(1) as f64,
         candidates,
+        reference_rows: answered.len(),
     })
 }
 
