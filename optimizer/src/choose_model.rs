@@ -73,7 +73,7 @@ use murakkab_udfs::{
 use crate::cost_model::{Cost, embed_row_cost, label_row_cost, load_cost};
 use crate::order_predicates::PredicateOrderer;
 use crate::proxy_training::{out_of_fold, train};
-use crate::quality::{Z_95, cheap_plans, two_stage_plans, wilson_lower_bound};
+use crate::quality::{AgreementBound, Z_95, cheap_plans, two_stage_plans, wilson_lower_bound};
 use crate::sampling::{PrioritySample, row_priorities};
 use crate::semantic_join::SemanticJoin;
 
@@ -295,7 +295,8 @@ impl ModelChooser {
             return self.decide_extract(site, fields, pass).await;
         }
         if let Some(stats) = self.store.label_stats(&site.key) {
-            let decision = choose_plan(site, &stats, pass, "recorded");
+            let bound = AgreementBound::sample(Z_95);
+            let decision = choose_plan(site, &stats, pass, "recorded", &bound);
             self.record_choices(site, &decision);
             return Ok(decision);
         }
@@ -352,10 +353,35 @@ impl ModelChooser {
         if let Err(e) = self.store.save_label_stats(&site.key, &stats) {
             tracing::warn!("could not store optimizer statistics: {e}");
         }
-        let mut decision = choose_plan(site, &stats, pass, "sampled");
+        // The input just counted is the population the plan answers, and the sample's
+        // reference answers, if cached, are what a cascade gives those rows.
+        let bound = AgreementBound {
+            z: Z_95,
+            population: sample.complete.then_some(sample.input_rows),
+            sample_answers_known: self.sample_answers_known(site, &sample, &stats, pass),
+        };
+        let mut decision = choose_plan(site, &stats, pass, "sampled", &bound);
         self.record_choices(site, &decision);
         decision.note.push_str(&format!("; sampling took {:.1}s", started.elapsed().as_secs_f64()));
         Ok(decision)
+    }
+
+    /// Whether the reference's answers on every sampled row it answered are in the result
+    /// cache (a lookup that runs no model).
+    fn sample_answers_known(
+        &self,
+        site: &Site,
+        sample: &Sample,
+        stats: &LabelCallStats,
+        pass: &Pass<'_>,
+    ) -> bool {
+        let prompt = site.instruction.prompt(&sample.texts);
+        let known = self.backend.known_label_scores(
+            &pass.reference.id,
+            &prompt,
+            &site.instruction.labels(),
+        );
+        stats.reference_rows > 0 && known.iter().flatten().count() >= stats.reference_rows
     }
 
     /// Mean tokens of a sampled row's prompt part for `site`, by `model`'s tokenizer (on a
@@ -708,7 +734,13 @@ fn mean_tokens(
 }
 
 /// The cheapest plan meeting the target, with its note.
-fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &str) -> Decision {
+fn choose_plan(
+    site: &Site,
+    stats: &LabelCallStats,
+    pass: &Pass<'_>,
+    source: &str,
+    bound: &AgreementBound,
+) -> Decision {
     let card = |id: &str| pass.candidates.iter().find(|c| c.id == id);
     let options = &pass.options;
     let objective = options.objective;
@@ -757,7 +789,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
     };
     let reference_id = &reference_card.id;
     for &(outcome, cheap_cost) in &cheap {
-        for option in cheap_plans(outcome, Z_95) {
+        for option in cheap_plans(outcome, bound) {
             consider(Choice {
                 plan: match option.threshold {
                     None => ModelPlan::Model(outcome.model.clone()),
@@ -780,7 +812,7 @@ fn choose_plan(site: &Site, stats: &LabelCallStats, pass: &Pass<'_>, source: &st
             if value(first_cost) >= value(second_cost) {
                 continue;
             }
-            for option in two_stage_plans(first, second, Z_95) {
+            for option in two_stage_plans(first, second, bound) {
                 let cost = first_cost
                     .plus(second_cost.times(option.reach_second))
                     .plus(reference_cost.times(option.escalated));
