@@ -342,7 +342,9 @@ fn markdown(report: &[Row], rows: usize) -> String {
     let mut md = format!(
         "# Workflow benchmark\n\n{rows} rows per workflow, 2 threads, energy modeled (no RAPL), \
          gCO2e at the session's grid intensity. *Repeat*: the optimized plan again in a home \
-         with the first run's statistics but an empty result cache (no sampling).\n\n| workflow \
+         with the first run's statistics but an empty result cache (no sampling). *Plan*: as \
+         EXPLAIN shows it from those statistics, the repeat's plan (the first run, having just \
+         drawn the sample, may bound agreement tighter and pick a lower threshold).\n\n| workflow \
          | rows | naive s / J | batching only s / J | optimized s / J | speedup | energy | \
          agreement with naive | repeat s / J | repeat speedup / energy | plan |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n"

@@ -36,8 +36,12 @@
 //! statistics still decide, otherwise the note says the choice is made when the query runs.
 //! When the input is too small for a sample to pay for itself, the reference model is used.
 //!
-//! The guarantee: on the sample, the chosen plan's agreement with the reference model has a
-//! 95% lower bound at or above the target. The cascade threshold is picked on the same sample,
+//! The guarantee: the chosen plan's agreement with the reference model over the rows it
+//! answers has a 95% lower bound at or above the target. When the sample was drawn in this
+//! query from the whole input, the bound counts that input as the population (finite
+//! population correction) and, for a cascade, the sampled rows' known reference answers
+//! (`quality::AgreementBound`); from recorded statistics it is the sample's Wilson bound.
+//! The cascade threshold is picked on the same sample,
 //! which makes that bound slightly optimistic; rows unlike the sample (a drifting input) are
 //! not covered, which is why the statistics are keyed by the plan below the call.
 
