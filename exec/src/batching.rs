@@ -19,9 +19,92 @@ pub(crate) fn in_length_order<T: Default + Clone, E>(
     Ok(out)
 }
 
+/// Like [`in_length_order`], but where a length-ordered run of rows is cut into passes is chosen
+/// to minimise padded tokens plus `pass_overhead` tokens per pass (at most `batch` rows each).
+///
+/// Fixed cuts every `batch` rows pad a pass to its longest row: 16 random UCI sentences (5 to 60
+/// tokens) take about twice their tokens. Cutting where lengths jump trades that padding for
+/// more passes, each of which costs about `pass_overhead` tokens of work (the weights streamed
+/// and packed once per product). Passes are contiguous in length order, so a dynamic programme
+/// over cut points finds the cheapest split: `O(count · batch)`.
+pub(crate) fn in_padded_length_order<T: Default + Clone, E>(
+    count: usize,
+    batch: usize,
+    pass_overhead: usize,
+    len: impl Fn(usize) -> usize,
+    mut run: impl FnMut(&[usize]) -> Result<Vec<T>, E>,
+) -> Result<Vec<T>, E> {
+    let mut order: Vec<usize> = (0..count).collect();
+    order.sort_by_key(|&i| len(i));
+    let batch = batch.max(1);
+    // cost[j]: cheapest split of the first j rows; cut[j]: where its last pass starts.
+    let mut cost = vec![usize::MAX; count + 1];
+    let mut cut = vec![0; count + 1];
+    cost[0] = 0;
+    for j in 1..=count {
+        let longest = len(order[j - 1]);
+        for i in j.saturating_sub(batch)..j {
+            let total = cost[i].saturating_add(pass_overhead + (j - i) * longest);
+            if total < cost[j] {
+                cost[j] = total;
+                cut[j] = i;
+            }
+        }
+    }
+    let mut passes = Vec::new();
+    let mut j = count;
+    while j > 0 {
+        passes.push(cut[j]..j);
+        j = cut[j];
+    }
+    let mut out = vec![T::default(); count];
+    for pass in passes.into_iter().rev() {
+        let chunk = &order[pass];
+        for (&i, result) in chunk.iter().zip(run(chunk)?) {
+            out[i] = result;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passes_are_cut_where_lengths_jump() {
+        // Eight short rows and two long ones: fixed cuts of 5 pad three short rows to 60.
+        let lens = [5, 60, 6, 5, 7, 58, 6, 5, 6, 7];
+        let mut passes = Vec::new();
+        let out = in_padded_length_order(
+            lens.len(),
+            5,
+            20,
+            |i| lens[i],
+            |chunk| {
+                passes.push(chunk.iter().map(|&i| lens[i]).collect::<Vec<_>>());
+                Ok::<_, ()>(chunk.iter().map(|&i| lens[i] * 10).collect())
+            },
+        )
+        .unwrap();
+        assert_eq!(out, lens.map(|l| l * 10));
+        assert!(passes.iter().all(|p| p.len() <= 5));
+        assert_eq!(passes.last().unwrap(), &vec![58, 60], "{passes:?}");
+        // With a huge overhead per pass, the fewest passes win: two of five.
+        let mut few = 0;
+        in_padded_length_order(
+            lens.len(),
+            5,
+            10_000,
+            |i| lens[i],
+            |c| {
+                few += 1;
+                Ok::<_, ()>(vec![0; c.len()])
+            },
+        )
+        .unwrap();
+        assert_eq!(few, 2);
+    }
 
     #[test]
     fn results_come_back_in_input_order() {
