@@ -193,6 +193,8 @@ async fn a_cascade_meets_the_quality_target_at_a_fraction_of_the_reference_work(
     );
     assert!(plan.contains("est. rows=1000"), "{plan}");
     assert!(plan.contains("escalated_rows="), "{plan}");
+    // The 64 sampled rows come from the cache; checking that they are there counts no hits.
+    assert!(plan.contains("cache_hits=64,"), "{plan}");
     // Every answer is the reference's: hard rows were escalated, easy ones were right.
     assert_eq!(labels(&run(&db, CLASSIFY).await), truth());
     // Sample: 64 rows on each model. Run: 1,000 on the cheap one (the sampled rows from the

@@ -1,22 +1,18 @@
 //! Grouping inputs of similar length into passes, so little of each pass is padding.
 
+use std::ops::Range;
+
 /// Runs `run` over chunks of at most `batch` item indices, ordered by `len(item)`, and returns
 /// the results in input order. `run` gets the chunk's indices and returns one result per index.
 pub(crate) fn in_length_order<T: Default + Clone, E>(
     count: usize,
     batch: usize,
     len: impl Fn(usize) -> usize,
-    mut run: impl FnMut(&[usize]) -> Result<Vec<T>, E>,
+    run: impl FnMut(&[usize]) -> Result<Vec<T>, E>,
 ) -> Result<Vec<T>, E> {
-    let mut order: Vec<usize> = (0..count).collect();
-    order.sort_by_key(|&i| len(i));
-    let mut out = vec![T::default(); count];
-    for chunk in order.chunks(batch.max(1)) {
-        for (&i, result) in chunk.iter().zip(run(chunk)?) {
-            out[i] = result;
-        }
-    }
-    Ok(out)
+    let batch = batch.max(1);
+    let passes = (0..count).step_by(batch).map(|start| start..(start + batch).min(count));
+    run_passes(&length_order(count, len), passes, run)
 }
 
 /// Like [`in_length_order`], but where a length-ordered run of rows is cut into passes is chosen
@@ -32,10 +28,9 @@ pub(crate) fn in_padded_length_order<T: Default + Clone, E>(
     batch: usize,
     pass_overhead: usize,
     len: impl Fn(usize) -> usize,
-    mut run: impl FnMut(&[usize]) -> Result<Vec<T>, E>,
+    run: impl FnMut(&[usize]) -> Result<Vec<T>, E>,
 ) -> Result<Vec<T>, E> {
-    let mut order: Vec<usize> = (0..count).collect();
-    order.sort_by_key(|&i| len(i));
+    let order = length_order(count, &len);
     let batch = batch.max(1);
     // cost[j]: cheapest split of the first j rows; cut[j]: where its last pass starts.
     let mut cost = vec![usize::MAX; count + 1];
@@ -57,8 +52,24 @@ pub(crate) fn in_padded_length_order<T: Default + Clone, E>(
         passes.push(cut[j]..j);
         j = cut[j];
     }
-    let mut out = vec![T::default(); count];
-    for pass in passes.into_iter().rev() {
+    run_passes(&order, passes.into_iter().rev(), run)
+}
+
+/// Item indices sorted by length.
+fn length_order(count: usize, len: impl Fn(usize) -> usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).collect();
+    order.sort_by_key(|&i| len(i));
+    order
+}
+
+/// Runs `run` on each pass (a range of `order`) and puts its results back in input order.
+fn run_passes<T: Default + Clone, E>(
+    order: &[usize],
+    passes: impl Iterator<Item = Range<usize>>,
+    mut run: impl FnMut(&[usize]) -> Result<Vec<T>, E>,
+) -> Result<Vec<T>, E> {
+    let mut out = vec![T::default(); order.len()];
+    for pass in passes {
         let chunk = &order[pass];
         for (&i, result) in chunk.iter().zip(run(chunk)?) {
             out[i] = result;

@@ -131,9 +131,8 @@ impl CachedBackend {
         })();
     }
 
-    /// Each row's cached answer, computing nothing (counted as hits); all `None` where reuse
-    /// is off.
-    fn known<T: DeserializeOwned>(
+    /// Each row's cached answer, computing and counting nothing; all `None` where reuse is off.
+    fn lookup<T: DeserializeOwned>(
         &self,
         model: &str,
         operation: &str,
@@ -145,7 +144,7 @@ impl CachedBackend {
         }
         let identity = self.model_identity(model);
         let calibration = batch.calibration_row.as_deref().unwrap_or("");
-        let known: Vec<Option<T>> = batch
+        batch
             .rows
             .iter()
             .map(|row| {
@@ -156,7 +155,18 @@ impl CachedBackend {
                     &[&batch.shared, row, calibration],
                 ))
             })
-            .collect();
+            .collect()
+    }
+
+    /// [`Self::lookup`] for answers that are used: the rows found count as hits.
+    fn known<T: DeserializeOwned>(
+        &self,
+        model: &str,
+        operation: &str,
+        parameters: &str,
+        batch: &ChatBatch,
+    ) -> Vec<Option<T>> {
+        let known: Vec<Option<T>> = self.lookup(model, operation, parameters, batch);
         let hits = known.iter().filter(|k| k.is_some()).count();
         self.stats.hits.fetch_add(hits as u64, Ordering::Relaxed);
         crate::call_stats::record(|s| s.cache_hits += hits as u64);
@@ -350,6 +360,12 @@ impl AiBackend for CachedBackend {
         self.known(model, "score_labels", &label_parameters(labels), batch)
     }
 
+    fn known_label_rows(&self, model: &str, batch: &ChatBatch, labels: &[String]) -> usize {
+        let found: Vec<Option<Vec<f32>>> =
+            self.lookup(model, "score_labels", &label_parameters(labels), batch);
+        found.iter().flatten().count()
+    }
+
     fn complete(
         &self,
         model: &str,
@@ -422,10 +438,14 @@ mod tests {
         fn score_labels(
             &self,
             _: &str,
-            _: &ChatBatch,
+            batch: &ChatBatch,
             _: &[String],
         ) -> Result<BatchOutput<Vec<f32>>, String> {
-            Err("unused".into())
+            self.asked.fetch_add(batch.rows.len() as u64, Ordering::SeqCst);
+            Ok(BatchOutput {
+                rows: batch.rows.iter().map(|r| Ok(vec![r.len() as f32])).collect(),
+                truncated: 0,
+            })
         }
         fn complete(
             &self,
@@ -481,6 +501,29 @@ mod tests {
         assert_eq!(healed.rows[0], Ok(vec![1.0]));
         assert_eq!(inner.asked.load(Ordering::SeqCst), 4);
         assert_eq!(cache.stats().hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn known_answers_count_as_hits_only_when_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(dir.path());
+        let inner = Arc::new(Counting { home: home.clone(), asked: AtomicU64::new(0) });
+        let cache = CachedBackend::new(Arc::clone(&inner) as Arc<dyn AiBackend>, &home);
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let batch = ChatBatch {
+            shared: "which? ".into(),
+            rows: vec!["x".into(), "yy".into()],
+            calibration_row: None,
+        };
+        let unseen = ChatBatch { rows: vec!["zzz".into()], ..batch.clone() };
+        cache.score_labels("m", &batch, &labels).unwrap();
+        assert_eq!(cache.known_label_rows("m", &batch, &labels), 2);
+        assert_eq!(cache.known_label_rows("m", &unseen, &labels), 0);
+        assert_eq!(cache.stats().hits.load(Ordering::SeqCst), 0, "looking is not using");
+        let known = cache.known_label_scores("m", &batch, &labels);
+        assert_eq!(known, vec![Some(vec![1.0]), Some(vec![2.0])]);
+        assert_eq!(cache.stats().hits.load(Ordering::SeqCst), 2);
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 2, "nothing computed twice");
     }
 
     #[test]

@@ -353,7 +353,8 @@ impl ModelChooser {
                 ..Decision::plain(reference, note)
             });
         }
-        let stats = self.measure(site, &sample, tokens, pass).await?;
+        let row_cost = pass.candidates.iter().map(|c| (c.id.clone(), label_cost(c))).collect();
+        let stats = self.measure(site, &sample, tokens, row_cost, pass).await?;
         if let Err(e) = self.store.save_label_stats(&site.key, &stats) {
             tracing::warn!("could not store optimizer statistics: {e}");
         }
@@ -371,7 +372,7 @@ impl ModelChooser {
     }
 
     /// Whether the reference's answers on every sampled row it answered are in the result
-    /// cache (a lookup that runs no model).
+    /// cache (a lookup that runs no model and counts no cache hits).
     fn sample_answers_known(
         &self,
         site: &Site,
@@ -380,12 +381,9 @@ impl ModelChooser {
         pass: &Pass<'_>,
     ) -> bool {
         let prompt = site.instruction.prompt(&sample.texts);
-        let known = self.backend.known_label_scores(
-            &pass.reference.id,
-            &prompt,
-            &site.instruction.labels(),
-        );
-        stats.reference_rows > 0 && known.iter().flatten().count() >= stats.reference_rows
+        let known =
+            self.backend.known_label_rows(&pass.reference.id, &prompt, &site.instruction.labels());
+        stats.reference_rows > 0 && known >= stats.reference_rows
     }
 
     /// Mean tokens of a sampled row's prompt part for `site`, by `model`'s tokenizer (on a
@@ -461,24 +459,17 @@ impl ModelChooser {
     }
 
     /// Scores the sample with every candidate and compares each with the reference; trains a
-    /// proxy on the sample's embeddings when an encoder is pulled.
+    /// proxy on the sample's embeddings when an encoder is pulled. `row_cost` is a row's cost on
+    /// each candidate by the objective (it decides whether a candidate finishes the sample).
     async fn measure(
         &self,
         site: &Site,
         sample: &Sample,
         tokens: f64,
+        row_cost: HashMap<String, f64>,
         pass: &Pass<'_>,
     ) -> Result<LabelCallStats> {
         let backend = Arc::clone(&self.backend);
-        let row_cost = pass
-            .candidates
-            .iter()
-            .map(|card| {
-                let cost = label_row_cost(&pass.profile.speed(card), tokens, &pass.options)
-                    .value(pass.options.objective, &pass.options);
-                (card.id.clone(), cost)
-            })
-            .collect();
         let job = MeasureJob {
             function: site.function.clone(),
             texts: sample.texts.clone(),

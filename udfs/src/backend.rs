@@ -122,6 +122,13 @@ pub trait AiBackend: Send + Sync + Debug {
         vec![None; batch.rows.len()]
     }
 
+    /// How many rows of `batch` [`AiBackend::known_label_scores`] would answer, running and
+    /// counting nothing: what the optimizer checks before it credits a cascade with the
+    /// sample's known reference answers. Defaults to none.
+    fn known_label_rows(&self, _model: &str, _batch: &ChatBatch, _labels: &[String]) -> usize {
+        0
+    }
+
     /// The generated answer of each row.
     fn complete(
         &self,
