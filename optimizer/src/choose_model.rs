@@ -510,31 +510,61 @@ struct MeasureJob {
 const FIRST_LOOK_ROWS: usize = 16;
 
 /// Whether scoring the rest of the sample with a smaller candidate can pay for itself, judged
-/// from its first rows: `agreeing` of `looked` rows agreed with the reference.
+/// from its first rows: `first_look` holds its confidence and whether it agreed with the
+/// reference on each.
 ///
-/// At best the candidate settles, in a cascade meeting the target `τ`, the share of rows it
-/// agrees on plus the `1 − τ` the target lets be wrong; with the agreement's 95% upper bound
-/// `q̄` that is `s = min(1, q̄ + 1 − τ)`. Each row after the sample then saves at most
-/// `s · c_ref − c` (the reference's cost on the rows settled, less the candidate's on every
-/// row). When that, over the rows after the sample, is less than what the rest of the sample
-/// costs on the candidate, the candidate cannot be worth finishing. The bound is optimistic
-/// (escalated rows cost more than the reference's share, the candidate may need loading), so
-/// it stops only candidates that are hopeless for this input: on BBC headlines (5 topics)
-/// smollm2-135m agreed with qwen2.5-0.5b on 11 of 64 rows and on SpamAssassin subjects 18 of
-/// 64, and each measurement cost about 2 s of a 20 s query.
+/// A cascade meeting the target `τ` settles the rows the candidate is most confident on, as
+/// long as the wrong answers among them stay within the `1 − τ` the target allows. So for each
+/// share `k/n` of the first rows, most confident first, with the 95% upper bound `q̄ₖ` of their
+/// agreement, the candidate can at best settle `sₖ = k/n` when `sₖ · (1 − q̄ₖ) ≤ 1 − τ`, and
+/// `s` is the largest such share (all rows when every share passes). Each row after the sample
+/// then saves at most `s · c_ref − c` (the reference's cost on the rows settled, less the
+/// candidate's on every row). When that, over the rows after the sample, is less than what the
+/// rest of the sample costs on the candidate, the candidate cannot be worth finishing.
+///
+/// The bound is optimistic (an upper bound per share, the best share taken, escalated rows
+/// costing more than the reference's share, no load cost), so it stops only candidates that
+/// are hopeless for this input. Ranking by confidence matters where a candidate is confidently
+/// wrong: on SpamAssassin subjects smollm2-135m agreed with qwen2.5-0.5b on 5 of its first 16
+/// rows, but its four most confident rows held three of the disagreements, so at most a
+/// quarter of rows could be settled (agreement alone said 65%), and the 48 more rows it would
+/// have scored (1.6 s of a 20 s query) could not pay.
 fn worth_finishing(
-    agreeing: usize,
-    looked: usize,
+    first_look: &[(f32, bool)],
     rest_of_sample: usize,
     rows_after_sample: f64,
     cost: f64,
     reference_cost: f64,
     quality_target: f64,
 ) -> bool {
-    let upper = 1.0 - wilson_lower_bound(looked - agreeing.min(looked), looked, Z_95);
-    let settled = (upper + 1.0 - quality_target).min(1.0);
+    let settled = settleable_share(first_look, quality_target);
     let best_saving = rows_after_sample * (settled * reference_cost - cost);
     best_saving > rest_of_sample as f64 * cost
+}
+
+/// The largest share of rows, most confident first, that a cascade meeting `quality_target`
+/// could settle by the 95% upper bound of each share's agreement (see [`worth_finishing`]).
+fn settleable_share(first_look: &[(f32, bool)], quality_target: f64) -> f64 {
+    let n = first_look.len();
+    if n == 0 {
+        return 1.0;
+    }
+    let mut ranked = first_look.to_vec();
+    // Ties cannot be split by a threshold; agreeing rows first keeps the bound optimistic.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+    let allowed_wrong = 1.0 - quality_target;
+    let mut agreeing = 0;
+    let mut best = 0.0;
+    for (k, &(_, agrees)) in ranked.iter().enumerate() {
+        agreeing += usize::from(agrees);
+        let looked = k + 1;
+        let upper = 1.0 - wilson_lower_bound(looked - agreeing, looked, Z_95);
+        let share = looked as f64 / n as f64;
+        if share * (1.0 - upper) <= allowed_wrong + 1e-12 {
+            best = share;
+        }
+    }
+    best
 }
 
 fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCallStats> {
@@ -564,12 +594,15 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
         add_agreement(&mut outcome, &head, &truth[..first]);
         let hopeless = match (job.row_cost.get(model), reference_cost) {
             (Some(&cost), Some(reference_cost)) if first < n => {
-                let agreeing = outcome.agrees.iter().filter(|&&a| a).count();
-                let looked = outcome.agrees.len();
-                looked > 0
+                let first_look: Vec<(f32, bool)> = outcome
+                    .confidence
+                    .iter()
+                    .copied()
+                    .zip(outcome.agrees.iter().copied())
+                    .collect();
+                !first_look.is_empty()
                     && !worth_finishing(
-                        agreeing,
-                        looked,
+                        &first_look,
                         n - first,
                         rows_after_sample,
                         cost,
@@ -1218,17 +1251,54 @@ mod tests {
     #[test]
     fn a_candidate_is_measured_on_the_whole_sample_unless_it_cannot_pay() {
         // SmolLM2 costs half a row of Qwen; 48 sampled rows remain after the first 16.
-        let worth =
-            |agreeing, rows_after| worth_finishing(agreeing, 16, 48, rows_after, 0.034, 0.068, 0.9);
-        // 3 of 16 (BBC topics): at best it settles 49% of rows, saving nothing.
-        assert!(!worth(3, 158.0));
-        assert!(!worth(3, 100_000.0));
-        // 4 of 16 (spam subjects): a little per row, less than the rest of the sample costs
-        // over 158 rows, more over thousands.
-        assert!(!worth(4, 158.0));
-        assert!(worth(4, 3000.0));
-        // 13 of 16 (UCI sentiment): finish.
-        assert!(worth(13, 158.0));
+        let worth = |first_look: &[(f32, bool)], rows_after| {
+            worth_finishing(first_look, 48, rows_after, 0.034, 0.068, 0.9)
+        };
+        // `agreeing` of 16 rows, the agreeing ones most confident (a perfect ranking) or least.
+        let ranked = |agreeing: usize, agreeing_first: bool| -> Vec<(f32, bool)> {
+            (0..16)
+                .map(|i| {
+                    let agrees = if agreeing_first { i < agreeing } else { i >= 16 - agreeing };
+                    (1.0 - i as f32 / 32.0, agrees)
+                })
+                .collect()
+        };
+        // 3 of 16 (BBC topics), even ranked perfectly: at best 6 of 16 rows settle, saving
+        // nothing at any input size.
+        assert_eq!(settleable_share(&ranked(3, true), 0.9), 6.0 / 16.0);
+        assert!(!worth(&ranked(3, true), 158.0));
+        assert!(!worth(&ranked(3, true), 100_000.0));
+        // 13 of 16 (UCI sentiment): every share can settle, even with the three wrong answers
+        // the most confident: finish.
+        assert_eq!(settleable_share(&ranked(13, false), 0.9), 1.0);
+        assert!(worth(&ranked(13, false), 158.0));
+        // SmolLM2's first 16 SpamAssassin subjects: 5 agree, but three of its four most
+        // confident answers are wrong, so at most a quarter of rows settle.
+        let spam = [
+            (0.72, true),
+            (0.52, false),
+            (0.55, true),
+            (0.68, false),
+            (0.67, false),
+            (0.73, false),
+            (0.53, true),
+            (0.59, true),
+            (0.78, false),
+            (0.57, false),
+            (0.66, false),
+            (0.67, false),
+            (0.74, false),
+            (0.62, false),
+            (0.58, true),
+            (0.56, false),
+        ];
+        assert_eq!(settleable_share(&spam, 0.9), 0.25);
+        assert!(!worth(&spam, 158.0));
+        assert!(!worth(&spam, 100_000.0));
+        // A candidate that agrees everywhere settles everything; one with nothing looked at is
+        // not judged.
+        assert_eq!(settleable_share(&ranked(16, true), 0.9), 1.0);
+        assert_eq!(settleable_share(&[], 0.9), 1.0);
     }
 
     #[test]
