@@ -486,3 +486,33 @@ async fn ai_extract_runs_the_cheap_model_only_where_its_values_agree_often_enoug
     let plan = text_of(&db, &format!("EXPLAIN {EXTRACT}")).await;
     assert!(plan.contains(&format!("ai_extract: {CHEAP} for balanced (recorded")), "{plan}");
 }
+
+#[tokio::test]
+async fn a_reference_that_answers_every_sampled_row_alike_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    // Every review gloomy: the reference calls all of them negative.
+    let all_gloomy = REVIEWS.replace("'upbeat'", "'gloomy'");
+    run(&db, &all_gloomy).await;
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
+    let said = format!(
+        "the reference model, {REFERENCE}, answered 'negative' on all 64 sampled rows; check the \
+         labels against the data"
+    );
+    assert!(plan.contains(&said), "{plan}");
+    let warnings: Vec<String> = db.take_warnings().iter().map(ToString::to_string).collect();
+    assert!(warnings.contains(&format!("ai_classify: 64 rows: {said}")), "{warnings:?}");
+    // From the recorded statistics, plain EXPLAIN says it too.
+    let plan = text_of(&db, &format!("EXPLAIN {CLASSIFY}")).await;
+    assert!(plan.contains(&said), "{plan}");
+
+    // Mixed reviews: no such notice.
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
+    assert!(!plan.contains("on all 64 sampled rows"), "{plan}");
+    assert!(db.take_warnings().is_empty());
+}

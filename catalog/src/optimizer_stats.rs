@@ -30,6 +30,10 @@ pub struct LabelCallStats {
     /// Rows the reference answered in the sample (0 in records written before it was kept).
     #[serde(default)]
     pub reference_rows: usize,
+    /// How many sampled rows the reference gave each label, in the call's label order (empty in
+    /// records written before it was kept).
+    #[serde(default)]
+    pub answer_counts: Vec<usize>,
 }
 
 /// How one candidate model did on the sampled rows, row by row.
@@ -46,6 +50,17 @@ pub struct CandidateOutcome {
 }
 
 impl LabelCallStats {
+    /// The label index the reference gave every sampled row, when it gave one answer to all of
+    /// at least `min_rows` rows: a sign the condition or labels do not fit the data.
+    pub fn one_answer(&self, min_rows: usize) -> Option<usize> {
+        let total: usize = self.answer_counts.iter().sum();
+        let mut given = self.answer_counts.iter().enumerate().filter(|&(_, &c)| c > 0);
+        match (given.next(), given.next()) {
+            (Some((label, _)), None) if total >= min_rows => Some(label),
+            _ => None,
+        }
+    }
+
     /// Rows in the sample: those the reference answered (a candidate that could not pay for
     /// the whole sample stops after its first rows).
     pub fn sample_rows(&self) -> usize {
@@ -295,7 +310,19 @@ mod tests {
                 agrees: vec![true, false],
             }],
             reference_rows: 2,
+            answer_counts: vec![1, 1],
         }
+    }
+
+    #[test]
+    fn one_answer_to_every_sampled_row_is_noticed() {
+        let mut s = stats();
+        assert_eq!(s.one_answer(2), None, "two labels given");
+        s.answer_counts = vec![0, 64];
+        assert_eq!(s.one_answer(32), Some(1));
+        assert_eq!(s.one_answer(100), None, "too few rows to say");
+        s.answer_counts = Vec::new();
+        assert_eq!(s.one_answer(0), None, "an old record");
     }
 
     #[test]

@@ -89,6 +89,8 @@ const MAX_SAMPLE_FACTOR: usize = 4;
 const PROXY_MIN_ROWS: usize = 24;
 /// Folds of the out-of-fold estimate of a proxy's agreement.
 const PROXY_FOLDS: usize = 5;
+/// Fewest sampled rows on which one answer to all is worth a warning.
+const ONE_ANSWER_MIN_ROWS: usize = 32;
 
 /// Chooses models for label-scoring calls; see the module doc.
 #[derive(Debug)]
@@ -300,7 +302,8 @@ impl ModelChooser {
         }
         if let Some(stats) = self.store.label_stats(&site.key) {
             let bound = AgreementBound::sample(Z_95);
-            let decision = choose_plan(site, &stats, pass, "recorded", &bound);
+            let mut decision = choose_plan(site, &stats, pass, "recorded", &bound);
+            self.notice_one_answer(site, &stats, &mut decision);
             self.record_choices(site, &decision);
             return Ok(decision);
         }
@@ -366,9 +369,33 @@ impl ModelChooser {
             sample_answers_known: self.sample_answers_known(site, &sample, &stats, pass),
         };
         let mut decision = choose_plan(site, &stats, pass, "sampled", &bound);
+        self.notice_one_answer(site, &stats, &mut decision);
         self.record_choices(site, &decision);
         decision.note.push_str(&format!("; sampling took {:.1}s", started.elapsed().as_secs_f64()));
         Ok(decision)
+    }
+
+    /// Says so in the note and as a warning when the reference gave every sampled row the same
+    /// answer (an `ai_filter` that never passes a row, say): any plan then agrees with it, the
+    /// result likely is not what the query meant, and a model that never varies is no basis
+    /// for a proxy.
+    fn notice_one_answer(&self, site: &Site, stats: &LabelCallStats, decision: &mut Decision) {
+        let Some(label) = stats.one_answer(ONE_ANSWER_MIN_ROWS) else { return };
+        let labels = site.instruction.labels();
+        let Some(answer) = labels.get(label) else { return };
+        let rows = stats.reference_rows;
+        let message = format!(
+            "the reference model, {}, answered '{answer}' on all {rows} sampled rows; check the \
+             {} against the data",
+            stats.reference,
+            if matches!(site.instruction, Instruction::Condition(_)) {
+                "condition"
+            } else {
+                "labels"
+            }
+        );
+        decision.note.push_str(&format!(" ({message})"));
+        self.warnings.record(&site.function, &message, rows, None);
     }
 
     /// Whether the reference's answers on every sampled row it answered are in the result
@@ -638,6 +665,12 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
     );
     let answered: Vec<&Vec<f32>> = truth.iter().flatten().collect();
     let first = answered.iter().filter(|p| best_label(p) == 0).count();
+    let mut answer_counts = vec![0; job.instruction.labels().len()];
+    for p in &answered {
+        if let Some(count) = answer_counts.get_mut(best_label(p)) {
+            *count += 1;
+        }
+    }
     Ok(LabelCallStats {
         input_rows: job.input_rows,
         reference: job.reference.clone(),
@@ -645,6 +678,7 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
         first_label_rate: first as f64 / answered.len().max(1) as f64,
         candidates,
         reference_rows: answered.len(),
+        answer_counts,
     })
 }
 
