@@ -18,8 +18,8 @@
 //! rows, between `murakkab.optimizer.sample_rows` and four times that; only the first rows when
 //! another AI call sits below, so that call is not run over the whole input for a sample) and
 //! every candidate scores the sample (a smaller model scores its first 16 rows, and the rest
-//! only if, at the agreement those rows allow at best, it could save more than the rest of the
-//! sample costs: `worth_finishing`). When an encoder is pulled, a proxy model (logistic
+//! only if, settling at best the share of those rows its most confident answers allow, it could
+//! save more than the rest of the sample costs: `worth_finishing`). When an encoder is pulled, a proxy model (logistic
 //! regression on the rows' embeddings, `proxy_training`) is trained on the reference's answers
 //! and is a candidate too, its agreement measured out of fold. The answers go through the
 //! result cache, so the sampled rows are not computed again when the query runs, and the
