@@ -79,7 +79,7 @@ fn swap_orientation(m: usize, n: usize, k: usize) -> bool {
 }
 
 /// `x [.., k] · wᵀ` for `w [n, k]`, computed as `(w · xᵀ)ᵀ` (see [`swap_orientation`]).
-fn few_tokens_times_transposed(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+fn swapped_product(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = w.dims2()?;
     let mut dims = x.dims().to_vec();
     let flat = x.reshape(((), k))?;
@@ -134,7 +134,7 @@ impl Linear {
             (Pass::Prompt, Some(QMatMul::Tensor(w)), _, _)
                 if swap_orientation(x.elem_count() / w.dim(1)?, w.dim(0)?, w.dim(1)?) =>
             {
-                few_tokens_times_transposed(x, w)?
+                swapped_product(x, w)?
             }
             (Pass::Prompt, Some(dense), _, _) => dense.forward(x)?,
             (Pass::Decode, _, Some(matrix), _) | (_, _, Some(matrix), None) => {
@@ -810,7 +810,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (40, 96), &Device::Cpu).unwrap();
         // A batch of 2 rows of 3 tokens, as a prompt pass's activations are shaped.
         let x = Tensor::randn(0f32, 1.0, (2, 3, 96), &Device::Cpu).unwrap();
-        let swapped = few_tokens_times_transposed(&x, &w).unwrap();
+        let swapped = swapped_product(&x, &w).unwrap();
         let usual = x.broadcast_matmul(&w.t().unwrap()).unwrap();
         assert_eq!(swapped.dims(), &[2, 3, 40]);
         let gap = (swapped - usual).unwrap().abs().unwrap().max_all().unwrap();

@@ -19,14 +19,14 @@
 //! another AI call sits below, so that call is not run over the whole input for a sample) and
 //! every candidate scores the sample (a smaller model scores its first 16 rows, and the rest
 //! only if, settling at best the share of those rows its most confident answers allow, it could
-//! save more than the rest of the sample costs: `worth_finishing`). When an encoder is pulled, a proxy model (logistic
-//! regression on the rows' embeddings, `proxy_training`) is trained on the reference's answers
-//! and is a candidate too, its agreement measured out of fold. The answers go through the
-//! result cache, so the sampled rows are not computed again when the query runs, and the
-//! figures persist under `MURAKKAB_HOME/stats`, keyed by the function, its condition or labels,
-//! the lineage of the column (the plan below the call) and the candidate models, so a repeated
-//! workload skips the sampling. Costs come from the device profile (`murakkab calibrate`, or
-//! defaults from model size) and the sample's token counts.
+//! save more than the rest of the sample costs: `worth_finishing`). When an encoder is pulled,
+//! a proxy model (logistic regression on the rows' embeddings, `proxy_training`) is trained
+//! on the reference's answers and is a candidate too, its agreement measured out of fold. The
+//! answers go through the result cache, so the sampled rows are not computed again when the
+//! query runs, and the figures persist under `MURAKKAB_HOME/stats`, keyed by the function, its
+//! condition or labels, the lineage of the column (the plan below the call) and the candidate
+//! models, so a repeated workload skips the sampling. Costs come from the device profile
+//! (`murakkab calibrate`, or defaults from model size) and the sample's token counts.
 //!
 //! Does not apply: with `murakkab.optimizer.enabled = false`; to calls that name a model or a
 //! cascade; to per-row conditions or label lists. `ai_extract` calls at `auto` with a constant
@@ -664,13 +664,13 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
         started.elapsed().as_secs_f64()
     );
     let answered: Vec<&Vec<f32>> = truth.iter().flatten().collect();
-    let first = answered.iter().filter(|p| best_label(p) == 0).count();
     let mut answer_counts = vec![0; job.instruction.labels().len()];
     for p in &answered {
         if let Some(count) = answer_counts.get_mut(best_label(p)) {
             *count += 1;
         }
     }
+    let first = answer_counts.first().copied().unwrap_or(0);
     Ok(LabelCallStats {
         input_rows: job.input_rows,
         reference: job.reference.clone(),
