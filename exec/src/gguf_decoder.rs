@@ -15,6 +15,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
+use crate::amx_gemm::AmxMatrix;
 use crate::error::ModelError;
 pub use crate::kv_cache::SeqCache;
 use crate::kv_cache::{BatchCache, stack_padded};
@@ -29,8 +30,9 @@ pub enum WeightMode {
     Dequantized,
     /// Both: quantized weights for decode steps ([`GgufDecoder::decode_step`]: few bytes read per
     /// token), the f32 copy for prompt passes ([`GgufDecoder::forward`]: compute-bound, f32 GEMM
-    /// is fastest). The choice depends on the kind of pass, never on the batch, so a row's result
-    /// does not depend on which rows it was batched with.
+    /// is fastest), or where the CPU has AMX that copy in bf16 tiles instead
+    /// ([`crate::amx_gemm`]). The choice depends on the kind of pass, never on the batch, so a
+    /// row's result does not depend on which rows it was batched with.
     Both,
     /// [`WeightMode::Both`] with the quantized weights exactly as stored, even in a format candle
     /// multiplies with scalar code (Q4_1, Q5_0, Q5_1): only for benchmarks that measure
@@ -104,6 +106,9 @@ struct Linear {
     weight: Option<QMatMul>,
     /// The f32 copy used for large passes in [`WeightMode::Both`].
     dense: Option<QMatMul>,
+    /// The f32 copy in bf16 AMX tiles, which prompt passes use instead where the CPU has AMX
+    /// (the f32 copy is then dropped).
+    amx: Option<AmxMatrix>,
     /// The quantized weights repacked for the AVX-512 VNNI kernel, which decode steps use where
     /// it runs.
     vnni: Option<VnniMatrix>,
@@ -111,25 +116,49 @@ struct Linear {
 }
 
 impl Linear {
-    /// Repacks quantized weights for the decode kernel, except in [`WeightMode::BothAsStored`].
+    /// Repacks quantized weights for the decode kernel, except in [`WeightMode::BothAsStored`],
+    /// and, with `tiles`, the f32 copy into AMX tiles where the CPU has AMX.
     fn new(
         weight: QMatMul,
         dense: Option<QMatMul>,
         bias: Option<Tensor>,
         mode: WeightMode,
+        tiles: bool,
     ) -> Result<Self, ModelError> {
         let vnni = match &weight {
             QMatMul::QTensor(q) if mode != WeightMode::BothAsStored => VnniMatrix::from_qtensor(q)?,
             _ => None,
         };
+        let amx = match &dense {
+            Some(QMatMul::Tensor(w)) if tiles && crate::amx_gemm::available() => {
+                let (rows, cols) = w.dims2()?;
+                AmxMatrix::from_f32(&w.flatten_all()?.to_vec1::<f32>()?, rows, cols)
+            }
+            _ => None,
+        };
+        let dense = if amx.is_some() { None } else { dense };
         // candle's copy is kept only where it computes something the others do not: no kernel
-        // copy, or no f32 copy for prompt passes and a format candle multiplies with vector code.
+        // copy, or no copy for prompt passes and a format candle multiplies with vector code.
         let scalar = matches!(&weight, QMatMul::QTensor(q) if SCALAR_FORMATS.contains(&q.dtype()));
-        let weight = (vnni.is_none() || (dense.is_none() && !scalar)).then_some(weight);
-        Ok(Self { weight, dense, vnni, bias })
+        let prompt_copy = dense.is_some() || amx.is_some();
+        let weight = (vnni.is_none() || (!prompt_copy && !scalar)).then_some(weight);
+        Ok(Self { weight, dense, amx, vnni, bias })
     }
 
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
+        if let (Pass::Prompt, Some(matrix)) = (pass, &self.amx) {
+            let m = x.elem_count() / matrix.cols();
+            let mut dims = x.dims().to_vec();
+            if let Some(last) = dims.last_mut() {
+                *last = matrix.rows();
+            }
+            let flat = x.flatten_all()?.to_vec1::<f32>()?;
+            let y = Tensor::from_vec(matrix.matmul(&flat, m), dims, x.device())?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
         let y = match (pass, &self.dense, &self.vnni, &self.weight) {
             (Pass::Prompt, Some(QMatMul::Tensor(w)), _, _)
                 if swap_orientation(x.elem_count() / w.dim(1)?, w.dim(0)?, w.dim(1)?) =>
@@ -341,7 +370,7 @@ impl GgufDecoder {
                 Some(QMatMul::Tensor(t)) => Some(t.clone()),
                 _ => None,
             };
-            Linear::new(q, dense, None, mode)?
+            Linear::new(q, dense, None, mode, false)?
         } else {
             output_rows = Some(embed.clone());
             // Tied embeddings (SmolLM2): the output projection is the embedding matrix, whose
@@ -353,7 +382,7 @@ impl GgufDecoder {
                     (decode_copy(embed_q)?, Some(QMatMul::Tensor(embed.clone())))
                 }
             };
-            Linear::new(weight, dense, None, mode)?
+            Linear::new(weight, dense, None, mode, false)?
         };
         let norm = tensor(reader, "output_norm.weight")?.dequantize(device)?;
         let mut blocks = Vec::with_capacity(config.n_layer);
@@ -361,7 +390,8 @@ impl GgufDecoder {
             let p = format!("blk.{i}");
             let linear = |reader: &mut R, name: &str| -> Result<Linear, ModelError> {
                 let (weight, dense) = matmul(tensor(reader, &format!("{p}.{name}.weight"))?)?;
-                Linear::new(weight, dense, bias(reader, &format!("{p}.{name}.bias"))?, mode)
+                let bias = bias(reader, &format!("{p}.{name}.bias"))?;
+                Linear::new(weight, dense, bias, mode, true)
             };
             blocks.push(Block {
                 attn_norm: tensor(reader, &format!("{p}.attn_norm.weight"))?.dequantize(device)?,

@@ -9,6 +9,7 @@
 
 mod ai_map_exec;
 mod ai_runtime;
+pub mod amx_gemm;
 mod batcher;
 mod batching;
 mod bert_encoder;
