@@ -139,17 +139,21 @@ impl AmxMatrix {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
         let padded_m = m.next_multiple_of(BLOCK);
-        let acts = activations_bf16(x, m, self.cols, padded_m, self.padded_cols);
-        let mut out = vec![0f32; padded_m * self.padded_rows];
+        let acts = activations_in_tiles(x, m, self.cols, padded_m, self.padded_cols);
+        let len = padded_m * self.padded_rows;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
         let out_addr = out.as_mut_ptr() as usize;
         let column_blocks = self.padded_rows / BLOCK;
         candle_core::utils::barrier_pool().execute_chunked(column_blocks, |range| {
             // SAFETY: `available()` held when this matrix was packed (tile state granted, AMX
             // present); every tile read lies inside `acts` or `self.tiles` (both padded to whole
-            // blocks) and every tile written inside `out`, whose column blocks this work item
-            // alone writes; `out` outlives the pool call.
+            // blocks) and every tile written inside `out`'s capacity, whose column blocks this
+            // work item alone writes; `out` outlives the pool call.
             unsafe { self.kernel(&acts, padded_m, out_addr as *mut f32, range) }
         });
+        // SAFETY: the work items together wrote every row block of every column block, i.e.
+        // all `len` values.
+        unsafe { out.set_len(len) };
         if self.padded_rows != self.rows {
             let mut packed = Vec::with_capacity(m * self.rows);
             for row in out.chunks_exact(self.padded_rows).take(m) {
@@ -173,7 +177,6 @@ impl AmxMatrix {
         use std::arch::asm;
         let config = TileConfig::all_full();
         let slices = self.padded_cols / TILE_DEPTH;
-        let act_stride = 2 * self.padded_cols;
         let out_stride = 4 * self.padded_rows;
         let tile_stride = 2 * TILE_DEPTH;
         // SAFETY (whole body): see `matmul`; pointers are offset within their buffers only.
@@ -183,8 +186,8 @@ impl AmxMatrix {
                 let w0 = self.tiles.as_ptr().add(2 * block * slices * TILE_VALUES);
                 let w1 = w0.add(slices * TILE_VALUES);
                 for first in (0..padded_m).step_by(BLOCK) {
-                    let a0 = acts.as_ptr().add(first * self.padded_cols);
-                    let a1 = a0.add(TILE_ROWS * self.padded_cols);
+                    let a0 = acts.as_ptr().add(first / TILE_ROWS * slices * TILE_VALUES);
+                    let a1 = a0.add(slices * TILE_VALUES);
                     asm!(
                         "tilezero tmm0",
                         "tilezero tmm1",
@@ -202,11 +205,11 @@ impl AmxMatrix {
                             "tdpbf16ps tmm1, tmm4, tmm7",
                             "tdpbf16ps tmm2, tmm5, tmm6",
                             "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(slice * TILE_DEPTH),
-                            a1 = in(reg) a1.add(slice * TILE_DEPTH),
+                            a0 = in(reg) a0.add(slice * TILE_VALUES),
+                            a1 = in(reg) a1.add(slice * TILE_VALUES),
                             w0 = in(reg) w0.add(slice * TILE_VALUES),
                             w1 = in(reg) w1.add(slice * TILE_VALUES),
-                            sa = in(reg) act_stride,
+                            sa = in(reg) tile_stride,
                             sw = in(reg) tile_stride,
                             options(nostack, readonly)
                         );
@@ -272,17 +275,24 @@ fn bf16_bits(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
-/// `x [m, cols]` as bf16, `[padded_m, padded_cols]` row-major with zero padding.
-fn activations_bf16(
+/// `x [m, cols]` as bf16 in the tile layout the weights use (see [`AmxMatrix`]): for each
+/// block of 16 rows, for each 32-wide slice of the columns, one contiguous 16×32 tile, so every
+/// tile load reads 1 KB in a row. Zero-padded to `[padded_m, padded_cols]`.
+fn activations_in_tiles(
     x: &[f32],
     m: usize,
     cols: usize,
     padded_m: usize,
     padded_cols: usize,
 ) -> Vec<u16> {
+    let slices = padded_cols / TILE_DEPTH;
     let mut acts = vec![0u16; padded_m * padded_cols];
-    for (row, out) in x.chunks_exact(cols).take(m).zip(acts.chunks_exact_mut(padded_cols)) {
-        convert_row(row, &mut out[..cols]);
+    for (i, row) in x.chunks_exact(cols).take(m).enumerate() {
+        let first_tile = i / TILE_ROWS * slices * TILE_VALUES + i % TILE_ROWS * TILE_DEPTH;
+        for (slice, values) in row.chunks(TILE_DEPTH).enumerate() {
+            let start = first_tile + slice * TILE_VALUES;
+            convert_row(values, &mut acts[start..start + values.len()]);
+        }
     }
     acts
 }

@@ -92,6 +92,20 @@ fn swapped_product(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     y.reshape(dims)
 }
 
+/// `f` on the values of `x` in row-major order: borrowed from a contiguous CPU tensor, copied
+/// otherwise.
+fn with_f32_values<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    {
+        let (storage, layout) = x.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&cpu.as_slice::<f32>()?[start..end]));
+        }
+    }
+    Ok(f(&x.flatten_all()?.to_vec1::<f32>()?))
+}
+
 /// The kind of forward pass, which picks the weight copy in [`WeightMode::Both`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -152,8 +166,8 @@ impl Linear {
             if let Some(last) = dims.last_mut() {
                 *last = matrix.rows();
             }
-            let flat = x.flatten_all()?.to_vec1::<f32>()?;
-            let y = Tensor::from_vec(matrix.matmul(&flat, m), dims, x.device())?;
+            let y = with_f32_values(x, |values| matrix.matmul(values, m))?;
+            let y = Tensor::from_vec(y, dims, x.device())?;
             return match &self.bias {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
