@@ -97,6 +97,35 @@ pub struct AmxMatrix {
     padded_rows: usize,
     padded_cols: usize,
     tiles: Vec<u16>,
+    /// Built by [`AmxMatrix::gated_from_f32`]: each 32-row block is 16 gate rows, then the 16
+    /// up rows of the same features.
+    gated: bool,
+}
+
+/// Activations in the tile layout of [`AmxMatrix`]'s input: for each block of 16 rows, for each
+/// 32-wide slice of the columns, one contiguous 16×32 bf16 tile, so every tile load reads 1 KB
+/// in a row. Zero-padded to whole blocks of 32 rows and 32 columns.
+#[derive(Debug)]
+pub struct TiledActivations {
+    values: Vec<u16>,
+    m: usize,
+    padded_m: usize,
+    padded_cols: usize,
+}
+
+impl TiledActivations {
+    /// `x [m, cols]` (row-major) converted to bf16 tiles; blocks of rows in parallel.
+    pub fn from_f32(x: &[f32], m: usize, cols: usize) -> Self {
+        let padded_m = m.next_multiple_of(BLOCK);
+        let padded_cols = cols.next_multiple_of(TILE_DEPTH);
+        let values = activations_in_tiles(x, m, cols, padded_m, padded_cols);
+        Self { values, m, padded_m, padded_cols }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
 }
 
 impl AmxMatrix {
@@ -117,7 +146,24 @@ impl AmxMatrix {
                 tiles[tile + (depth / 2) * 2 * TILE_ROWS + within * 2 + depth % 2] = bf16_bits(w);
             }
         }
-        Some(Self { rows, cols, padded_rows, padded_cols, tiles })
+        Some(Self { rows, cols, padded_rows, padded_cols, tiles, gated: false })
+    }
+
+    /// The gate and up projections of a gated MLP (`[rows, cols]` each), packed together for
+    /// [`Self::silu_gated`]; `None` where AMX is not [`available`] or `rows` is not a multiple
+    /// of 32.
+    pub fn gated_from_f32(gate: &[f32], up: &[f32], rows: usize, cols: usize) -> Option<Self> {
+        if !rows.is_multiple_of(BLOCK) || gate.len() != rows * cols || up.len() != rows * cols {
+            return None;
+        }
+        let mut interleaved = Vec::with_capacity(2 * rows * cols);
+        for group in 0..rows / TILE_ROWS {
+            let span = group * TILE_ROWS * cols..(group + 1) * TILE_ROWS * cols;
+            interleaved.extend_from_slice(&gate[span.clone()]);
+            interleaved.extend_from_slice(&up[span]);
+        }
+        let matrix = Self::from_f32(&interleaved, 2 * rows, cols)?;
+        Some(Self { gated: true, ..matrix })
     }
 
     /// Output columns (the weight's rows).
@@ -138,19 +184,17 @@ impl AmxMatrix {
     /// `x [m, cols]` (row-major) times the transposed weights: `[m, rows]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
-        let padded_m = m.next_multiple_of(BLOCK);
-        let acts = activations_in_tiles(x, m, self.cols, padded_m, self.padded_cols);
+        self.matmul_tiled(&TiledActivations::from_f32(x, m, self.cols))
+    }
+
+    /// [`Self::matmul`] on activations already in tiles (`cols` wide).
+    pub fn matmul_tiled(&self, acts: &TiledActivations) -> Vec<f32> {
+        assert!(!self.gated && acts.padded_cols == self.padded_cols, "tiles of another width");
+        let (m, padded_m) = (acts.m, acts.padded_m);
         let len = padded_m * self.padded_rows;
         let mut out: Vec<f32> = Vec::with_capacity(len);
-        let out_addr = out.as_mut_ptr() as usize;
-        let column_blocks = self.padded_rows / BLOCK;
-        candle_core::utils::barrier_pool().execute_chunked(column_blocks, |range| {
-            // SAFETY: `available()` held when this matrix was packed (tile state granted, AMX
-            // present); every tile read lies inside `acts` or `self.tiles` (both padded to whole
-            // blocks) and every tile written inside `out`'s capacity, whose column blocks this
-            // work item alone writes; `out` outlives the pool call.
-            unsafe { self.kernel(&acts, padded_m, out_addr as *mut f32, range) }
-        });
+        let store = Epilogue::Store { out: out.as_mut_ptr() as usize };
+        self.run(acts, store);
         // SAFETY: the work items together wrote every row block of every column block, i.e.
         // all `len` values.
         unsafe { out.set_len(len) };
@@ -165,19 +209,49 @@ impl AmxMatrix {
         out
     }
 
+    /// A gated MLP's hidden activations, `silu(x · gateᵀ) ⊙ (x · upᵀ)`, straight into the tiles
+    /// the down projection reads: the two products and the SiLU never leave the cache as f32.
+    pub fn silu_gated(&self, acts: &TiledActivations) -> TiledActivations {
+        assert!(self.gated && acts.padded_cols == self.padded_cols, "not a gated matrix");
+        let features = self.rows / 2;
+        let len = acts.padded_m * features;
+        let mut values: Vec<u16> = Vec::with_capacity(len);
+        let out = Epilogue::SiluProduct {
+            out: values.as_mut_ptr() as usize,
+            slices: features / TILE_DEPTH,
+        };
+        self.run(acts, out);
+        // SAFETY: every column block wrote its 16 features of every row: all `len` values.
+        unsafe { values.set_len(len) };
+        TiledActivations { values, m: acts.m, padded_m: acts.padded_m, padded_cols: features }
+    }
+
+    /// Runs the kernel over every column block, split over candle's thread pool.
+    fn run(&self, acts: &TiledActivations, epilogue: Epilogue) {
+        let column_blocks = self.padded_rows / BLOCK;
+        candle_core::utils::barrier_pool().execute_chunked(column_blocks, |range| {
+            // SAFETY: `available()` held when this matrix was packed (tile state granted, AMX
+            // present); every tile read lies inside `acts` or `self.tiles` (both padded to whole
+            // blocks); the epilogue's output holds `acts.padded_m` rows of this matrix's
+            // outputs, of which this work item alone writes its column blocks; the output
+            // outlives the pool call.
+            unsafe { self.kernel(acts, epilogue, range) }
+        });
+    }
+
     /// Computes output columns `column_blocks` (in blocks of 32) for all `padded_m` rows.
     #[cfg(target_arch = "x86_64")]
     unsafe fn kernel(
         &self,
-        acts: &[u16],
-        padded_m: usize,
-        out: *mut f32,
+        acts: &TiledActivations,
+        epilogue: Epilogue,
         column_blocks: std::ops::Range<usize>,
     ) {
         use std::arch::asm;
+        let (padded_m, acts) = (acts.padded_m, &acts.values);
         let config = TileConfig::all_full();
+        let mut scratch = Scratch([0.0; 4 * TILE_ROWS * TILE_ROWS]);
         let slices = self.padded_cols / TILE_DEPTH;
-        let out_stride = 4 * self.padded_rows;
         let tile_stride = 2 * TILE_DEPTH;
         // SAFETY (whole body): see `matmul`; pointers are offset within their buffers only.
         unsafe {
@@ -214,10 +288,20 @@ impl AmxMatrix {
                             options(nostack, readonly)
                         );
                     }
-                    let c00 = out.add(first * self.padded_rows + block * BLOCK);
-                    let c01 = c00.add(TILE_ROWS);
-                    let c10 = c00.add(TILE_ROWS * self.padded_rows);
-                    let c11 = c10.add(TILE_ROWS);
+                    // The four result tiles' addresses and their row stride in f32.
+                    let (c00, c01, c10, c11, stride) = match epilogue {
+                        Epilogue::Store { out } => {
+                            let rows = self.padded_rows;
+                            let c00 = (out as *mut f32).add(first * rows + block * BLOCK);
+                            let c10 = c00.add(TILE_ROWS * rows);
+                            (c00, c00.add(TILE_ROWS), c10, c10.add(TILE_ROWS), rows)
+                        }
+                        Epilogue::SiluProduct { .. } => {
+                            let base = scratch.0.as_mut_ptr();
+                            let tile = |i: usize| base.add(i * TILE_ROWS * TILE_ROWS);
+                            (tile(0), tile(1), tile(2), tile(3), TILE_ROWS)
+                        }
+                    };
                     asm!(
                         "tilestored [{c00} + {sc} * 1], tmm0",
                         "tilestored [{c01} + {sc} * 1], tmm1",
@@ -227,9 +311,30 @@ impl AmxMatrix {
                         c01 = in(reg) c01,
                         c10 = in(reg) c10,
                         c11 = in(reg) c11,
-                        sc = in(reg) out_stride,
+                        sc = in(reg) 4 * stride,
                         options(nostack)
                     );
+                    if let Epilogue::SiluProduct { out, slices: out_slices } = epilogue {
+                        // Features 16·block.. of rows first..first + 32, from the scratch's
+                        // tiles: gate and up of rows 0..16, then of rows 16..32.
+                        let feature = block * TILE_ROWS;
+                        for r in 0..BLOCK {
+                            let row = first + r;
+                            let tile = if r < TILE_ROWS { 0 } else { 2 };
+                            let gate = scratch
+                                .0
+                                .as_ptr()
+                                .add((tile * TILE_ROWS + r % TILE_ROWS) * TILE_ROWS);
+                            let up = gate.add(TILE_ROWS * TILE_ROWS);
+                            let dst = (out as *mut u16).add(
+                                row / TILE_ROWS * out_slices * TILE_VALUES
+                                    + feature / TILE_DEPTH * TILE_VALUES
+                                    + row % TILE_ROWS * TILE_DEPTH
+                                    + feature % TILE_DEPTH,
+                            );
+                            silu_product_16(gate, up, dst);
+                        }
+                    }
                 }
             }
             asm!("tilerelease", options(nostack, nomem));
@@ -237,9 +342,60 @@ impl AmxMatrix {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn kernel(&self, _: &[u16], _: usize, _: *mut f32, _: std::ops::Range<usize>) {
+    unsafe fn kernel(&self, _: &TiledActivations, _: Epilogue, _: std::ops::Range<usize>) {
         unreachable!("AmxMatrix is only built where AMX is available")
     }
+}
+
+/// What the kernel does with each 32×32 block of sums.
+#[derive(Clone, Copy)]
+enum Epilogue {
+    /// Stores them in row-major f32 `[padded_m, padded_rows]` at this address.
+    Store { out: usize },
+    /// `silu(gate) · up` per feature, as bf16 tiles `slices` 32-wide slices across, at this
+    /// address (see [`AmxMatrix::silu_gated`]).
+    SiluProduct { out: usize, slices: usize },
+}
+
+/// Four 16×16 f32 result tiles, one after another.
+#[repr(C, align(64))]
+struct Scratch([f32; 4 * TILE_ROWS * TILE_ROWS]);
+
+/// `silu(g) · u` of 16 values each, rounded to bf16 at `dst`.
+///
+/// # Safety
+/// `gate` and `up` readable for 16 f32, `dst` writable for 16 u16, AVX-512 BF16 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn silu_product_16(gate: *const f32, up: *const f32, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let g = _mm512_loadu_ps(gate);
+        let u = _mm512_loadu_ps(up);
+        let e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        let silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+        let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_mul_ps(silu, u)));
+        _mm256_storeu_si256(dst as *mut __m256i, b);
+    }
+}
+
+/// `e^x` per lane: `2^n · 2^f` with `n` the nearest integer to `x·log2(e)` and `2^f` a degree-6
+/// Taylor polynomial of `e^(f·ln 2)` on `|f| ≤ 0.5` (relative error under 2e-7, below bf16's
+/// 4e-3); inputs clamped to ±88 so the result stays finite.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0)), _mm512_set1_ps(88.0));
+    let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
+    let n = _mm512_roundscale_ps::<0x08>(t);
+    let f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(std::f32::consts::LN_2));
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
 }
 
 /// The 64-byte tile configuration `ldtilecfg` reads: palette 1, eight tiles of 16 rows × 64
@@ -277,7 +433,8 @@ fn bf16_bits(x: f32) -> u16 {
 
 /// `x [m, cols]` as bf16 in the tile layout the weights use (see [`AmxMatrix`]): for each
 /// block of 16 rows, for each 32-wide slice of the columns, one contiguous 16×32 tile, so every
-/// tile load reads 1 KB in a row. Zero-padded to `[padded_m, padded_cols]`.
+/// tile load reads 1 KB in a row. Zero-padded to `[padded_m, padded_cols]`; blocks of rows are
+/// converted in parallel.
 fn activations_in_tiles(
     x: &[f32],
     m: usize,
@@ -286,47 +443,61 @@ fn activations_in_tiles(
     padded_cols: usize,
 ) -> Vec<u16> {
     let slices = padded_cols / TILE_DEPTH;
-    let mut acts = vec![0u16; padded_m * padded_cols];
-    for (i, row) in x.chunks_exact(cols).take(m).enumerate() {
-        let first_tile = i / TILE_ROWS * slices * TILE_VALUES + i % TILE_ROWS * TILE_DEPTH;
-        for (slice, values) in row.chunks(TILE_DEPTH).enumerate() {
-            let start = first_tile + slice * TILE_VALUES;
-            convert_row(values, &mut acts[start..start + values.len()]);
+    let len = padded_m * padded_cols;
+    let mut acts: Vec<u16> = Vec::with_capacity(len);
+    let acts_addr = acts.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(padded_m / TILE_ROWS, |row_blocks| {
+        for row_block in row_blocks {
+            for r in 0..TILE_ROWS {
+                let i = row_block * TILE_ROWS + r;
+                let row = if i < m { &x[i * cols..(i + 1) * cols] } else { &[][..] };
+                let first = row_block * slices * TILE_VALUES + r * TILE_DEPTH;
+                // SAFETY: tile-row `r` of row block `row_block` (32 values in each of `slices`
+                // tiles) lies inside `acts`' capacity and is written by this work item alone;
+                // `acts` outlives the pool call.
+                unsafe { convert_into_tiles(row, (acts_addr as *mut u16).add(first), slices) };
+            }
         }
-    }
+    });
+    // SAFETY: every tile-row of every row block was written above: all `len` values.
+    unsafe { acts.set_len(len) };
     acts
 }
 
-/// One row to bf16: 16 values per AVX-512 BF16 instruction, the tail one by one.
-fn convert_row(row: &[f32], out: &mut [u16]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: activations are only converted for an `AmxMatrix`, built when `available()`,
-        // which checks AVX-512 BF16.
-        unsafe { convert_row_avx512(row, out) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    for (o, &v) in out.iter_mut().zip(row) {
-        *o = bf16_bits(v);
+/// Writes `row` as bf16 to `slices` tile-rows 32 values wide, `TILE_VALUES` apart, zeros past
+/// its end.
+///
+/// # Safety
+/// `out` must be valid for `slices * TILE_VALUES` values, and AVX-512 BF16 present (an
+/// [`AmxMatrix`] exists only where [`available`] checked it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn convert_into_tiles(row: &[f32], out: *mut u16, slices: usize) {
+    use std::arch::x86_64::{__m256i, _mm256_storeu_si256, _mm512_cvtneps_pbh, _mm512_loadu_ps};
+    for slice in 0..slices {
+        for half in [0, 16] {
+            let start = slice * TILE_DEPTH + half;
+            // SAFETY: the caller's contract for `out`; `row` is read within its length.
+            unsafe {
+                let dst = out.add(slice * TILE_VALUES + half);
+                if start + 16 <= row.len() {
+                    let v = _mm512_loadu_ps(row.as_ptr().add(start));
+                    let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                    _mm256_storeu_si256(dst as *mut __m256i, b);
+                } else {
+                    for j in 0..16 {
+                        let v = row.get(start + j).copied().unwrap_or(0.0);
+                        *dst.add(j) = bf16_bits(v);
+                    }
+                }
+            }
+        }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn convert_row_avx512(row: &[f32], out: &mut [u16]) {
-    use std::arch::x86_64::{__m256i, _mm256_storeu_si256, _mm512_cvtneps_pbh, _mm512_loadu_ps};
-    let whole = row.len() / 16 * 16;
-    for start in (0..whole).step_by(16) {
-        // SAFETY: `start + 16 <= row.len() == out.len()`.
-        unsafe {
-            let v = _mm512_loadu_ps(row.as_ptr().add(start));
-            let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-            _mm256_storeu_si256(out.as_mut_ptr().add(start) as *mut __m256i, b);
-        }
-    }
-    for (o, &v) in out[whole..].iter_mut().zip(&row[whole..]) {
-        *o = bf16_bits(v);
-    }
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn convert_into_tiles(_: &[f32], _: *mut u16, _: usize) {
+    unreachable!("AmxMatrix is only built where AMX is available")
 }
 
 #[cfg(test)]
@@ -368,6 +539,35 @@ mod tests {
             for (g, r) in got.iter().zip(&want) {
                 assert!((g - r).abs() <= 1e-3 * (1.0 + r.abs()), "{m}x{n}x{k}: {g} vs {r}");
             }
+        }
+    }
+
+    #[test]
+    fn the_gated_product_feeds_the_down_projection_like_separate_products() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (or MURAKKAB_AMX=0)");
+            return;
+        }
+        let (m, features, dim) = (37, 64, 96);
+        let (x, gate, up, down) = (
+            values(m * dim, 5),
+            values(features * dim, 6),
+            values(features * dim, 7),
+            values(dim * features, 8),
+        );
+        let gated = AmxMatrix::gated_from_f32(&gate, &up, features, dim).unwrap();
+        let down_matrix = AmxMatrix::from_f32(&down, dim, features).unwrap();
+        let got =
+            down_matrix.matmul_tiled(&gated.silu_gated(&TiledActivations::from_f32(&x, m, dim)));
+        // The same through f32: the two products, SiLU, their product, the down projection.
+        let (g, u) = (reference(&x, &gate, m, features, dim), reference(&x, &up, m, features, dim));
+        let hidden: Vec<f32> =
+            g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
+        let want = reference(&hidden, &down, m, dim, features);
+        assert_eq!(got.len(), m * dim);
+        for (g, r) in got.iter().zip(&want) {
+            // The hidden activations are rounded to bf16 (relative 2^-9) before the last product.
+            assert!((g - r).abs() <= 1e-2 * (1.0 + r.abs()), "{g} vs {r}");
         }
     }
 

@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
-use crate::amx_gemm::AmxMatrix;
+use crate::amx_gemm::{AmxMatrix, TiledActivations};
 use crate::error::ModelError;
 pub use crate::kv_cache::SeqCache;
 use crate::kv_cache::{BatchCache, stack_padded};
@@ -106,6 +106,29 @@ fn with_f32_values<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::R
     Ok(f(&x.flatten_all()?.to_vec1::<f32>()?))
 }
 
+/// The gate and up projections' f32 copies packed together in AMX tiles (and then dropped), where
+/// the CPU has AMX and neither has a bias; otherwise each keeps its own copy, packed alone.
+fn gated_tiles(gate: &mut Linear, up: &mut Linear) -> Result<Option<AmxMatrix>, ModelError> {
+    let gated = match (&gate.dense, &up.dense, &gate.bias, &up.bias) {
+        (Some(QMatMul::Tensor(g)), Some(QMatMul::Tensor(u)), None, None)
+            if crate::amx_gemm::available() && g.dims() == u.dims() =>
+        {
+            let (rows, cols) = g.dims2()?;
+            let (g, u) = (g.flatten_all()?.to_vec1::<f32>()?, u.flatten_all()?.to_vec1::<f32>()?);
+            AmxMatrix::gated_from_f32(&g, &u, rows, cols)
+        }
+        _ => None,
+    };
+    for linear in [gate, up] {
+        if gated.is_some() {
+            linear.dense = None;
+        } else if linear.amx.is_none() {
+            linear.pack_tiles()?;
+        }
+    }
+    Ok(gated)
+}
+
 /// The kind of forward pass, which picks the weight copy in [`WeightMode::Both`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -143,20 +166,29 @@ impl Linear {
             QMatMul::QTensor(q) if mode != WeightMode::BothAsStored => VnniMatrix::from_qtensor(q)?,
             _ => None,
         };
-        let amx = match &dense {
-            Some(QMatMul::Tensor(w)) if tiles && crate::amx_gemm::available() => {
-                let (rows, cols) = w.dims2()?;
-                AmxMatrix::from_f32(&w.flatten_all()?.to_vec1::<f32>()?, rows, cols)
-            }
-            _ => None,
-        };
-        let dense = if amx.is_some() { None } else { dense };
         // candle's copy is kept only where it computes something the others do not: no kernel
         // copy, or no copy for prompt passes and a format candle multiplies with vector code.
         let scalar = matches!(&weight, QMatMul::QTensor(q) if SCALAR_FORMATS.contains(&q.dtype()));
-        let prompt_copy = dense.is_some() || amx.is_some();
-        let weight = (vnni.is_none() || (!prompt_copy && !scalar)).then_some(weight);
-        Ok(Self { weight, dense, amx, vnni, bias })
+        let weight = (vnni.is_none() || (dense.is_none() && !scalar)).then_some(weight);
+        let mut linear = Self { weight, dense, amx: None, vnni, bias };
+        if tiles {
+            linear.pack_tiles()?;
+        }
+        Ok(linear)
+    }
+
+    /// Packs the f32 copy into AMX tiles, which replace it, where the CPU has AMX.
+    fn pack_tiles(&mut self) -> Result<(), ModelError> {
+        if let Some(QMatMul::Tensor(w)) = &self.dense
+            && crate::amx_gemm::available()
+        {
+            let (rows, cols) = w.dims2()?;
+            self.amx = AmxMatrix::from_f32(&w.flatten_all()?.to_vec1::<f32>()?, rows, cols);
+            if self.amx.is_some() {
+                self.dense = None;
+            }
+        }
+        Ok(())
     }
 
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
@@ -223,6 +255,9 @@ struct Block {
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
+    /// Gate and up projections packed together for AMX, whose prompt passes then compute the
+    /// MLP's hidden activations in one product ([`AmxMatrix::silu_gated`]).
+    gated: Option<AmxMatrix>,
 }
 
 /// A loaded decoder: weights only; all per-sequence state is in [`SeqCache`].
@@ -402,11 +437,16 @@ impl GgufDecoder {
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let p = format!("blk.{i}");
-            let linear = |reader: &mut R, name: &str| -> Result<Linear, ModelError> {
+            let linear = |reader: &mut R, name: &str, tiles: bool| -> Result<Linear, ModelError> {
                 let (weight, dense) = matmul(tensor(reader, &format!("{p}.{name}.weight"))?)?;
                 let bias = bias(reader, &format!("{p}.{name}.bias"))?;
-                Linear::new(weight, dense, bias, mode, true)
+                Linear::new(weight, dense, bias, mode, tiles)
             };
+            // Gate and up keep their f32 copies until they are packed together.
+            let mut w_gate = linear(reader, "ffn_gate", false)?;
+            let mut w_up = linear(reader, "ffn_up", false)?;
+            let gated = gated_tiles(&mut w_gate, &mut w_up)?;
+            let linear = |reader: &mut R, name: &str| linear(reader, name, true);
             blocks.push(Block {
                 attn_norm: tensor(reader, &format!("{p}.attn_norm.weight"))?.dequantize(device)?,
                 wq: linear(reader, "attn_q")?,
@@ -414,9 +454,10 @@ impl GgufDecoder {
                 wv: linear(reader, "attn_v")?,
                 wo: linear(reader, "attn_output")?,
                 ffn_norm: tensor(reader, &format!("{p}.ffn_norm.weight"))?.dequantize(device)?,
-                w_gate: linear(reader, "ffn_gate")?,
-                w_up: linear(reader, "ffn_up")?,
+                w_gate,
+                w_up,
                 w_down: linear(reader, "ffn_down")?,
+                gated,
             });
         }
         let (cos, sin) =
@@ -675,8 +716,18 @@ impl GgufDecoder {
             x = (residual + block.wo.forward(&attn, pass)?)?;
             let residual = x.clone();
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.rms_eps as f32)?;
-            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h, pass)?)?;
-            let mlp = block.w_down.forward(&(gate * block.w_up.forward(&h, pass)?)?, pass)?;
+            let mlp = match (pass, &block.gated, &block.w_down.amx, &block.w_down.bias) {
+                (Pass::Prompt, Some(gated), Some(down), None) => {
+                    let acts =
+                        with_f32_values(&h, |h| TiledActivations::from_f32(h, b * t, c.dim))?;
+                    let y = down.matmul_tiled(&gated.silu_gated(&acts));
+                    Tensor::from_vec(y, (b, t, c.dim), &self.device)?
+                }
+                _ => {
+                    let gate = candle_nn::ops::silu(&block.w_gate.forward(&h, pass)?)?;
+                    block.w_down.forward(&(gate * block.w_up.forward(&h, pass)?)?, pass)?
+                }
+            };
             x = (residual + mlp)?;
         }
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, c.rms_eps as f32)?)
