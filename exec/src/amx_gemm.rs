@@ -29,6 +29,8 @@ const TILE_DEPTH: usize = 32;
 const BLOCK: usize = 2 * TILE_ROWS;
 /// bf16 values of one packed weight tile.
 const TILE_VALUES: usize = TILE_ROWS * TILE_DEPTH;
+/// Bytes of activations one pass over the column blocks covers (see `AmxMatrix::kernel`).
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// Whether prompt passes use AMX: the CPU has AMX-BF16, the kernel granted the state, and
 /// `MURAKKAB_AMX` is not `0`. Decided once per process.
@@ -256,83 +258,89 @@ impl AmxMatrix {
         // SAFETY (whole body): see `matmul`; pointers are offset within their buffers only.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly));
-            for block in column_blocks {
-                let w0 = self.tiles.as_ptr().add(2 * block * slices * TILE_VALUES);
-                let w1 = w0.add(slices * TILE_VALUES);
-                for first in (0..padded_m).step_by(BLOCK) {
-                    let a0 = acts.as_ptr().add(first / TILE_ROWS * slices * TILE_VALUES);
-                    let a1 = a0.add(slices * TILE_VALUES);
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nostack, nomem)
-                    );
-                    for slice in 0..slices {
+            // Rows in chunks whose activations stay in L2 (about 1 MB of bf16) while every
+            // column block passes over them: on 2,048 tokens × the 4864×896 up projection, 7.9
+            // ms in chunks against 13.0 ms streaming all rows past each column block.
+            let chunk = (CHUNK_BYTES / (2 * self.padded_cols) / BLOCK * BLOCK).clamp(64, 512);
+            for chunk_start in (0..padded_m).step_by(chunk) {
+                for block in column_blocks.clone() {
+                    let w0 = self.tiles.as_ptr().add(2 * block * slices * TILE_VALUES);
+                    let w1 = w0.add(slices * TILE_VALUES);
+                    for first in (chunk_start..padded_m.min(chunk_start + chunk)).step_by(BLOCK) {
+                        let a0 = acts.as_ptr().add(first / TILE_ROWS * slices * TILE_VALUES);
+                        let a1 = a0.add(slices * TILE_VALUES);
                         asm!(
-                            "tileloadd tmm4, [{a0} + {sa} * 1]",
-                            "tileloadd tmm5, [{a1} + {sa} * 1]",
-                            "tileloadd tmm6, [{w0} + {sw} * 1]",
-                            "tileloadd tmm7, [{w1} + {sw} * 1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(slice * TILE_VALUES),
-                            a1 = in(reg) a1.add(slice * TILE_VALUES),
-                            w0 = in(reg) w0.add(slice * TILE_VALUES),
-                            w1 = in(reg) w1.add(slice * TILE_VALUES),
-                            sa = in(reg) tile_stride,
-                            sw = in(reg) tile_stride,
-                            options(nostack, readonly)
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
+                            options(nostack, nomem)
                         );
-                    }
-                    // The four result tiles' addresses and their row stride in f32.
-                    let (c00, c01, c10, c11, stride) = match epilogue {
-                        Epilogue::Store { out } => {
-                            let rows = self.padded_rows;
-                            let c00 = (out as *mut f32).add(first * rows + block * BLOCK);
-                            let c10 = c00.add(TILE_ROWS * rows);
-                            (c00, c00.add(TILE_ROWS), c10, c10.add(TILE_ROWS), rows)
-                        }
-                        Epilogue::SiluProduct { .. } => {
-                            let base = scratch.0.as_mut_ptr();
-                            let tile = |i: usize| base.add(i * TILE_ROWS * TILE_ROWS);
-                            (tile(0), tile(1), tile(2), tile(3), TILE_ROWS)
-                        }
-                    };
-                    asm!(
-                        "tilestored [{c00} + {sc} * 1], tmm0",
-                        "tilestored [{c01} + {sc} * 1], tmm1",
-                        "tilestored [{c10} + {sc} * 1], tmm2",
-                        "tilestored [{c11} + {sc} * 1], tmm3",
-                        c00 = in(reg) c00,
-                        c01 = in(reg) c01,
-                        c10 = in(reg) c10,
-                        c11 = in(reg) c11,
-                        sc = in(reg) 4 * stride,
-                        options(nostack)
-                    );
-                    if let Epilogue::SiluProduct { out, slices: out_slices } = epilogue {
-                        // Features 16·block.. of rows first..first + 32, from the scratch's
-                        // tiles: gate and up of rows 0..16, then of rows 16..32.
-                        let feature = block * TILE_ROWS;
-                        for r in 0..BLOCK {
-                            let row = first + r;
-                            let tile = if r < TILE_ROWS { 0 } else { 2 };
-                            let gate = scratch
-                                .0
-                                .as_ptr()
-                                .add((tile * TILE_ROWS + r % TILE_ROWS) * TILE_ROWS);
-                            let up = gate.add(TILE_ROWS * TILE_ROWS);
-                            let dst = (out as *mut u16).add(
-                                row / TILE_ROWS * out_slices * TILE_VALUES
-                                    + feature / TILE_DEPTH * TILE_VALUES
-                                    + row % TILE_ROWS * TILE_DEPTH
-                                    + feature % TILE_DEPTH,
+                        for slice in 0..slices {
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {sa} * 1]",
+                                "tileloadd tmm5, [{a1} + {sa} * 1]",
+                                "tileloadd tmm6, [{w0} + {sw} * 1]",
+                                "tileloadd tmm7, [{w1} + {sw} * 1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a0 = in(reg) a0.add(slice * TILE_VALUES),
+                                a1 = in(reg) a1.add(slice * TILE_VALUES),
+                                w0 = in(reg) w0.add(slice * TILE_VALUES),
+                                w1 = in(reg) w1.add(slice * TILE_VALUES),
+                                sa = in(reg) tile_stride,
+                                sw = in(reg) tile_stride,
+                                options(nostack, readonly)
                             );
-                            silu_product_16(gate, up, dst);
+                        }
+                        // The four result tiles' addresses and their row stride in f32.
+                        let (c00, c01, c10, c11, stride) = match epilogue {
+                            Epilogue::Store { out } => {
+                                let rows = self.padded_rows;
+                                let c00 = (out as *mut f32).add(first * rows + block * BLOCK);
+                                let c10 = c00.add(TILE_ROWS * rows);
+                                (c00, c00.add(TILE_ROWS), c10, c10.add(TILE_ROWS), rows)
+                            }
+                            Epilogue::SiluProduct { .. } => {
+                                let base = scratch.0.as_mut_ptr();
+                                let tile = |i: usize| base.add(i * TILE_ROWS * TILE_ROWS);
+                                (tile(0), tile(1), tile(2), tile(3), TILE_ROWS)
+                            }
+                        };
+                        asm!(
+                            "tilestored [{c00} + {sc} * 1], tmm0",
+                            "tilestored [{c01} + {sc} * 1], tmm1",
+                            "tilestored [{c10} + {sc} * 1], tmm2",
+                            "tilestored [{c11} + {sc} * 1], tmm3",
+                            c00 = in(reg) c00,
+                            c01 = in(reg) c01,
+                            c10 = in(reg) c10,
+                            c11 = in(reg) c11,
+                            sc = in(reg) 4 * stride,
+                            options(nostack)
+                        );
+                        if let Epilogue::SiluProduct { out, slices: out_slices } = epilogue {
+                            // Features 16·block.. of rows first..first + 32, from the scratch's
+                            // tiles: gate and up of rows 0..16, then of rows 16..32.
+                            let feature = block * TILE_ROWS;
+                            for r in 0..BLOCK {
+                                let row = first + r;
+                                let tile = if r < TILE_ROWS { 0 } else { 2 };
+                                let gate = scratch
+                                    .0
+                                    .as_ptr()
+                                    .add((tile * TILE_ROWS + r % TILE_ROWS) * TILE_ROWS);
+                                let up = gate.add(TILE_ROWS * TILE_ROWS);
+                                let dst = (out as *mut u16).add(
+                                    row / TILE_ROWS * out_slices * TILE_VALUES
+                                        + feature / TILE_DEPTH * TILE_VALUES
+                                        + row % TILE_ROWS * TILE_DEPTH
+                                        + feature % TILE_DEPTH,
+                                );
+                                silu_product_16(gate, up, dst);
+                            }
                         }
                     }
                 }

@@ -129,6 +129,63 @@ fn gated_tiles(gate: &mut Linear, up: &mut Linear) -> Result<Option<AmxMatrix>, 
     Ok(gated)
 }
 
+/// Projections of the same input with f32 copies, stacked into one AMX matrix (their biases
+/// concatenated, where all have one) and their f32 copies dropped, where the CPU has AMX;
+/// otherwise each is packed alone.
+fn stacked_tiles(
+    linears: &mut [&mut Linear],
+) -> Result<Option<(AmxMatrix, Option<Tensor>)>, ModelError> {
+    let mut weights = Vec::new();
+    let mut rows = 0;
+    let mut cols = None;
+    for linear in linears.iter() {
+        match &linear.dense {
+            Some(QMatMul::Tensor(w)) if crate::amx_gemm::available() => {
+                let (r, c) = w.dims2()?;
+                if cols.is_some_and(|cols| cols != c) {
+                    weights.clear();
+                    break;
+                }
+                cols = Some(c);
+                rows += r;
+                weights.push(w.flatten_all()?.to_vec1::<f32>()?);
+            }
+            _ => {
+                weights.clear();
+                break;
+            }
+        }
+    }
+    let stacked = match cols {
+        Some(cols) if weights.len() == linears.len() => {
+            AmxMatrix::from_f32(&weights.concat(), rows, cols)
+        }
+        _ => None,
+    };
+    let Some(matrix) = stacked else {
+        for linear in linears.iter_mut() {
+            linear.pack_tiles()?;
+        }
+        return Ok(None);
+    };
+    let biases: Option<Vec<&Tensor>> = linears.iter().map(|l| l.bias.as_ref()).collect();
+    let bias = match biases {
+        Some(biases) => Some(Tensor::cat(&biases, 0)?),
+        None if linears.iter().all(|l| l.bias.is_none()) => None,
+        // Some with a bias and some without: not worth a zero-filled bias; keep them apart.
+        None => {
+            for linear in linears.iter_mut() {
+                linear.pack_tiles()?;
+            }
+            return Ok(None);
+        }
+    };
+    for linear in linears.iter_mut() {
+        linear.dense = None;
+    }
+    Ok(Some((matrix, bias)))
+}
+
 /// The kind of forward pass, which picks the weight copy in [`WeightMode::Both`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -258,6 +315,9 @@ struct Block {
     /// Gate and up projections packed together for AMX, whose prompt passes then compute the
     /// MLP's hidden activations in one product ([`AmxMatrix::silu_gated`]).
     gated: Option<AmxMatrix>,
+    /// Query, key and value projections stacked for AMX (and their biases, if any): one product
+    /// per prompt pass instead of three, over the same activations.
+    qkv: Option<(AmxMatrix, Option<Tensor>)>,
 }
 
 /// A loaded decoder: weights only; all per-sequence state is in [`SeqCache`].
@@ -446,12 +506,17 @@ impl GgufDecoder {
             let mut w_gate = linear(reader, "ffn_gate", false)?;
             let mut w_up = linear(reader, "ffn_up", false)?;
             let gated = gated_tiles(&mut w_gate, &mut w_up)?;
+            let mut wq = linear(reader, "attn_q", false)?;
+            let mut wk = linear(reader, "attn_k", false)?;
+            let mut wv = linear(reader, "attn_v", false)?;
+            let qkv = stacked_tiles(&mut [&mut wq, &mut wk, &mut wv])?;
             let linear = |reader: &mut R, name: &str| linear(reader, name, true);
             blocks.push(Block {
                 attn_norm: tensor(reader, &format!("{p}.attn_norm.weight"))?.dequantize(device)?,
-                wq: linear(reader, "attn_q")?,
-                wk: linear(reader, "attn_k")?,
-                wv: linear(reader, "attn_v")?,
+                wq,
+                wk,
+                wv,
+                qkv,
                 wo: linear(reader, "attn_output")?,
                 ffn_norm: tensor(reader, &format!("{p}.ffn_norm.weight"))?.dequantize(device)?,
                 w_gate,
@@ -690,9 +755,32 @@ impl GgufDecoder {
                     .transpose(1, 2)?
                     .contiguous()
             };
-            let q = heads(&block.wq, c.n_head)?;
-            let k = heads(&block.wk, c.n_kv_head)?;
-            let v = heads(&block.wv, c.n_kv_head)?;
+            let (q, k, v) = match (pass, &block.qkv) {
+                (Pass::Prompt, Some((matrix, bias))) => {
+                    let y = with_f32_values(&h, |h| matrix.matmul(h, b * t))?;
+                    let y = Tensor::from_vec(y, (b, t, matrix.rows()), &self.device)?;
+                    let y = match bias {
+                        Some(bias) => y.broadcast_add(bias)?,
+                        None => y,
+                    };
+                    let split = |start: usize, n: usize| -> candle_core::Result<Tensor> {
+                        y.narrow(2, start * c.head_dim, n * c.head_dim)?
+                            .reshape((b, t, n, c.head_dim))?
+                            .transpose(1, 2)?
+                            .contiguous()
+                    };
+                    (
+                        split(0, c.n_head)?,
+                        split(c.n_head, c.n_kv_head)?,
+                        split(c.n_head + c.n_kv_head, c.n_kv_head)?,
+                    )
+                }
+                _ => (
+                    heads(&block.wq, c.n_head)?,
+                    heads(&block.wk, c.n_kv_head)?,
+                    heads(&block.wv, c.n_kv_head)?,
+                ),
+            };
             let (q, k) = if c.neox_rope {
                 (
                     candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
