@@ -57,6 +57,21 @@ impl ModelSpeed {
         }
     }
 
+    /// The default for a model of `parameters` parameters where prompt passes run on matrix
+    /// units (AMX tiles, bf16): the prefill curve refitted to `murakkab calibrate` on this
+    /// project's 2-core Sapphire Rapids machine (2026-12-04: label scoring at 3,921 tokens/s for
+    /// SmolLM2-135M and 2,120 for Qwen2.5-0.5B, against 1,384 and 621 with `MURAKKAB_AMX=0`),
+    /// which `1517 · (10⁹ / p)^0.474` fits: a 1.85x gap for 3.7x the parameters, since the
+    /// narrow model's passes spend more of their time outside the products. Decode and
+    /// embeddings do not use the matrix units and keep [`Self::default_for`]'s figures.
+    pub fn default_with_matrix_units(parameters: u64) -> Self {
+        let p = parameters.max(1) as f64;
+        Self {
+            prefill_tokens_per_s: AMX_SCALE * (1e9 / p).powf(AMX_EXPONENT),
+            ..Self::default_for(parameters)
+        }
+    }
+
     /// Seconds to load a model of `parameters` parameters: measured, or its f32 weights at
     /// `DEFAULT_LOAD_BYTES_PER_S`.
     pub fn load_seconds(&self, parameters: u64) -> f64 {
@@ -68,6 +83,11 @@ impl ModelSpeed {
 /// here: MiniLM 0.22 s, SmolLM2-135M 0.55 s, Qwen2.5-0.5B 7.1 s, i.e. 0.3 to 1 GB/s).
 pub const DEFAULT_LOAD_BYTES_PER_S: f64 = 0.5e9;
 
+/// Prefill speed of [`ModelSpeed::default_with_matrix_units`] at 10⁹ parameters.
+const AMX_SCALE: f64 = 1517.0;
+/// How fast that speed falls with size.
+const AMX_EXPONENT: f64 = 0.474;
+
 /// The speeds of the models on this machine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeviceProfile {
@@ -75,6 +95,10 @@ pub struct DeviceProfile {
     pub threads: usize,
     /// Measured models by id.
     pub models: BTreeMap<String, ModelSpeed>,
+    /// Whether this process's prompt passes run on matrix units, which picks the defaults of
+    /// models not measured. A property of the running process, not stored.
+    #[serde(skip)]
+    pub matrix_units: bool,
 }
 
 impl DeviceProfile {
@@ -101,18 +125,47 @@ impl DeviceProfile {
         std::fs::rename(&temporary, &path)
     }
 
-    /// The speed of `card`'s model: measured if calibrated, else the default for its size.
+    /// This profile for a process whose prompt passes do (or do not) run on matrix units.
+    pub fn with_matrix_units(self, matrix_units: bool) -> Self {
+        Self { matrix_units, ..self }
+    }
+
+    /// The speed of `card`'s model: measured if calibrated, else the default for its size (and
+    /// for whether prompt passes run on matrix units).
     pub fn speed(&self, card: &ModelCard) -> ModelSpeed {
-        self.models
-            .get(&card.id)
-            .copied()
-            .unwrap_or_else(|| ModelSpeed::default_for(card.parameters))
+        self.models.get(&card.id).copied().unwrap_or_else(|| {
+            if self.matrix_units {
+                ModelSpeed::default_with_matrix_units(card.parameters)
+            } else {
+                ModelSpeed::default_for(card.parameters)
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matrix_units_change_only_the_prefill_default() {
+        let (small, large) = (135_000_000, 494_000_000);
+        let amx = |p| ModelSpeed::default_with_matrix_units(p);
+        assert!((amx(small).prefill_tokens_per_s - 3921.0).abs() < 40.0, "calibrated 3,921");
+        assert!((amx(large).prefill_tokens_per_s - 2120.0).abs() < 20.0, "calibrated 2,120");
+        assert_eq!(
+            amx(large).decode_tokens_per_s,
+            ModelSpeed::default_for(large).decode_tokens_per_s
+        );
+        let card = crate::builtin_models()
+            .into_iter()
+            .find(|c| c.id == "qwen2.5-coder-0.5b-instruct")
+            .unwrap();
+        let profile = DeviceProfile::default();
+        assert_eq!(profile.speed(&card), ModelSpeed::default_for(card.parameters));
+        let profile = profile.with_matrix_units(true);
+        assert_eq!(profile.speed(&card), ModelSpeed::default_with_matrix_units(card.parameters));
+    }
 
     #[test]
     fn defaults_scale_with_size_and_measurements_win() {

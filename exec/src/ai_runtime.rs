@@ -512,6 +512,10 @@ impl AiBackend for ModelRuntime {
         &self.home
     }
 
+    fn has_matrix_units(&self) -> bool {
+        crate::amx_gemm::available()
+    }
+
     fn is_loaded(&self, model: &str) -> bool {
         ModelRegistry::global().is_loaded(&self.home, model)
     }

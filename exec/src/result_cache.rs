@@ -328,6 +328,10 @@ impl AiBackend for CachedBackend {
         self.inner.is_loaded(model)
     }
 
+    fn has_matrix_units(&self) -> bool {
+        self.inner.has_matrix_units()
+    }
+
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         let batch = ChatBatch {
             shared: String::new(),

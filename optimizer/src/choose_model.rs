@@ -235,7 +235,8 @@ impl ModelChooser {
             session,
             backend: self.backend.as_ref(),
             options,
-            profile: DeviceProfile::load(self.backend.home()),
+            profile: DeviceProfile::load(self.backend.home())
+                .with_matrix_units(self.backend.has_matrix_units()),
             candidates,
             reference,
             generators,

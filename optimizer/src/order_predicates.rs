@@ -139,7 +139,8 @@ impl PredicateOrderer {
         let pass = Pass {
             session,
             options: options.clone(),
-            profile: DeviceProfile::load(self.backend.home()),
+            profile: DeviceProfile::load(self.backend.home())
+                .with_matrix_units(self.backend.has_matrix_units()),
             reference: labels.last().cloned(),
             models: models.join(","),
             may_sample: !matches!(plan, LogicalPlan::Explain(_)),

@@ -158,6 +158,12 @@ pub trait AiBackend: Send + Sync + Debug {
         true
     }
 
+    /// Whether prompt passes run on matrix units (AMX tiles), which makes them several times
+    /// faster than the f32 GEMM the cost model's default speeds were fitted on. Defaults to no.
+    fn has_matrix_units(&self) -> bool {
+        false
+    }
+
     /// The home directory (for persisted embeddings).
     fn home(&self) -> &MurakkabHome;
 }

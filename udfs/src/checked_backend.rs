@@ -189,6 +189,10 @@ impl AiBackend for CheckedBackend {
         self.inner.is_loaded(model)
     }
 
+    fn has_matrix_units(&self) -> bool {
+        self.inner.has_matrix_units()
+    }
+
     fn embed(&self, model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
         let output = self.inner.embed(model, texts)?;
         // The model card's width; else the batch's most common one, so that one odd row cannot
