@@ -147,14 +147,21 @@ impl AmxMatrix {
         let padded_cols = cols.next_multiple_of(TILE_DEPTH);
         let slices = padded_cols / TILE_DEPTH;
         let mut tiles = vec![0u16; padded_rows * padded_cols];
-        for row in 0..rows {
-            let (row_block, within) = (row / TILE_ROWS, row % TILE_ROWS);
-            for (col, &w) in weights[row * cols..(row + 1) * cols].iter().enumerate() {
-                let (slice, depth) = (col / TILE_DEPTH, col % TILE_DEPTH);
-                let tile = (row_block * slices + slice) * TILE_VALUES;
-                tiles[tile + (depth / 2) * 2 * TILE_ROWS + within * 2 + depth % 2] = bf16_bits(w);
+        // Each block of 16 rows fills its own run of tiles, so blocks are packed in parallel.
+        use rayon::prelude::*;
+        tiles.par_chunks_mut(slices * TILE_VALUES).enumerate().for_each(|(row_block, out)| {
+            for within in 0..TILE_ROWS {
+                let row = row_block * TILE_ROWS + within;
+                if row >= rows {
+                    break;
+                }
+                for (col, &w) in weights[row * cols..(row + 1) * cols].iter().enumerate() {
+                    let (slice, depth) = (col / TILE_DEPTH, col % TILE_DEPTH);
+                    let at = slice * TILE_VALUES + (depth / 2) * 2 * TILE_ROWS + within * 2;
+                    out[at + depth % 2] = bf16_bits(w);
+                }
             }
-        }
+        });
         Some(Self { rows, cols, padded_rows, padded_cols, tiles, gated: false })
     }
 
