@@ -325,3 +325,29 @@ fn cancelled_work_stops_at_the_next_forward_pass() {
     // Outside the cancelled scope the same calls work.
     assert!(m.generate(&prefix, &prompts, &options).is_ok());
 }
+
+#[test]
+fn prompt_passes_in_both_weight_modes_match_the_f32_weights() {
+    // `Both` runs prompt passes on AMX tiles in bf16 where the CPU has AMX (stacked query, key
+    // and value with qwen2's biases; the gated MLP in one product), else on the f32 copy;
+    // `Dequantized` always on f32. The same weights must give the same hidden states up to
+    // bf16 rounding.
+    for arch in ["llama", "qwen2"] {
+        let (_a, both) = load(arch, GgmlDType::Q8_0, WeightMode::Both);
+        let (_b, f32s) = load(arch, GgmlDType::Q8_0, WeightMode::Dequantized);
+        let seqs: Vec<Vec<u32>> =
+            vec![both.encode("the cat sat on the mat").unwrap(), both.encode("a").unwrap()];
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let hidden = |m: &LanguageModel| {
+            let d = m.decoder();
+            let empty = d.empty_cache().unwrap();
+            d.forward(&refs, &[&empty, &empty], false).unwrap().0.to_vec2::<f32>().unwrap()
+        };
+        let (got, want) = (hidden(&both), hidden(&f32s));
+        for (g, w) in got.iter().zip(&want) {
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = max_diff(g, w);
+            assert!(diff <= 0.05 * scale, "{arch}: differs by {diff} at scale {scale}");
+        }
+    }
+}
