@@ -130,11 +130,6 @@ impl TiledActivations {
         let values = activations_in_tiles(x, m, cols, padded_m, padded_cols);
         Self { values, m, padded_m, padded_cols }
     }
-
-    /// Rows.
-    pub fn rows(&self) -> usize {
-        self.m
-    }
 }
 
 impl AmxMatrix {
@@ -190,11 +185,6 @@ impl AmxMatrix {
     /// Input width.
     pub fn cols(&self) -> usize {
         self.cols
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        2 * self.tiles.len()
     }
 
     /// `x [m, cols]` (row-major) times the transposed weights: `[m, rows]`.
@@ -260,6 +250,10 @@ impl AmxMatrix {
     }
 
     /// Computes output columns `column_blocks` (in blocks of 32) for all `padded_m` rows.
+    ///
+    /// # Safety
+    /// As [`Self::run`] states: AMX granted, `acts` this matrix's width, the epilogue's output
+    /// large enough and these column blocks written by this call alone.
     #[cfg(target_arch = "x86_64")]
     unsafe fn kernel(
         &self,
@@ -268,111 +262,95 @@ impl AmxMatrix {
         column_blocks: std::ops::Range<usize>,
     ) {
         use std::arch::asm;
-        let (padded_m, acts) = (acts.padded_m, &acts.values);
         let config = TileConfig::all_full();
         let mut scratch = Scratch([0.0; 4 * TILE_ROWS * TILE_ROWS]);
-        let slices = self.padded_cols / TILE_DEPTH;
-        let tile_stride = 2 * TILE_DEPTH;
-        // SAFETY (whole body): see `matmul`; pointers are offset within their buffers only.
+        // Rows in chunks whose activations stay in L2 (about 1 MB of bf16) while every column
+        // block passes over them. (A standalone probe: 2,048 tokens × the 4864×896 up
+        // projection, 7.9 ms in chunks against 13.0 ms streaming all rows past each column
+        // block; label-scoring passes, with fewer tokens, did not change.)
+        let chunk = (CHUNK_BYTES / (2 * self.padded_cols) / BLOCK * BLOCK).clamp(64, 512);
+        // SAFETY: the caller's contract; every pointer below is offset within its buffer.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly));
-            // Rows in chunks whose activations stay in L2 (about 1 MB of bf16) while every
-            // column block passes over them: on 2,048 tokens × the 4864×896 up projection, 7.9
-            // ms in chunks against 13.0 ms streaming all rows past each column block.
-            let chunk = (CHUNK_BYTES / (2 * self.padded_cols) / BLOCK * BLOCK).clamp(64, 512);
-            for chunk_start in (0..padded_m).step_by(chunk) {
+            for chunk_start in (0..acts.padded_m).step_by(chunk) {
+                let rows = chunk_start..acts.padded_m.min(chunk_start + chunk);
                 for block in column_blocks.clone() {
-                    let w0 = self.tiles.as_ptr().add(2 * block * slices * TILE_VALUES);
-                    let w1 = w0.add(slices * TILE_VALUES);
-                    for first in (chunk_start..padded_m.min(chunk_start + chunk)).step_by(BLOCK) {
-                        let a0 = acts.as_ptr().add(first / TILE_ROWS * slices * TILE_VALUES);
-                        let a1 = a0.add(slices * TILE_VALUES);
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm1",
-                            "tilezero tmm2",
-                            "tilezero tmm3",
-                            options(nostack, nomem)
-                        );
-                        for slice in 0..slices {
-                            // The tiles two slices ahead, into L1: tile loads that miss it stall
-                            // the products (1.1-1.5x on 384-1,536 tokens × 4864×896 weights
-                            // streamed from memory, noisy).
-                            if slice + PREFETCH_SLICES < slices {
-                                let ahead = (slice + PREFETCH_SLICES) * TILE_VALUES;
-                                for tile in [a0, a1, w0, w1] {
-                                    prefetch_tile(tile.add(ahead));
-                                }
-                            }
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {sa} * 1]",
-                                "tileloadd tmm5, [{a1} + {sa} * 1]",
-                                "tileloadd tmm6, [{w0} + {sw} * 1]",
-                                "tileloadd tmm7, [{w1} + {sw} * 1]",
-                                "tdpbf16ps tmm0, tmm4, tmm6",
-                                "tdpbf16ps tmm1, tmm4, tmm7",
-                                "tdpbf16ps tmm2, tmm5, tmm6",
-                                "tdpbf16ps tmm3, tmm5, tmm7",
-                                a0 = in(reg) a0.add(slice * TILE_VALUES),
-                                a1 = in(reg) a1.add(slice * TILE_VALUES),
-                                w0 = in(reg) w0.add(slice * TILE_VALUES),
-                                w1 = in(reg) w1.add(slice * TILE_VALUES),
-                                sa = in(reg) tile_stride,
-                                sw = in(reg) tile_stride,
-                                options(nostack, readonly)
-                            );
-                        }
-                        // The four result tiles' addresses and their row stride in f32.
-                        let (c00, c01, c10, c11, stride) = match epilogue {
+                    for first in rows.clone().step_by(BLOCK) {
+                        self.block_sums(acts, first, block);
+                        match epilogue {
                             Epilogue::Store { out } => {
-                                let rows = self.padded_rows;
-                                let c00 = (out as *mut f32).add(first * rows + block * BLOCK);
-                                let c10 = c00.add(TILE_ROWS * rows);
-                                (c00, c00.add(TILE_ROWS), c10, c10.add(TILE_ROWS), rows)
+                                let stride = self.padded_rows;
+                                let c00 = (out as *mut f32).add(first * stride + block * BLOCK);
+                                let c10 = c00.add(TILE_ROWS * stride);
+                                store_sums(
+                                    [c00, c00.add(TILE_ROWS), c10, c10.add(TILE_ROWS)],
+                                    stride,
+                                );
                             }
-                            Epilogue::SiluProduct { .. } => {
+                            Epilogue::SiluProduct { out, slices } => {
                                 let base = scratch.0.as_mut_ptr();
                                 let tile = |i: usize| base.add(i * TILE_ROWS * TILE_ROWS);
-                                (tile(0), tile(1), tile(2), tile(3), TILE_ROWS)
-                            }
-                        };
-                        asm!(
-                            "tilestored [{c00} + {sc} * 1], tmm0",
-                            "tilestored [{c01} + {sc} * 1], tmm1",
-                            "tilestored [{c10} + {sc} * 1], tmm2",
-                            "tilestored [{c11} + {sc} * 1], tmm3",
-                            c00 = in(reg) c00,
-                            c01 = in(reg) c01,
-                            c10 = in(reg) c10,
-                            c11 = in(reg) c11,
-                            sc = in(reg) 4 * stride,
-                            options(nostack)
-                        );
-                        if let Epilogue::SiluProduct { out, slices: out_slices } = epilogue {
-                            // Features 16·block.. of rows first..first + 32, from the scratch's
-                            // tiles: gate and up of rows 0..16, then of rows 16..32.
-                            let feature = block * TILE_ROWS;
-                            for r in 0..BLOCK {
-                                let row = first + r;
-                                let tile = if r < TILE_ROWS { 0 } else { 2 };
-                                let gate = scratch
-                                    .0
-                                    .as_ptr()
-                                    .add((tile * TILE_ROWS + r % TILE_ROWS) * TILE_ROWS);
-                                let up = gate.add(TILE_ROWS * TILE_ROWS);
-                                let dst = (out as *mut u16).add(
-                                    row / TILE_ROWS * out_slices * TILE_VALUES
-                                        + feature / TILE_DEPTH * TILE_VALUES
-                                        + row % TILE_ROWS * TILE_DEPTH
-                                        + feature % TILE_DEPTH,
-                                );
-                                silu_product_16(gate, up, dst);
+                                store_sums([tile(0), tile(1), tile(2), tile(3)], TILE_ROWS);
+                                let row_stride = slices * TILE_VALUES;
+                                silu_products(&scratch, out as *mut u16, row_stride, first, block);
                             }
                         }
                     }
                 }
             }
             asm!("tilerelease", options(nostack, nomem));
+        }
+    }
+
+    /// Leaves in tmm0–3 the sums of rows `first..first + 32` against column block `block`:
+    /// tmm0 and tmm1 its two 16-column halves for the first 16 rows, tmm2 and tmm3 for the next.
+    ///
+    /// # Safety
+    /// Inside [`Self::kernel`] (tiles configured), `first` and `block` within the padded sizes.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn block_sums(&self, acts: &TiledActivations, first: usize, block: usize) {
+        use std::arch::asm;
+        let slices = self.padded_cols / TILE_DEPTH;
+        let tile_stride = 2 * TILE_DEPTH;
+        // SAFETY: the caller's contract; the tiles read lie inside `acts` and `self.tiles`.
+        unsafe {
+            let w0 = self.tiles.as_ptr().add(2 * block * slices * TILE_VALUES);
+            let w1 = w0.add(slices * TILE_VALUES);
+            let a0 = acts.values.as_ptr().add(first / TILE_ROWS * slices * TILE_VALUES);
+            let a1 = a0.add(slices * TILE_VALUES);
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            for slice in 0..slices {
+                // The tiles two slices ahead, into L1: tile loads that miss it stall the
+                // products (in place, 7% on Qwen label scoring).
+                if slice + PREFETCH_SLICES < slices {
+                    let ahead = (slice + PREFETCH_SLICES) * TILE_VALUES;
+                    for tile in [a0, a1, w0, w1] {
+                        prefetch_tile(tile.add(ahead));
+                    }
+                }
+                asm!(
+                    "tileloadd tmm4, [{a0} + {s} * 1]",
+                    "tileloadd tmm5, [{a1} + {s} * 1]",
+                    "tileloadd tmm6, [{w0} + {s} * 1]",
+                    "tileloadd tmm7, [{w1} + {s} * 1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(slice * TILE_VALUES),
+                    a1 = in(reg) a1.add(slice * TILE_VALUES),
+                    w0 = in(reg) w0.add(slice * TILE_VALUES),
+                    w1 = in(reg) w1.add(slice * TILE_VALUES),
+                    s = in(reg) tile_stride,
+                    options(nostack, readonly)
+                );
+            }
         }
     }
 
@@ -401,6 +379,62 @@ unsafe fn prefetch_tile(tile: *const u16) {
     for line in 0..TILE_VALUES * 2 / 64 {
         // SAFETY: the offset stays inside the tile the caller names.
         unsafe { _mm_prefetch::<_MM_HINT_T0>((tile as *const i8).add(line * 64)) };
+    }
+}
+
+/// Stores tmm0–3 at `tiles`, rows `stride` f32 apart.
+///
+/// # Safety
+/// Inside the kernel, after [`AmxMatrix::block_sums`]; each address writable for 16 rows.
+#[cfg(target_arch = "x86_64")]
+unsafe fn store_sums(tiles: [*mut f32; 4], stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::arch::asm!(
+            "tilestored [{c00} + {sc} * 1], tmm0",
+            "tilestored [{c01} + {sc} * 1], tmm1",
+            "tilestored [{c10} + {sc} * 1], tmm2",
+            "tilestored [{c11} + {sc} * 1], tmm3",
+            c00 = in(reg) tiles[0],
+            c01 = in(reg) tiles[1],
+            c10 = in(reg) tiles[2],
+            c11 = in(reg) tiles[3],
+            sc = in(reg) 4 * stride,
+            options(nostack)
+        );
+    }
+}
+
+/// From a gated block's sums in `scratch` (gate and up of rows `first..first + 16`, then of the
+/// next 16), `silu(gate) · up` for its 16 features (`16 · block..`) of those 32 rows, written
+/// as bf16 into the tiles at `out` (`row_stride` values per block of 16 rows).
+///
+/// # Safety
+/// `out` holds tiles for every row up to `first + 32` and the feature slice; AVX-512 BF16.
+#[cfg(target_arch = "x86_64")]
+unsafe fn silu_products(
+    scratch: &Scratch,
+    out: *mut u16,
+    row_stride: usize,
+    first: usize,
+    block: usize,
+) {
+    let feature = block * TILE_ROWS;
+    for r in 0..BLOCK {
+        let row = first + r;
+        let tile = if r < TILE_ROWS { 0 } else { 2 };
+        // SAFETY: the caller's contract; the scratch reads stay inside its four tiles.
+        unsafe {
+            let gate = scratch.0.as_ptr().add((tile * TILE_ROWS + r % TILE_ROWS) * TILE_ROWS);
+            let up = gate.add(TILE_ROWS * TILE_ROWS);
+            let dst = out.add(
+                row / TILE_ROWS * row_stride
+                    + feature / TILE_DEPTH * TILE_VALUES
+                    + row % TILE_ROWS * TILE_DEPTH
+                    + feature % TILE_DEPTH,
+            );
+            silu_product_16(gate, up, dst);
+        }
     }
 }
 
@@ -576,14 +610,29 @@ mod tests {
         out
     }
 
+    /// True (and says so) where this CPU cannot run the kernel.
+    fn skipped_without_amx() -> bool {
+        if !available() {
+            eprintln!("skipped: this CPU has no AMX-BF16 (or MURAKKAB_AMX=0)");
+        }
+        !available()
+    }
+
+    /// Each of `got` within `relative · (1 + |want|)` of `want`.
+    fn assert_close(got: &[f32], want: &[f32], relative: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= relative * (1.0 + w.abs()), "{what}: {g} vs {w}");
+        }
+    }
+
     fn values(len: usize, seed: usize) -> Vec<f32> {
         (0..len).map(|i| ((i * 7919 + seed * 104_729) % 1999) as f32 / 1999.0 - 0.5).collect()
     }
 
     #[test]
     fn tiles_multiply_like_the_rounded_f32_product_at_any_shape() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (or MURAKKAB_AMX=0)");
+        if skipped_without_amx() {
             return;
         }
         // Whole blocks, ragged rows, ragged outputs and a ragged depth.
@@ -591,18 +640,14 @@ mod tests {
             let (x, w) = (values(m * k, 1), values(n * k, 2));
             let matrix = AmxMatrix::from_f32(&w, n, k).unwrap();
             let got = matrix.matmul(&x, m);
-            let want = reference(&x, &w, m, n, k);
             assert_eq!(got.len(), m * n);
-            for (g, r) in got.iter().zip(&want) {
-                assert!((g - r).abs() <= 1e-3 * (1.0 + r.abs()), "{m}x{n}x{k}: {g} vs {r}");
-            }
+            assert_close(&got, &reference(&x, &w, m, n, k), 1e-3, &format!("{m}x{n}x{k}"));
         }
     }
 
     #[test]
     fn the_gated_product_feeds_the_down_projection_like_separate_products() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (or MURAKKAB_AMX=0)");
+        if skipped_without_amx() {
             return;
         }
         let (m, features, dim) = (37, 64, 96);
@@ -622,16 +667,13 @@ mod tests {
             g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
         let want = reference(&hidden, &down, m, dim, features);
         assert_eq!(got.len(), m * dim);
-        for (g, r) in got.iter().zip(&want) {
-            // The hidden activations are rounded to bf16 (relative 2^-9) before the last product.
-            assert!((g - r).abs() <= 1e-2 * (1.0 + r.abs()), "{g} vs {r}");
-        }
+        // The hidden activations are rounded to bf16 (relative 2^-9) before the last product.
+        assert_close(&got, &want, 1e-2, "gated");
     }
 
     #[test]
     fn a_row_gets_the_same_result_alone_and_in_a_batch() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AMX-BF16 (or MURAKKAB_AMX=0)");
+        if skipped_without_amx() {
             return;
         }
         let (m, n, k) = (40, 64, 128);

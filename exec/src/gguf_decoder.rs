@@ -83,13 +83,8 @@ fn swap_orientation(m: usize, n: usize, k: usize) -> bool {
 /// `x [.., k] · wᵀ` for `w [n, k]`, computed as `(w · xᵀ)ᵀ` (see [`swap_orientation`]).
 fn swapped_product(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = w.dims2()?;
-    let mut dims = x.dims().to_vec();
     let flat = x.reshape(((), k))?;
-    let y = w.matmul(&flat.t()?)?.t()?.contiguous()?;
-    if let Some(last) = dims.last_mut() {
-        *last = n;
-    }
-    y.reshape(dims)
+    w.matmul(&flat.t()?)?.t()?.contiguous()?.reshape(with_last_dim(x, n))
 }
 
 /// `f` on the values of `x` in row-major order: borrowed from a contiguous CPU tensor, copied
@@ -109,56 +104,47 @@ fn with_f32_values<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::R
 /// The gate and up projections' f32 copies packed together in AMX tiles (and then dropped), where
 /// the CPU has AMX and neither has a bias; otherwise each keeps its own copy, packed alone.
 fn gated_tiles(gate: &mut Linear, up: &mut Linear) -> Result<Option<AmxMatrix>, ModelError> {
-    let gated = match (&gate.dense, &up.dense, &gate.bias, &up.bias) {
-        (Some(QMatMul::Tensor(g)), Some(QMatMul::Tensor(u)), None, None)
-            if crate::amx_gemm::available() && g.dims() == u.dims() =>
-        {
+    let unbiased = gate.bias.is_none() && up.bias.is_none();
+    let gated = match (gate.f32_copy(), up.f32_copy()) {
+        (Some(g), Some(u)) if unbiased && g.dims() == u.dims() => {
             let (rows, cols) = g.dims2()?;
-            let (g, u) = (g.flatten_all()?.to_vec1::<f32>()?, u.flatten_all()?.to_vec1::<f32>()?);
-            AmxMatrix::gated_from_f32(&g, &u, rows, cols)
+            with_f32_values(g, |g| {
+                with_f32_values(u, |u| AmxMatrix::gated_from_f32(g, u, rows, cols))
+            })??
         }
         _ => None,
     };
     for linear in [gate, up] {
         if gated.is_some() {
             linear.dense = None;
-        } else if linear.amx.is_none() {
+        } else {
             linear.pack_tiles()?;
         }
     }
     Ok(gated)
 }
 
-/// Projections of the same input with f32 copies, stacked into one AMX matrix (their biases
-/// concatenated, where all have one) and their f32 copies dropped, where the CPU has AMX;
-/// otherwise each is packed alone.
-fn stacked_tiles(
-    linears: &mut [&mut Linear],
-) -> Result<Option<(AmxMatrix, Option<Tensor>)>, ModelError> {
-    let mut weights = Vec::new();
-    let mut rows = 0;
-    let mut cols = None;
+/// Projections of the same input with f32 copies, stacked into one projection on AMX tiles
+/// (their biases concatenated) whose prompt passes replace theirs, and their f32 copies
+/// dropped, where the CPU has AMX, the widths match and all or none have a bias; otherwise
+/// each is packed alone.
+fn stacked_tiles(linears: &mut [&mut Linear]) -> Result<Option<Linear>, ModelError> {
+    let mut parts = Vec::with_capacity(linears.len());
     for linear in linears.iter() {
-        match &linear.dense {
-            Some(QMatMul::Tensor(w)) if crate::amx_gemm::available() => {
-                let (r, c) = w.dims2()?;
-                if cols.is_some_and(|cols| cols != c) {
-                    weights.clear();
-                    break;
-                }
-                cols = Some(c);
-                rows += r;
-                weights.push(w.flatten_all()?.to_vec1::<f32>()?);
-            }
-            _ => {
-                weights.clear();
-                break;
-            }
-        }
+        let Some(w) = linear.f32_copy() else { break };
+        let (rows, cols) = w.dims2()?;
+        parts.push((rows, cols, w.flatten_all()?.to_vec1::<f32>()?));
     }
+    let with_bias = linears.iter().filter(|l| l.bias.is_some()).count();
+    let cols = parts.first().map(|&(_, cols, _)| cols);
+    let fits = parts.len() == linears.len()
+        && parts.iter().all(|&(_, c, _)| Some(c) == cols)
+        && (with_bias == 0 || with_bias == linears.len());
     let stacked = match cols {
-        Some(cols) if weights.len() == linears.len() => {
-            AmxMatrix::from_f32(&weights.concat(), rows, cols)
+        Some(cols) if fits => {
+            let rows = parts.iter().map(|&(rows, _, _)| rows).sum();
+            let values: Vec<f32> = parts.into_iter().flat_map(|(_, _, v)| v).collect();
+            AmxMatrix::from_f32(&values, rows, cols)
         }
         _ => None,
     };
@@ -168,22 +154,21 @@ fn stacked_tiles(
         }
         return Ok(None);
     };
-    let biases: Option<Vec<&Tensor>> = linears.iter().map(|l| l.bias.as_ref()).collect();
-    let bias = match biases {
-        Some(biases) => Some(Tensor::cat(&biases, 0)?),
-        None if linears.iter().all(|l| l.bias.is_none()) => None,
-        // Some with a bias and some without: not worth a zero-filled bias; keep them apart.
-        None => {
-            for linear in linears.iter_mut() {
-                linear.pack_tiles()?;
-            }
-            return Ok(None);
-        }
-    };
+    let biases: Vec<&Tensor> = linears.iter().filter_map(|l| l.bias.as_ref()).collect();
+    let bias = if biases.is_empty() { None } else { Some(Tensor::cat(&biases, 0)?) };
     for linear in linears.iter_mut() {
         linear.dense = None;
     }
-    Ok(Some((matrix, bias)))
+    Ok(Some(Linear { weight: None, dense: None, amx: Some(matrix), vnni: None, bias }))
+}
+
+/// The dimensions of `x` with the last replaced by `n`.
+fn with_last_dim(x: &Tensor, n: usize) -> Vec<usize> {
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    dims
 }
 
 /// The kind of forward pass, which picks the weight copy in [`WeightMode::Both`].
@@ -234,51 +219,49 @@ impl Linear {
         Ok(linear)
     }
 
+    /// The f32 copy, where there is one and the CPU has AMX to pack it for.
+    fn f32_copy(&self) -> Option<&Tensor> {
+        match &self.dense {
+            Some(QMatMul::Tensor(w)) if crate::amx_gemm::available() => Some(w),
+            _ => None,
+        }
+    }
+
     /// Packs the f32 copy into AMX tiles, which replace it, where the CPU has AMX.
     fn pack_tiles(&mut self) -> Result<(), ModelError> {
-        if let Some(QMatMul::Tensor(w)) = &self.dense
-            && crate::amx_gemm::available()
-        {
+        if let Some(w) = self.f32_copy() {
             let (rows, cols) = w.dims2()?;
-            self.amx = AmxMatrix::from_f32(&w.flatten_all()?.to_vec1::<f32>()?, rows, cols);
-            if self.amx.is_some() {
-                self.dense = None;
-            }
+            self.amx = with_f32_values(w, |values| AmxMatrix::from_f32(values, rows, cols))?;
+        }
+        if self.amx.is_some() {
+            self.dense = None;
         }
         Ok(())
     }
 
     fn forward(&self, x: &Tensor, pass: Pass) -> candle_core::Result<Tensor> {
-        if let (Pass::Prompt, Some(matrix)) = (pass, &self.amx) {
-            let m = x.elem_count() / matrix.cols();
-            let mut dims = x.dims().to_vec();
-            if let Some(last) = dims.last_mut() {
-                *last = matrix.rows();
+        let y = match (pass, &self.amx, &self.dense, &self.vnni, &self.weight) {
+            (Pass::Prompt, Some(matrix), ..) => {
+                let m = x.elem_count() / matrix.cols();
+                let y = with_f32_values(x, |values| matrix.matmul(values, m))?;
+                Tensor::from_vec(y, with_last_dim(x, matrix.rows()), x.device())?
             }
-            let y = with_f32_values(x, |values| matrix.matmul(values, m))?;
-            let y = Tensor::from_vec(y, dims, x.device())?;
-            return match &self.bias {
-                Some(b) => y.broadcast_add(b),
-                None => Ok(y),
-            };
-        }
-        let y = match (pass, &self.dense, &self.vnni, &self.weight) {
-            (Pass::Prompt, Some(QMatMul::Tensor(w)), _, _)
+            (Pass::Prompt, _, Some(QMatMul::Tensor(w)), _, _)
                 if swap_orientation(x.elem_count() / w.dim(1)?, w.dim(0)?, w.dim(1)?) =>
             {
                 swapped_product(x, w)?
             }
-            (Pass::Prompt, Some(dense), _, _) => dense.forward(x)?,
-            (Pass::Decode, _, Some(matrix), _) | (_, _, Some(matrix), None) => {
+            (Pass::Prompt, _, Some(dense), _, _) => dense.forward(x)?,
+            (Pass::Decode, _, _, Some(matrix), _) | (_, _, _, Some(matrix), None) => {
                 let m = x.elem_count() / matrix.cols();
                 let flat = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut dims = x.dims().to_vec();
-                if let Some(last) = dims.last_mut() {
-                    *last = matrix.rows();
-                }
-                Tensor::from_vec(matrix.matmul(&flat, m), dims, x.device())?
+                Tensor::from_vec(
+                    matrix.matmul(&flat, m),
+                    with_last_dim(x, matrix.rows()),
+                    x.device(),
+                )?
             }
-            (_, _, _, Some(weight)) => weight.forward(x)?,
+            (_, _, _, _, Some(weight)) => weight.forward(x)?,
             _ => candle_core::bail!("a projection has no weights for this pass"),
         };
         match &self.bias {
@@ -316,8 +299,8 @@ struct Block {
     /// MLP's hidden activations in one product ([`AmxMatrix::silu_gated`]).
     gated: Option<AmxMatrix>,
     /// Query, key and value projections stacked for AMX (and their biases, if any): one product
-    /// per prompt pass instead of three, over the same activations.
-    qkv: Option<(AmxMatrix, Option<Tensor>)>,
+    /// per prompt pass instead of three, over the same activations. Prompt passes only.
+    qkv: Option<Linear>,
 }
 
 /// A loaded decoder: weights only; all per-sequence state is in [`SeqCache`].
@@ -747,38 +730,26 @@ impl GgufDecoder {
         for (layer, block) in self.blocks.iter().enumerate() {
             let residual = x.clone();
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.rms_eps as f32)?;
-            // Projection to `[B, heads, T, head_dim]`.
-            let heads = |linear: &Linear, n: usize| -> candle_core::Result<Tensor> {
-                linear
-                    .forward(&h, pass)?
-                    .reshape((b, t, n, c.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
+            // Projections `[B, T, n · head_dim]` to `[B, n, T, head_dim]`.
+            let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
+                y.reshape((b, t, n, c.head_dim))?.transpose(1, 2)?.contiguous()
             };
             let (q, k, v) = match (pass, &block.qkv) {
-                (Pass::Prompt, Some((matrix, bias))) => {
-                    let y = with_f32_values(&h, |h| matrix.matmul(h, b * t))?;
-                    let y = Tensor::from_vec(y, (b, t, matrix.rows()), &self.device)?;
-                    let y = match bias {
-                        Some(bias) => y.broadcast_add(bias)?,
-                        None => y,
-                    };
-                    let split = |start: usize, n: usize| -> candle_core::Result<Tensor> {
-                        y.narrow(2, start * c.head_dim, n * c.head_dim)?
-                            .reshape((b, t, n, c.head_dim))?
-                            .transpose(1, 2)?
-                            .contiguous()
+                (Pass::Prompt, Some(qkv)) => {
+                    let y = qkv.forward(&h, pass)?;
+                    let part = |start: usize, n: usize| {
+                        heads(y.narrow(2, start * c.head_dim, n * c.head_dim)?, n)
                     };
                     (
-                        split(0, c.n_head)?,
-                        split(c.n_head, c.n_kv_head)?,
-                        split(c.n_head + c.n_kv_head, c.n_kv_head)?,
+                        part(0, c.n_head)?,
+                        part(c.n_head, c.n_kv_head)?,
+                        part(c.n_head + c.n_kv_head, c.n_kv_head)?,
                     )
                 }
                 _ => (
-                    heads(&block.wq, c.n_head)?,
-                    heads(&block.wk, c.n_kv_head)?,
-                    heads(&block.wv, c.n_kv_head)?,
+                    heads(block.wq.forward(&h, pass)?, c.n_head)?,
+                    heads(block.wk.forward(&h, pass)?, c.n_kv_head)?,
+                    heads(block.wv.forward(&h, pass)?, c.n_kv_head)?,
                 ),
             };
             let (q, k) = if c.neox_rope {
