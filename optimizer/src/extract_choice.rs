@@ -15,8 +15,9 @@
 //! text compared trimmed and case-insensitively, numbers exactly. The chosen plan is the
 //! cheapest model by `murakkab.objective` (prompt tokens through a forward pass, the
 //! reference's answer length in decode steps, loading a model not yet resident) whose
-//! agreement has a one-sided 95% Wilson lower bound at or above `murakkab.quality_target`;
-//! the reference itself always qualifies. Statistics persist (`ExtractCallStats`), so a
+//! agreement has a one-sided Wilson lower bound at or above `murakkab.quality_target`, the
+//! candidates sharing the 5% (Bonferroni, so the bound holds for all at once at 95%); the
+//! reference itself always qualifies. Statistics persist (`ExtractCallStats`), so a
 //! repeated workload skips the sampling.
 //!
 //! Does not apply as a cascade: generation has no label probability to accept a cheap answer
@@ -38,7 +39,7 @@ use crate::choose_model::{
     load_of, sampling_pays,
 };
 use crate::cost_model::{Cost, generate_row_cost};
-use crate::quality::{Z_95, wilson_lower_bound};
+use crate::quality::{wilson_lower_bound, z_for_families};
 
 /// Generated tokens assumed per row before any answer is seen (to decide whether sampling pays).
 const ASSUMED_OUTPUT_TOKENS: f64 = 16.0;
@@ -261,6 +262,8 @@ fn choose_extract_plan(
         stage_rows: 1.0,
     };
     let mut weighed: Vec<(Choice, Cost)> = Vec::new();
+    // One test per candidate on the one sample: they share the 5%.
+    let z = z_for_families(stats.candidates.len());
     for outcome in &stats.candidates {
         let Some(model) = card(&outcome.model) else { continue };
         let agree = outcome.agrees.iter().filter(|&&a| a).count();
@@ -269,7 +272,7 @@ fn choose_extract_plan(
             plan: ModelPlan::Model(model.id.clone()),
             cost: row_cost(model),
             quality: agree as f64 / n.max(1) as f64,
-            quality_lower: wilson_lower_bound(agree, n, Z_95),
+            quality_lower: wilson_lower_bound(agree, n, z),
             escalated: None,
             stage_rows: 1.0,
         };
