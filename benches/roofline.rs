@@ -3,8 +3,9 @@
 //! Decode at batch 1 reads every weight once per token, so its ceiling is memory bandwidth
 //! divided by the bytes of weights read per token (`GgufDecoder::decode_weight_bytes`: the
 //! quantized copy decode uses, after re-quantization). Prefill is matrix multiplication, about
-//! 2 x parameters FLOPs per token, so its ceiling is the f32 GEMM rate over the block weights
-//! (the embedding table is a lookup). Both ceilings are measured here, in the same run: STREAM's copy kernel (256 MB arrays, on every model
+//! 2 x parameters FLOPs per token, so its ceiling is the matrix-product rate over the block
+//! weights (the embedding table is a lookup): the AMX kernel's where the CPU has AMX, else f32
+//! GEMM. Both ceilings are measured here, in the same run: STREAM's copy kernel (256 MB arrays, on every model
 //! thread) and a 1024^3 candle matmul. Decode speed is `murakkab calibrate`'s (batch 1, with
 //! the logits); prefill is one forward pass of 16 prompts of 256 tokens, nothing cached.
 //!
@@ -92,6 +93,29 @@ fn gemm_peak() -> f64 {
     median(runs)
 }
 
+/// FLOP/s of the AMX kernel on the largest product of a Qwen2.5-0.5B prompt pass (512 tokens ×
+/// the gated 2×4864×896 MLP projection with its SiLU epilogue), where this CPU has AMX.
+fn amx_peak() -> Option<f64> {
+    use murakkab_exec::amx_gemm::{AmxMatrix, TiledActivations};
+    const M: usize = 512;
+    const K: usize = 896;
+    const F: usize = 4864;
+    let values =
+        |len: usize| -> Vec<f32> { (0..len).map(|i| (i % 17) as f32 / 17.0 - 0.5).collect() };
+    let gate = values(F * K);
+    let matrix = AmxMatrix::gated_from_f32(&gate, &gate, F, K)?;
+    let acts = TiledActivations::from_f32(&values(M * K), M, K);
+    std::hint::black_box(matrix.silu_gated(&acts));
+    let runs = (0..7)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(matrix.silu_gated(&acts));
+            (2 * M * K * 2 * F) as f64 / started.elapsed().as_secs_f64()
+        })
+        .collect();
+    Some(median(runs))
+}
+
 #[derive(serde::Serialize)]
 struct Row {
     model: String,
@@ -109,12 +133,16 @@ fn main() {
     let home = MurakkabHome::from_env();
     let threads = threads();
     let bandwidth = memory_bandwidth(threads);
-    let gemm = gemm_peak();
+    let f32_gemm = gemm_peak();
+    let amx = amx_peak();
     println!(
-        "machine: {threads} threads, copy bandwidth {:.1} GB/s, f32 GEMM {:.1} GFLOP/s",
+        "machine: {threads} threads, copy bandwidth {:.1} GB/s, f32 GEMM {:.1} GFLOP/s, AMX bf16 {}",
         bandwidth / 1e9,
-        gemm / 1e9
+        f32_gemm / 1e9,
+        amx.map_or("absent (or MURAKKAB_AMX=0)".to_string(), |a| format!("{:.1} GFLOP/s", a / 1e9))
     );
+    // Prompt passes run on AMX where it is present, so that is their ceiling.
+    let gemm = amx.unwrap_or(f32_gemm).max(f32_gemm);
     let (cards, _) = all_models(&home);
     let mut rows = Vec::new();
     for card in cards.iter().filter(|c| c.architecture != Architecture::Bert) {
@@ -158,11 +186,13 @@ fn main() {
         rows.push(row);
     }
     let mut md = format!(
-        "# Roofline\n\n{threads} threads; copy bandwidth {:.1} GB/s; f32 GEMM (1024^3, candle) {:.1} GFLOP/s.\n\n\
+        "# Roofline\n\n{threads} threads; copy bandwidth {:.1} GB/s; f32 GEMM (1024^3, candle) {:.1} GFLOP/s; \
+         AMX bf16 (512 tokens, Qwen's gated MLP) {}; prefill ceilings use the faster.\n\n\
          | model | weights read per token | decode tok/s | ceiling | % | prefill tok/s | ceiling | % |\n\
          |---|---|---|---|---|---|---|---|\n",
         bandwidth / 1e9,
-        gemm / 1e9
+        f32_gemm / 1e9,
+        amx.map_or("absent".to_string(), |a| format!("{:.1} GFLOP/s", a / 1e9))
     );
     for r in &rows {
         md.push_str(&format!(
@@ -185,7 +215,8 @@ fn main() {
     let json = serde_json::json!({
         "threads": threads,
         "copy_bytes_per_s": bandwidth,
-        "gemm_flops_per_s": gemm,
+        "gemm_flops_per_s": f32_gemm,
+        "amx_flops_per_s": amx,
         "models": rows,
     });
     std::fs::write(dir.join("roofline.json"), serde_json::to_string_pretty(&json).unwrap())
