@@ -789,4 +789,30 @@ mod tests {
         let alone = matrix.matmul(&x[7 * k..8 * k], 1);
         assert_eq!(&batch[7 * n..8 * n], &alone[..]);
     }
+
+    #[test]
+    fn the_interleaved_epilogue_gives_each_row_its_own_result_across_blocks_and_chunks() {
+        if skipped_without_amx() {
+            return;
+        }
+        // 600 rows: past one 512-row chunk, so a block's SiLU runs beside blocks of other
+        // column blocks and of the next chunk; 8 column blocks over the work items.
+        let (m, features, dim) = (600, 128, 96);
+        let (x, gate, up, down) = (
+            values(m * dim, 9),
+            values(features * dim, 10),
+            values(features * dim, 11),
+            values(dim * features, 12),
+        );
+        let gated = AmxMatrix::gated_from_f32(&gate, &up, features, dim).unwrap();
+        let down_matrix = AmxMatrix::from_f32(&down, dim, features).unwrap();
+        let run = |rows: &[f32], m: usize| {
+            down_matrix.matmul_tiled(&gated.silu_gated(&TiledActivations::from_f32(rows, m, dim)))
+        };
+        let batch = run(&x, m);
+        for row in [0, 31, 32, 511, 512, 599] {
+            let alone = run(&x[row * dim..(row + 1) * dim], 1);
+            assert_eq!(&batch[row * dim..(row + 1) * dim], &alone[..], "row {row}");
+        }
+    }
 }
