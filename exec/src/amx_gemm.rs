@@ -358,8 +358,8 @@ impl AmxMatrix {
                                     stride,
                                 );
                             }
-                            Epilogue::SiluProduct { out, slices: features } => {
-                                let row_stride = features * TILE_VALUES;
+                            Epilogue::SiluProduct { out, slices: out_slices } => {
+                                let row_stride = out_slices * TILE_VALUES;
                                 let earlier = pending.map(|(i, f, b)| (&scratch[i], f, b));
                                 self.block_sums(acts, first, block, |slice| {
                                     let Some((sums, f, b)) = earlier else { return };
@@ -384,11 +384,18 @@ impl AmxMatrix {
                     }
                 }
             }
-            if let (Some((i, f, b)), Epilogue::SiluProduct { out, slices: features }) =
+            if let (Some((i, f, b)), Epilogue::SiluProduct { out, slices: out_slices }) =
                 (pending, epilogue)
             {
                 // The last block: no later block's slices to run it beside.
-                silu_products(&scratch[i], out as *mut u16, features * TILE_VALUES, f, b, 0..BLOCK);
+                silu_products(
+                    &scratch[i],
+                    out as *mut u16,
+                    out_slices * TILE_VALUES,
+                    f,
+                    b,
+                    0..BLOCK,
+                );
             }
             asm!("tilerelease", options(nostack, nomem));
         }
