@@ -739,6 +739,37 @@ mod tests {
         }
     }
 
+    /// A gated MLP (gate and up packed together, then the down projection) and `m` input rows.
+    struct GatedMlp {
+        x: Vec<f32>,
+        gate: Vec<f32>,
+        up: Vec<f32>,
+        down: Vec<f32>,
+        gated: AmxMatrix,
+        down_matrix: AmxMatrix,
+        dim: usize,
+    }
+
+    impl GatedMlp {
+        fn new(m: usize, features: usize, dim: usize, seed: usize) -> Self {
+            let (x, gate, up, down) = (
+                values(m * dim, seed),
+                values(features * dim, seed + 1),
+                values(features * dim, seed + 2),
+                values(dim * features, seed + 3),
+            );
+            let gated = AmxMatrix::gated_from_f32(&gate, &up, features, dim).unwrap();
+            let down_matrix = AmxMatrix::from_f32(&down, dim, features).unwrap();
+            Self { x, gate, up, down, gated, down_matrix, dim }
+        }
+
+        /// `rows` (`m` of them) through the gated product and the down projection.
+        fn run(&self, rows: &[f32], m: usize) -> Vec<f32> {
+            let acts = TiledActivations::from_f32(rows, m, self.dim);
+            self.down_matrix.matmul_tiled(&self.gated.silu_gated(&acts))
+        }
+    }
+
     fn values(len: usize, seed: usize) -> Vec<f32> {
         (0..len).map(|i| ((i * 7919 + seed * 104_729) % 1999) as f32 / 1999.0 - 0.5).collect()
     }
@@ -764,21 +795,14 @@ mod tests {
             return;
         }
         let (m, features, dim) = (37, 64, 96);
-        let (x, gate, up, down) = (
-            values(m * dim, 5),
-            values(features * dim, 6),
-            values(features * dim, 7),
-            values(dim * features, 8),
-        );
-        let gated = AmxMatrix::gated_from_f32(&gate, &up, features, dim).unwrap();
-        let down_matrix = AmxMatrix::from_f32(&down, dim, features).unwrap();
-        let got =
-            down_matrix.matmul_tiled(&gated.silu_gated(&TiledActivations::from_f32(&x, m, dim)));
+        let mlp = GatedMlp::new(m, features, dim, 5);
+        let got = mlp.run(&mlp.x, m);
         // The same through f32: the two products, SiLU, their product, the down projection.
-        let (g, u) = (reference(&x, &gate, m, features, dim), reference(&x, &up, m, features, dim));
+        let (x, gate, up, down) = (&mlp.x, &mlp.gate, &mlp.up, &mlp.down);
+        let (g, u) = (reference(x, gate, m, features, dim), reference(x, up, m, features, dim));
         let hidden: Vec<f32> =
             g.iter().zip(&u).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect();
-        let want = reference(&hidden, &down, m, dim, features);
+        let want = reference(&hidden, down, m, dim, features);
         assert_eq!(got.len(), m * dim);
         // The hidden activations are rounded to bf16 (relative 2^-9) before the last product.
         assert_close(&got, &want, 1e-2, "gated");
@@ -805,20 +829,10 @@ mod tests {
         // 600 rows: past one 512-row chunk, so a block's SiLU runs beside blocks of other
         // column blocks and of the next chunk; 8 column blocks over the work items.
         let (m, features, dim) = (600, 128, 96);
-        let (x, gate, up, down) = (
-            values(m * dim, 9),
-            values(features * dim, 10),
-            values(features * dim, 11),
-            values(dim * features, 12),
-        );
-        let gated = AmxMatrix::gated_from_f32(&gate, &up, features, dim).unwrap();
-        let down_matrix = AmxMatrix::from_f32(&down, dim, features).unwrap();
-        let run = |rows: &[f32], m: usize| {
-            down_matrix.matmul_tiled(&gated.silu_gated(&TiledActivations::from_f32(rows, m, dim)))
-        };
-        let batch = run(&x, m);
+        let mlp = GatedMlp::new(m, features, dim, 9);
+        let batch = mlp.run(&mlp.x, m);
         for row in [0, 31, 32, 511, 512, 599] {
-            let alone = run(&x[row * dim..(row + 1) * dim], 1);
+            let alone = mlp.run(&mlp.x[row * dim..(row + 1) * dim], 1);
             assert_eq!(&batch[row * dim..(row + 1) * dim], &alone[..], "row {row}");
         }
     }

@@ -835,13 +835,14 @@ fn choose_plan(
         })
         .collect();
     let value = |c: Cost| c.value(objective, options);
-    // Every plan below is tested on the one sample: the bound holds for all of them together.
-    let pairs = cheap
+    // Two cheap stages, the cheaper first: what the first is unsure of, the second may know.
+    let pairs: Vec<_> = cheap
         .iter()
-        .flat_map(|a| cheap.iter().map(move |b| (a, b)))
+        .flat_map(|&a| cheap.iter().map(move |&b| (a, b)))
         .filter(|(a, b)| value(a.1) < value(b.1))
-        .count();
-    let bound = &bound.for_families(families(cheap.len(), pairs));
+        .collect();
+    // Every plan below is tested on the one sample: the bound holds for all of them together.
+    let bound = &bound.for_families(families(cheap.len(), pairs.len()));
     let rows = stats.input_rows as f64;
     // Plans compare by their cost over every row plus loading the models that are not resident.
     let total = |choice: &Choice| choice.cost.times(rows).plus(load_of(&choice.plan, pass));
@@ -878,31 +879,25 @@ fn choose_plan(
             });
         }
     }
-    // Two cheap stages, the cheaper first: what the first is unsure of, the second may know.
-    for &(first, first_cost) in &cheap {
-        for &(second, second_cost) in &cheap {
-            if value(first_cost) >= value(second_cost) {
-                continue;
-            }
-            for option in two_stage_plans(first, second, bound) {
-                let cost = first_cost
-                    .plus(second_cost.times(option.reach_second))
-                    .plus(reference_cost.times(option.escalated));
-                consider(Choice {
-                    plan: ModelPlan::Cascade(Cascade {
-                        stages: vec![
-                            (first.model.clone(), option.thresholds.0),
-                            (second.model.clone(), option.thresholds.1),
-                        ],
-                        reference: reference_id.clone(),
-                    }),
-                    cost,
-                    quality: option.quality,
-                    quality_lower: option.quality_lower,
-                    escalated: Some(option.escalated),
-                    stage_rows: 1.0 + option.reach_second + option.escalated,
-                });
-            }
+    for &((first, first_cost), (second, second_cost)) in &pairs {
+        for option in two_stage_plans(first, second, bound) {
+            let cost = first_cost
+                .plus(second_cost.times(option.reach_second))
+                .plus(reference_cost.times(option.escalated));
+            consider(Choice {
+                plan: ModelPlan::Cascade(Cascade {
+                    stages: vec![
+                        (first.model.clone(), option.thresholds.0),
+                        (second.model.clone(), option.thresholds.1),
+                    ],
+                    reference: reference_id.clone(),
+                }),
+                cost,
+                quality: option.quality,
+                quality_lower: option.quality_lower,
+                escalated: Some(option.escalated),
+                stage_rows: 1.0 + option.reach_second + option.escalated,
+            });
         }
     }
     let chosen = best.plan.to_string();
