@@ -2,8 +2,9 @@
 //! with attention masks, mean pooling over real tokens, L2 normalisation.
 //!
 //! Reference: sentence-transformers' `Pooling(mean)` + `Normalize` modules over the Hugging Face
-//! BERT encoder; the encoder itself is candle-transformers' `bert.rs`, which batches correctly
-//! because it honours the attention mask.
+//! BERT encoder. Where the CPU has AMX the network is ours (`bert_amx`: projections on AMX
+//! tiles); elsewhere it is candle-transformers' `bert.rs`. Both honour the attention mask, so
+//! batching does not move an embedding.
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::batching::in_length_order;
+use crate::bert_amx::AmxBert;
 use crate::error::ModelError;
 
 /// Texts per forward pass: large enough to keep the matrix units busy, small enough that the
@@ -30,10 +32,16 @@ pub struct Embeddings {
     pub tokens: usize,
 }
 
+/// The network: on AMX tiles where the CPU has AMX, candle-transformers' otherwise.
+enum Network {
+    Amx(AmxBert),
+    Candle(BertModel),
+}
+
 /// A loaded sentence encoder.
 pub struct BertEncoder {
     id: String,
-    model: BertModel,
+    network: Network,
     tokenizer: Tokenizer,
     device: Device,
     dim: usize,
@@ -75,8 +83,12 @@ impl BertEncoder {
         mut tokenizer: Tokenizer,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let model = BertModel::load(vb, config)
-            .map_err(|e| ModelError::Load { id: id.to_string(), detail: e.to_string() })?;
+        let load_err =
+            |e: candle_core::Error| ModelError::Load { id: id.to_string(), detail: e.to_string() };
+        let network = match AmxBert::load(vb.clone(), config).map_err(load_err)? {
+            Some(amx) => Network::Amx(amx),
+            None => Network::Candle(BertModel::load(vb, config).map_err(load_err)?),
+        };
         let pad_token =
             tokenizer.id_to_token(config.pad_token_id as u32).unwrap_or_else(|| "[PAD]".into());
         tokenizer.with_padding(Some(PaddingParams {
@@ -93,7 +105,7 @@ impl BertEncoder {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(Self {
             id: id.to_string(),
-            model,
+            network,
             tokenizer,
             device: device.clone(),
             dim: config.hidden_size,
@@ -149,10 +161,11 @@ impl BertEncoder {
         let shape = (texts.len(), len);
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
-        let token_types = ids.zeros_like()?;
         // In candle's warm thread pool (see the decoder's forward pass).
-        let hidden =
-            self.device.with_context(|| self.model.forward(&ids, &token_types, Some(&mask)))?;
+        let hidden = self.device.with_context(|| match &self.network {
+            Network::Amx(amx) => amx.forward(&ids, &mask),
+            Network::Candle(model) => model.forward(&ids, &ids.zeros_like()?, Some(&mask)),
+        })?;
         // Mean over real tokens only: padding must not move the embedding.
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;

@@ -89,7 +89,10 @@ fn swapped_product(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 
 /// `f` on the values of `x` in row-major order: borrowed from a contiguous CPU tensor, copied
 /// otherwise.
-fn with_f32_values<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub(crate) fn with_f32_values<R>(
+    x: &Tensor,
+    f: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<R> {
     {
         let (storage, layout) = x.storage_and_layout();
         if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =

@@ -12,6 +12,7 @@ mod ai_runtime;
 pub mod amx_gemm;
 mod batcher;
 mod batching;
+mod bert_amx;
 mod bert_encoder;
 pub mod calibrate;
 pub mod call_stats;
@@ -31,6 +32,7 @@ mod registry;
 mod result_cache;
 mod scheduler;
 pub mod tiny_models;
+mod vector_math;
 pub mod vnni_gemv;
 
 pub use ai_map_exec::{AiMapExec, CHUNK_ROWS, MAX_CHUNK_ROWS, estimated_model_seconds};
