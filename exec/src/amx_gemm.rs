@@ -298,6 +298,33 @@ impl AmxMatrix {
         TiledActivations { values, m: acts.m, padded_m: acts.padded_m, padded_cols: features }
     }
 
+    /// `gelu(x · weightsᵀ + bias)` (exact GELU), straight into the tiles the next product
+    /// reads: the encoder's intermediate activations never leave the cache as f32.
+    pub fn bias_gelu(&self, acts: &TiledActivations, bias: &[f32]) -> TiledActivations {
+        assert!(!self.gated && acts.padded_cols == self.padded_cols, "tiles of another width");
+        assert_eq!(bias.len(), self.rows, "one bias per output");
+        // Padded outputs get a zero bias (and so gelu(0) = 0, which the next product's padded
+        // weights multiply anyway).
+        let mut padded_bias = bias.to_vec();
+        padded_bias.resize(self.padded_rows, 0.0);
+        let len = acts.padded_m * self.padded_rows;
+        let mut values = TileBuffer::with_capacity(len);
+        let out = Epilogue::BiasGelu {
+            out: values.as_mut_ptr() as usize,
+            slices: self.padded_rows / TILE_DEPTH,
+            bias: padded_bias.as_ptr() as usize,
+        };
+        self.run(acts, out);
+        // SAFETY: every column block wrote its 32 features of every row: all `len` values.
+        unsafe { values.assume_written() };
+        TiledActivations {
+            values,
+            m: acts.m,
+            padded_m: acts.padded_m,
+            padded_cols: self.padded_rows,
+        }
+    }
+
     /// Runs the kernel over every column block, split over the current rayon pool: candle's,
     /// inside a prompt pass, whose other operations use the same threads. (candle's barrier
     /// pool adds a third thread on two cores, which spins after each product while rayon's
@@ -329,8 +356,9 @@ impl AmxMatrix {
     ) {
         use std::arch::asm;
         let config = TileConfig::all_full();
-        // Two scratches: the SiLU epilogue of one block runs while the next block's products
-        // run on the tile unit (interleaved with its slices), reading the other scratch.
+        // Two scratches: the tiled epilogue (SiLU or GELU) of one block runs while the next
+        // block's products run on the tile unit (interleaved with its slices), reading the
+        // other scratch.
         let mut scratch = [Scratch::new(), Scratch::new()];
         let mut pending: Option<(usize, usize, usize)> = None;
         let slices = self.padded_cols / TILE_DEPTH;
@@ -358,21 +386,13 @@ impl AmxMatrix {
                                     stride,
                                 );
                             }
-                            Epilogue::SiluProduct { out, slices: out_slices } => {
-                                let row_stride = out_slices * TILE_VALUES;
+                            Epilogue::SiluProduct { .. } | Epilogue::BiasGelu { .. } => {
                                 let earlier = pending.map(|(i, f, b)| (&scratch[i], f, b));
                                 self.block_sums(acts, first, block, |slice| {
                                     let Some((sums, f, b)) = earlier else { return };
                                     let start = (slice * rows_per_slice).min(BLOCK);
                                     let end = (start + rows_per_slice).min(BLOCK);
-                                    silu_products(
-                                        sums,
-                                        out as *mut u16,
-                                        row_stride,
-                                        f,
-                                        b,
-                                        start..end,
-                                    );
+                                    finish_block(epilogue, sums, f, b, start..end);
                                 });
                                 let next = pending.map_or(0, |(i, _, _)| 1 - i);
                                 let base = scratch[next].0.as_mut_ptr();
@@ -384,18 +404,9 @@ impl AmxMatrix {
                     }
                 }
             }
-            if let (Some((i, f, b)), Epilogue::SiluProduct { out, slices: out_slices }) =
-                (pending, epilogue)
-            {
+            if let Some((i, f, b)) = pending {
                 // The last block: no later block's slices to run it beside.
-                silu_products(
-                    &scratch[i],
-                    out as *mut u16,
-                    out_slices * TILE_VALUES,
-                    f,
-                    b,
-                    0..BLOCK,
-                );
+                finish_block(epilogue, &scratch[i], f, b, 0..BLOCK);
             }
             asm!("tilerelease", options(nostack, nomem));
         }
@@ -511,6 +522,88 @@ unsafe fn store_sums(tiles: [*mut f32; 4], stride: usize) {
     }
 }
 
+/// The epilogue of the 32×32 block of sums in `scratch` (rows from `first`, column block
+/// `block`), for its rows `rows`: the tiled epilogues' step, run between the next block's
+/// slices.
+///
+/// # Safety
+/// As [`silu_products`] / [`bias_gelu_rows`]: inside the kernel, the epilogue's output and
+/// bias covering the block.
+#[cfg(target_arch = "x86_64")]
+unsafe fn finish_block(
+    epilogue: Epilogue,
+    scratch: &Scratch,
+    first: usize,
+    block: usize,
+    rows: std::ops::Range<usize>,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match epilogue {
+            Epilogue::SiluProduct { out, slices } => {
+                silu_products(scratch, out as *mut u16, slices * TILE_VALUES, first, block, rows);
+            }
+            Epilogue::BiasGelu { out, slices, bias } => {
+                let (out, bias) = (out as *mut u16, bias as *const f32);
+                bias_gelu_rows(scratch, out, slices * TILE_VALUES, bias, first, block, rows);
+            }
+            Epilogue::Store { .. } => {}
+        }
+    }
+}
+
+/// `gelu(sum + bias)` of rows `rows` of the block in `scratch` (32 outputs each, from
+/// `block · 32`), as bf16 into the activation tiles at `out`.
+///
+/// # Safety
+/// `out` holds the tiled activations of every row from `first` (`row_stride` values per 16
+/// rows), `bias` the block's 32 outputs; AVX-512 BF16 present.
+#[cfg(target_arch = "x86_64")]
+unsafe fn bias_gelu_rows(
+    scratch: &Scratch,
+    out: *mut u16,
+    row_stride: usize,
+    bias: *const f32,
+    first: usize,
+    block: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let feature = block * BLOCK;
+    for r in rows {
+        let row = first + r;
+        let tile = if r < TILE_ROWS { 0 } else { 2 };
+        // SAFETY: the caller's contract; the scratch reads stay inside its four tiles.
+        unsafe {
+            let left = scratch.0.as_ptr().add((tile * TILE_ROWS + r % TILE_ROWS) * TILE_ROWS);
+            let right = left.add(TILE_ROWS * TILE_ROWS);
+            let dst = out.add(
+                row / TILE_ROWS * row_stride
+                    + feature / TILE_DEPTH * TILE_VALUES
+                    + row % TILE_ROWS * TILE_DEPTH,
+            );
+            bias_gelu_16(left, bias.add(feature), dst);
+            bias_gelu_16(right, bias.add(feature + TILE_ROWS), dst.add(TILE_ROWS));
+        }
+    }
+}
+
+/// `gelu(x + b)` of 16 values each, rounded to bf16 at `dst`.
+///
+/// # Safety
+/// `x` and `bias` readable for 16 f32, `dst` writable for 16 u16, AVX-512 BF16 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn bias_gelu_16(x: *const f32, bias: *const f32, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let x = _mm512_add_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(bias));
+        let b: __m256i =
+            std::mem::transmute(_mm512_cvtneps_pbh(crate::vector_math::gelu_avx512(x)));
+        _mm256_storeu_si256(dst as *mut __m256i, b);
+    }
+}
+
 /// From a gated block's sums in `scratch` (gate and up of rows `first..first + 16`, then of the
 /// next 16), `silu(gate) · up` for its 16 features (`16 · block..`) of those 32 rows, written
 /// as bf16 into the tiles at `out` (`row_stride` values per block of 16 rows).
@@ -553,6 +646,9 @@ enum Epilogue {
     /// `silu(gate) · up` per feature, as bf16 tiles `slices` 32-wide slices across, at this
     /// address (see [`AmxMatrix::silu_gated`]).
     SiluProduct { out: usize, slices: usize },
+    /// `gelu(sum + bias)` per output, as bf16 tiles `slices` 32-wide slices across, at `out`;
+    /// `bias` the address of one f32 per padded output (see [`AmxMatrix::bias_gelu`]).
+    BiasGelu { out: usize, slices: usize, bias: usize },
 }
 
 /// Four 16×16 f32 result tiles, one after another.
@@ -806,6 +902,30 @@ mod tests {
         assert_eq!(got.len(), m * dim);
         // The hidden activations are rounded to bf16 (relative 2^-9) before the last product.
         assert_close(&got, &want, 1e-2, "gated");
+    }
+
+    #[test]
+    fn the_bias_gelu_epilogue_feeds_the_next_product_like_separate_steps() {
+        if skipped_without_amx() {
+            return;
+        }
+        // 600 rows (past one 512-row chunk) and 70 outputs (padded to 96: a zero bias there).
+        let (m, features, dim) = (600, 70, 96);
+        let (x, w, next) =
+            (values(m * dim, 11), values(features * dim, 12), values(dim * features, 13));
+        let bias: Vec<f32> = values(features, 14).iter().map(|b| 2.0 * b).collect();
+        let matrix = AmxMatrix::from_f32(&w, features, dim).unwrap();
+        let next_matrix = AmxMatrix::from_f32(&next, dim, features).unwrap();
+        let acts = TiledActivations::from_f32(&x, m, dim);
+        let got = next_matrix.matmul_tiled(&matrix.bias_gelu(&acts, &bias));
+        let hidden: Vec<f32> = reference(&x, &w, m, features, dim)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| crate::vector_math::gelu_erf(v + bias[i % features]))
+            .collect();
+        let want = reference(&hidden, &next, m, dim, features);
+        // The hidden activations are rounded to bf16 (relative 2^-9) before the last product.
+        assert_close(&got, &want, 1e-2, "bias + gelu");
     }
 
     #[test]

@@ -1,68 +1,10 @@
-//! Element-wise math over activation rows, in AVX-512 where the CPU has it: the encoder's
-//! bias-and-GELU after its intermediate projection.
+//! Element-wise math for the AMX kernel's epilogues: the exact (erf) GELU in AVX-512 lanes.
 //!
 //! candle applies GELU with libm's scalar `erff`, which took 13% of a MiniLM forward pass
-//! (perf, 220 BBC leads); this is one fused pass over the product's output instead.
+//! (perf, 220 BBC leads); the encoder's intermediate projection applies this one to its sums
+//! before they leave the cache (`AmxMatrix::bias_gelu`).
 
 #![allow(unsafe_code)]
-
-use rayon::prelude::*;
-
-/// Rows handed to one rayon task.
-const ROWS_PER_TASK: usize = 64;
-
-/// `gelu(x + bias)` in place for each row of `values` (rows `bias.len()` wide), with the exact
-/// (erf) GELU: `0.5 · x · (1 + erf(x / √2))`.
-pub fn bias_gelu_erf(values: &mut [f32], bias: &[f32]) {
-    let width = bias.len();
-    if width == 0 {
-        return;
-    }
-    debug_assert_eq!(values.len() % width, 0);
-    values.par_chunks_mut(width * ROWS_PER_TASK).for_each(|rows| {
-        for row in rows.chunks_exact_mut(width) {
-            bias_gelu_row(row, bias);
-        }
-    });
-}
-
-fn bias_gelu_row(row: &mut [f32], bias: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present (checked just above).
-        unsafe { bias_gelu_row_avx512(row, bias) };
-        return;
-    }
-    for (x, b) in row.iter_mut().zip(bias) {
-        *x = gelu_erf(*x + b);
-    }
-}
-
-/// # Safety
-/// AVX-512F present.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn bias_gelu_row_avx512(row: &mut [f32], bias: &[f32]) {
-    use std::arch::x86_64::*;
-    let lanes = 16;
-    let whole = row.len() / lanes * lanes;
-    for at in (0..whole).step_by(lanes) {
-        // SAFETY: `at + 16 <= whole <= row.len() == bias.len()`.
-        unsafe {
-            let x = _mm512_add_ps(
-                _mm512_loadu_ps(row.as_ptr().add(at)),
-                _mm512_loadu_ps(bias.as_ptr().add(at)),
-            );
-            let half_x = _mm512_mul_ps(x, _mm512_set1_ps(0.5));
-            let erf = erf_avx512(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
-            let y = _mm512_fmadd_ps(half_x, erf, half_x);
-            _mm512_storeu_ps(row.as_mut_ptr().add(at), y);
-        }
-    }
-    for (x, b) in row[whole..].iter_mut().zip(&bias[whole..]) {
-        *x = gelu_erf(*x + b);
-    }
-}
 
 /// Numerator coefficients (odd powers, highest first) of the rational erf approximation below.
 const ERF_P: [f32; 7] = [
@@ -80,6 +22,7 @@ const ERF_Q: [f32; 5] =
 
 /// `erf(x)` as a rational function of `x` on `[-4, 4]` (outside it erf is ±1 in f32): the
 /// approximation Eigen's `generic_fast_erf_float` uses, absolute error under 1e-6 (tested).
+#[cfg(test)]
 fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
@@ -88,8 +31,20 @@ fn erf(x: f32) -> f32 {
     x * p / q
 }
 
-fn gelu_erf(x: f32) -> f32 {
+/// GELU, `0.5 · x · (1 + erf(x / √2))`, one value at a time (the lanes' reference).
+#[cfg(test)]
+pub(crate) fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// [`gelu_erf`] per lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn gelu_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let half_x = _mm512_mul_ps(x, _mm512_set1_ps(0.5));
+    let erf = erf_avx512(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+    _mm512_fmadd_ps(half_x, erf, half_x)
 }
 
 /// [`erf`] per lane.
@@ -142,20 +97,26 @@ mod tests {
     }
 
     #[test]
-    fn the_vector_path_matches_the_scalar_path_with_the_bias_added() {
-        let width = 37; // two whole vectors and a tail
-        let bias: Vec<f32> = (0..width).map(|i| i as f32 * 0.1 - 1.5).collect();
-        let rows = 130; // more than one rayon task
-        let input: Vec<f32> =
-            (0..rows * width).map(|i| ((i * 7919) % 1000) as f32 / 125.0 - 4.0).collect();
-        let mut fused = input.clone();
-        bias_gelu_erf(&mut fused, &bias);
-        for (i, (&x, &y)) in input.iter().zip(&fused).enumerate() {
-            let expected = gelu_erf(x + bias[i % width]);
-            assert!(
-                (y - expected).abs() <= 1e-6 * expected.abs().max(1.0),
-                "{i}: {y} vs {expected}"
-            );
+    fn the_lanes_match_the_scalar_gelu() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: no AVX-512");
+            return;
+        }
+        let inputs: Vec<f32> = (0..4000).map(|i| i as f32 / 250.0 - 8.0).collect();
+        for chunk in inputs.chunks_exact(16) {
+            let mut lanes = [0f32; 16];
+            // SAFETY: AVX-512F is present (checked above); both buffers hold 16 f32.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm512_storeu_ps(lanes.as_mut_ptr(), gelu_avx512(_mm512_loadu_ps(chunk.as_ptr())));
+            }
+            for (&x, &y) in chunk.iter().zip(&lanes) {
+                let expected = gelu_erf(x);
+                assert!(
+                    (y - expected).abs() <= 1e-6 * expected.abs().max(1.0),
+                    "{x}: {y} vs {expected}"
+                );
+            }
         }
         // GELU's known values: gelu(0) = 0, gelu(1) = 0.841345, gelu(-1) = -0.158655.
         for (x, g) in [(0.0f32, 0.0f32), (1.0, 0.841_345), (-1.0, -0.158_655), (5.0, 5.0)] {
