@@ -180,6 +180,8 @@ impl AmxBert {
 }
 
 #[cfg(test)]
+// A test skipped on a CPU without the instructions says so.
+#[allow(clippy::print_stderr)]
 mod tests {
     use candle_core::Device;
     use candle_transformers::models::bert::BertModel;
