@@ -673,29 +673,11 @@ unsafe fn silu_product_16(gate: *const f32, up: *const f32, dst: *mut u16) {
     unsafe {
         let g = _mm512_loadu_ps(gate);
         let u = _mm512_loadu_ps(up);
-        let e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        let e = crate::vector_math::exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
         let silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e));
         let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_mul_ps(silu, u)));
         _mm256_storeu_si256(dst as *mut __m256i, b);
     }
-}
-
-/// `e^x` per lane: `2^n · 2^f` with `n` the nearest integer to `x·log2(e)` and `2^f` a degree-6
-/// Taylor polynomial of `e^(f·ln 2)` on `|f| ≤ 0.5` (relative error under 2e-7, below bf16's
-/// 4e-3); inputs clamped to ±88 so the result stays finite.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0)), _mm512_set1_ps(88.0));
-    let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
-    let n = _mm512_roundscale_ps::<0x08>(t);
-    let f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(std::f32::consts::LN_2));
-    let mut p = _mm512_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
-    }
-    _mm512_scalef_ps(p, n)
 }
 
 /// The 64-byte tile configuration `ldtilecfg` reads: palette 1, eight tiles of 16 rows × 64

@@ -18,6 +18,7 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 
 use crate::amx_gemm::{AmxMatrix, TiledActivations};
 use crate::gguf_decoder::with_f32_values;
+use crate::vector_math::masked_softmax;
 
 /// A projection's weights in tiles and its bias.
 struct Projection {
@@ -151,18 +152,16 @@ impl AmxBert {
             .broadcast_add(&self.token_type_zero)?
             .broadcast_add(&positions)?;
         let mut x = self.embedding_norm.forward(&embedded)?.reshape((m, h))?;
-        // Padding keys get the most negative f32, as Hugging Face's extended attention mask.
-        let min = f64::from(f32::MIN);
-        let mask_bias =
-            mask.to_dtype(DType::F32)?.affine(-min, min)?.reshape((batch, 1, 1, len))?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
+        let keep = mask.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let scale = 1.0 / (head_dim as f32).sqrt();
         for layer in &self.layers {
             let qkv = with_f32_values(&x, |v| layer.qkv.forward(v, m))?;
             let qkv = Tensor::from_vec(qkv, (batch, len, 3, heads, head_dim), device)?;
             let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
             let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-            let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?.broadcast_add(&mask_bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let scores = q.matmul(&k.t()?)?;
+            let probs = with_f32_values(&scores, |s| masked_softmax(s, &keep, batch, len, scale))?;
+            let probs = Tensor::from_vec(probs, (batch, heads, len, len), device)?;
             let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((m, h))?;
             let attended = with_f32_values(&context, |c| layer.attention_out.forward(c, m))?;
             let attended = (Tensor::from_vec(attended, (m, h), device)? + &x)?;
@@ -225,5 +224,44 @@ mod tests {
                 assert!(cosine > 0.999, "row {row} token {t}: cosine {cosine}");
             }
         }
+    }
+
+    #[test]
+    fn a_text_gets_the_same_states_alone_and_padded_in_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_bert(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        let config: Config = serde_json::from_str(&text).unwrap();
+        let device = Device::Cpu;
+        let tensors =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &device).unwrap();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        let Some(amx) = AmxBert::load(vb, &config).unwrap() else {
+            eprintln!("skipped: no AMX");
+            return;
+        };
+        let short: Vec<u32> = vec![2, 5, 9, 11, 3];
+        let long: Vec<u32> = vec![2, 4, 10, 12, 6, 8, 7, 5, 9, 11, 4, 10, 3];
+        let alone = amx
+            .forward(
+                &Tensor::new(&short[..], &device).unwrap().unsqueeze(0).unwrap(),
+                &Tensor::ones((1, 5), DType::U32, &device).unwrap(),
+            )
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        let mut ids = long.clone();
+        ids.extend(short.iter().copied().chain(std::iter::repeat_n(0, 8)));
+        let mask: Vec<u32> = [vec![1; 13], vec![1; 5], vec![0; 8]].concat();
+        let batched = amx
+            .forward(
+                &Tensor::from_vec(ids, (2, 13), &device).unwrap(),
+                &Tensor::from_vec(mask, (2, 13), &device).unwrap(),
+            )
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap();
+        // Bit for bit: padding and neighbours must not move a text's embedding.
+        assert_eq!(&batched[1][..5], &alone[0][..]);
     }
 }
