@@ -569,6 +569,33 @@ unsafe fn bias_gelu_rows(
     rows: std::ops::Range<usize>,
 ) {
     let feature = block * BLOCK;
+    // SAFETY: the caller's contract; the bias reads stay inside the block's 32 outputs.
+    unsafe {
+        let bias = bias.add(feature);
+        for_each_block_row(scratch, out, row_stride, first, feature, rows, |left, right, dst| {
+            bias_gelu_16(left, bias, dst);
+            bias_gelu_16(right, bias.add(TILE_ROWS), dst.add(TILE_ROWS));
+        });
+    }
+}
+
+/// For each of rows `rows` of the 32×32 block of sums in `scratch` (rows from `first`): the
+/// row's left and right 16 sums (its two result tiles) and where its outputs from `feature`
+/// go in the activation tiles at `out` (`row_stride` values per 16 rows) — the layout both
+/// tiled epilogues write.
+///
+/// # Safety
+/// `out` holds tiles for every row up to `first + 32` and the features `f` writes.
+#[cfg(target_arch = "x86_64")]
+unsafe fn for_each_block_row(
+    scratch: &Scratch,
+    out: *mut u16,
+    row_stride: usize,
+    first: usize,
+    feature: usize,
+    rows: std::ops::Range<usize>,
+    mut f: impl FnMut(*const f32, *const f32, *mut u16),
+) {
     for r in rows {
         let row = first + r;
         let tile = if r < TILE_ROWS { 0 } else { 2 };
@@ -579,10 +606,10 @@ unsafe fn bias_gelu_rows(
             let dst = out.add(
                 row / TILE_ROWS * row_stride
                     + feature / TILE_DEPTH * TILE_VALUES
-                    + row % TILE_ROWS * TILE_DEPTH,
+                    + row % TILE_ROWS * TILE_DEPTH
+                    + feature % TILE_DEPTH,
             );
-            bias_gelu_16(left, bias.add(feature), dst);
-            bias_gelu_16(right, bias.add(feature + TILE_ROWS), dst.add(TILE_ROWS));
+            f(left, right, dst);
         }
     }
 }
@@ -619,22 +646,12 @@ unsafe fn silu_products(
     block: usize,
     rows: std::ops::Range<usize>,
 ) {
-    let feature = block * TILE_ROWS;
-    for r in rows {
-        let row = first + r;
-        let tile = if r < TILE_ROWS { 0 } else { 2 };
-        // SAFETY: the caller's contract; the scratch reads stay inside its four tiles.
-        unsafe {
-            let gate = scratch.0.as_ptr().add((tile * TILE_ROWS + r % TILE_ROWS) * TILE_ROWS);
-            let up = gate.add(TILE_ROWS * TILE_ROWS);
-            let dst = out.add(
-                row / TILE_ROWS * row_stride
-                    + feature / TILE_DEPTH * TILE_VALUES
-                    + row % TILE_ROWS * TILE_DEPTH
-                    + feature % TILE_DEPTH,
-            );
+    // SAFETY: the caller's contract.
+    unsafe {
+        let feature = block * TILE_ROWS;
+        for_each_block_row(scratch, out, row_stride, first, feature, rows, |gate, up, dst| {
             silu_product_16(gate, up, dst);
-        }
+        });
     }
 }
 

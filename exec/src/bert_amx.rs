@@ -188,16 +188,22 @@ mod tests {
     use super::*;
     use crate::tiny_models::write_tiny_bert;
 
-    #[test]
-    fn the_amx_forward_matches_candles_bert_with_padding() {
+    /// The tiny BERT's weights and configuration (random weights, written and read back).
+    fn tiny_bert() -> (VarBuilder<'static>, Config) {
         let dir = tempfile::tempdir().unwrap();
         write_tiny_bert(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
         let config: Config = serde_json::from_str(&text).unwrap();
-        let device = Device::Cpu;
         let tensors =
-            candle_core::safetensors::load(dir.path().join("model.safetensors"), &device).unwrap();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        (VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), config)
+    }
+
+    #[test]
+    fn the_amx_forward_matches_candles_bert_with_padding() {
+        let (vb, config) = tiny_bert();
+        let device = Device::Cpu;
         let Some(amx) = AmxBert::load(vb.clone(), &config).unwrap() else {
             eprintln!("skipped: no AMX");
             return;
@@ -228,14 +234,8 @@ mod tests {
 
     #[test]
     fn a_text_gets_the_same_states_alone_and_padded_in_a_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        write_tiny_bert(dir.path()).unwrap();
-        let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-        let config: Config = serde_json::from_str(&text).unwrap();
+        let (vb, config) = tiny_bert();
         let device = Device::Cpu;
-        let tensors =
-            candle_core::safetensors::load(dir.path().join("model.safetensors"), &device).unwrap();
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
         let Some(amx) = AmxBert::load(vb, &config).unwrap() else {
             eprintln!("skipped: no AMX");
             return;
