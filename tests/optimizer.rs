@@ -193,14 +193,15 @@ async fn a_cascade_meets_the_quality_target_at_a_fraction_of_the_reference_work(
     );
     assert!(plan.contains("est. rows=1000"), "{plan}");
     assert!(plan.contains("escalated_rows="), "{plan}");
-    // The 64 sampled rows come from the cache; checking that they are there counts no hits.
-    assert!(plan.contains("cache_hits=64,"), "{plan}");
+    // The 190 sampled rows (6·√1000) come from the cache; checking that they are there counts
+    // no hits.
+    assert!(plan.contains("cache_hits=190,"), "{plan}");
     // Every answer is the reference's: hard rows were escalated, easy ones were right.
     assert_eq!(labels(&run(&db, CLASSIFY).await), truth());
-    // Sample: 64 rows on each model. Run: 1,000 on the cheap one (the sampled rows from the
-    // cache), the ~100 hard rows again on the reference.
+    // Sample: 190 rows on each model. Run: 1,000 on the cheap one (the sampled rows from the
+    // cache), the ~80 hard rows outside the sample on the reference.
     let reference_rows = backend.rows(REFERENCE);
-    assert!((100..=164).contains(&reference_rows), "reference scored {reference_rows} rows");
+    assert!((190..=300).contains(&reference_rows), "reference scored {reference_rows} rows");
     assert_eq!(backend.rows(CHEAP), 1000);
     // Every plan weighed is recorded for reports; the chosen one is the cheapest that meets
     // the target, and the reference alone is among them at quality 1.
@@ -228,10 +229,10 @@ async fn a_cheap_model_wrong_on_its_first_sampled_rows_is_not_measured_on_the_re
     run(&db, &all_hard).await;
     let plan = text_of(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
     assert!(plan.contains(&format!("ai_classify: {REFERENCE} for balanced")), "{plan}");
-    assert!(plan.contains("64-row sample"), "the reference scored the whole sample:\n{plan}");
+    assert!(plan.contains("190-row sample"), "the reference scored the whole sample:\n{plan}");
     assert_eq!(backend.rows(CHEAP), 16, "the cheap model stopped after its first look");
 
-    // One row in ten hard: its first 16 rows promise a cascade, so it scores the other 48.
+    // One row in ten hard: its first 16 rows promise a cascade, so it scores the other 174.
     let dir = tempfile::tempdir().unwrap();
     let backend = TwoModels::new(dir.path());
     let db = session(&backend, dir.path(), true).await;
@@ -239,7 +240,7 @@ async fn a_cheap_model_wrong_on_its_first_sampled_rows_is_not_measured_on_the_re
     run(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
     let calls = backend.calls.lock().unwrap().clone();
     let cheap: Vec<usize> = calls.iter().filter(|(m, _)| m == CHEAP).map(|(_, n)| *n).collect();
-    assert_eq!(cheap[..2], [16, 48], "{calls:?}");
+    assert_eq!(cheap[..2], [16, 174], "{calls:?}");
 }
 
 #[tokio::test]
@@ -296,7 +297,7 @@ async fn plain_explain_runs_no_model_and_says_when_the_choice_is_made() {
     backend.calls.lock().unwrap().clear();
     let plan = text_of(&db, &format!("EXPLAIN {CLASSIFY}")).await;
     assert!(plan.contains("cascade("), "{plan}");
-    assert!(plan.contains("(recorded, 64-row sample)"), "{plan}");
+    assert!(plan.contains("(recorded, 190-row sample)"), "{plan}");
     assert!(backend.calls.lock().unwrap().is_empty(), "EXPLAIN ran a model");
 }
 
@@ -497,12 +498,12 @@ async fn a_reference_that_answers_every_sampled_row_alike_is_reported() {
     run(&db, &all_gloomy).await;
     let plan = text_of(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
     let said = format!(
-        "the reference model, {REFERENCE}, answered 'negative' on all 64 sampled rows; check the \
+        "the reference model, {REFERENCE}, answered 'negative' on all 190 sampled rows; check the \
          labels against the data"
     );
     assert!(plan.contains(&said), "{plan}");
     let warnings: Vec<String> = db.take_warnings().iter().map(ToString::to_string).collect();
-    assert!(warnings.contains(&format!("ai_classify: 64 rows: {said}")), "{warnings:?}");
+    assert!(warnings.contains(&format!("ai_classify: 190 rows: {said}")), "{warnings:?}");
     // From the recorded statistics, plain EXPLAIN says it too.
     let plan = text_of(&db, &format!("EXPLAIN {CLASSIFY}")).await;
     assert!(plan.contains(&said), "{plan}");
@@ -513,6 +514,6 @@ async fn a_reference_that_answers_every_sampled_row_alike_is_reported() {
     let db = session(&backend, dir.path(), true).await;
     run(&db, REVIEWS).await;
     let plan = text_of(&db, &format!("EXPLAIN ANALYZE {CLASSIFY}")).await;
-    assert!(!plan.contains("on all 64 sampled rows"), "{plan}");
+    assert!(!plan.contains("on all 190 sampled rows"), "{plan}");
     assert!(db.take_warnings().is_empty());
 }

@@ -36,7 +36,7 @@ use murakkab_udfs::{AiBackend, FieldType, FieldValue, ModelPlan};
 
 use crate::choose_model::{
     Choice, Decision, FORWARD_BATCH_ROWS, Instruction, ModelChooser, Pass, Site, considered,
-    load_of, sampling_pays,
+    extract_sample_size, load_of, sampling_pays,
 };
 use crate::cost_model::{Cost, generate_row_cost};
 use crate::quality::{wilson_lower_bound, z_for_families};
@@ -85,7 +85,7 @@ impl ModelChooser {
             return Ok(Decision::plain(ModelPlan::Auto, note));
         }
         let started = std::time::Instant::now();
-        let sample = self.sample(site, pass).await?;
+        let sample = self.sample(site, pass, extract_sample_size).await?;
         if sample.texts.is_empty() {
             return Ok(Decision::plain(
                 reference_plan.clone(),
@@ -102,7 +102,9 @@ impl ModelChooser {
             )
             .value(pass.options.objective, &pass.options)
         };
-        if sample.complete && !sampling_pays(&sample, &pass.generators, row_cost) {
+        if sample.complete
+            && !sampling_pays(&sample, sample.texts.len(), &pass.generators, row_cost)
+        {
             let rows = sample.input_rows;
             let note = format!(
                 "{function}: {reference_plan} (input of {rows} rows too small for a sample to pay off)"
