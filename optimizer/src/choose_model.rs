@@ -40,7 +40,8 @@
 //! The guarantee: the chosen plan's agreement with the reference model over the rows it
 //! answers has a 95% lower bound at or above the target, holding for every plan the decision
 //! tried together (thresholds are tested as fixed sequences, and the sequences share the 5%:
-//! `quality::families`). When the sample was drawn in this query from the whole input, the
+//! `quality::families`; after a smaller model's first look, on the rows after it, among the
+//! candidates that finished: `tested_outcomes`). When the sample was drawn in this query from the whole input, the
 //! bound counts that input as the population (finite population correction) and, for a
 //! cascade, the sampled rows' known reference answers (`quality::AgreementBound`); from
 //! recorded statistics it is the sample's Wilson bound. Rows unlike the sample (a drifting
@@ -899,8 +900,8 @@ fn choose_plan(
         stage_rows: 1.0,
     };
     // Each cheaper candidate with its per-row cost (a proxy costs its encoder's embedding).
-    let cheap: Vec<(&CandidateOutcome, Cost)> = stats
-        .candidates
+    let tested = tested_outcomes(stats);
+    let cheap: Vec<(&CandidateOutcome, Cost)> = tested
         .iter()
         .filter_map(|outcome| {
             let cost = if outcome.model.starts_with(PROXY_PREFIX) {
@@ -1029,6 +1030,36 @@ fn choose_plan(
             plans: weighed,
         }),
     }
+}
+
+/// The sampled rows each candidate's plans are tested on: all of them, or, when a smaller model
+/// took a first look, the rows after it, without the candidates that stopped there.
+///
+/// Whether a smaller model finishes the sample is decided from its first rows' agreement
+/// (`worth_finishing`), so those rows decide which candidates share the 5% of the bound. Were
+/// they tested too, the 95% would no longer be guaranteed: the same rows would pick the
+/// families and test them. Given whatever the first look decided, the rows after it are still
+/// a uniform sample of the input, so testing only those, the candidates that finished share the
+/// 5% among themselves alone. A candidate that stopped cannot show the target on its 16 rows
+/// anyway (16 of 16 is a lower bound of 0.855 at z = 1.645), but left in it took shares of the
+/// 5%: beside a proxy, a stopped smollm2-135m made five sequences share it (z = 2.326) where the
+/// proxy's one now has it all (z = 1.645), at the price of 16 fewer tested rows. A sample no
+/// longer than the first look stopped nothing, and is tested whole.
+fn tested_outcomes(stats: &LabelCallStats) -> Vec<CandidateOutcome> {
+    let first_look = stats.candidates.iter().any(|c| !c.model.starts_with(PROXY_PREFIX));
+    if !first_look || stats.reference_rows <= FIRST_LOOK_ROWS {
+        return stats.candidates.clone();
+    }
+    stats
+        .candidates
+        .iter()
+        .filter(|c| c.agrees.len() > FIRST_LOOK_ROWS)
+        .map(|c| CandidateOutcome {
+            model: c.model.clone(),
+            confidence: c.confidence.iter().skip(FIRST_LOOK_ROWS).copied().collect(),
+            agrees: c.agrees.iter().skip(FIRST_LOOK_ROWS).copied().collect(),
+        })
+        .collect()
 }
 
 /// The one-time cost of loading the models `plan` runs that are not resident (a proxy runs
@@ -1441,6 +1472,39 @@ mod tests {
         assert_eq!(proxy_escalation(&outcome(vec![true; 120]), 0.9), 0.0);
         assert!((proxy_escalation(&outcome(vec![false; 120]), 0.9) - 0.9).abs() < 1e-9);
         assert_eq!(proxy_escalation(&outcome(Vec::new()), 0.9), 1.0);
+    }
+
+    #[test]
+    fn plans_are_tested_on_the_rows_after_a_first_look_without_the_candidates_it_stopped() {
+        let outcome = |model: &str, rows: usize| CandidateOutcome {
+            model: model.to_string(),
+            confidence: (0..rows).map(|i| i as f32).collect(),
+            agrees: (0..rows).map(|i| i % 3 > 0).collect(),
+        };
+        let stats = |candidates: Vec<CandidateOutcome>| LabelCallStats {
+            input_rows: 400,
+            reference: "big".into(),
+            mean_row_tokens: 20.0,
+            first_label_rate: 0.5,
+            candidates,
+            reference_rows: 120,
+            answer_counts: vec![60, 60],
+        };
+        // A small model stopped after 16 rows: it is left out, and the proxy is tested on its
+        // last 104 rows only.
+        let proxy = format!("{PROXY_PREFIX}p");
+        let tested = tested_outcomes(&stats(vec![outcome("small", 16), outcome(&proxy, 120)]));
+        assert_eq!(tested.len(), 1);
+        assert_eq!(tested[0].model, proxy);
+        assert_eq!(tested[0].agrees.len(), 104);
+        assert_eq!(tested[0].confidence[0], 16.0);
+        assert_eq!(tested[0].agrees[..], outcome(&proxy, 120).agrees[16..]);
+        // It finished: both stay, on the same 104 rows.
+        let tested = tested_outcomes(&stats(vec![outcome("small", 120), outcome(&proxy, 120)]));
+        assert_eq!(tested.iter().map(|c| c.agrees.len()).collect::<Vec<_>>(), [104, 104]);
+        // No smaller model, no first look: the proxy is tested on every row.
+        let tested = tested_outcomes(&stats(vec![outcome(&proxy, 120)]));
+        assert_eq!(tested[0].agrees.len(), 120);
     }
 
     #[test]
