@@ -101,7 +101,8 @@ pub struct MurakkabOptions {
     pub quality_target: f64,
     /// Whether the cost-based AI rules run at all.
     pub optimizer_enabled: bool,
-    /// Rows sampled to estimate a call's quality per candidate model.
+    /// Fewest rows sampled to estimate a call's quality per candidate model (label calls sample
+    /// more from larger inputs, up to four times this).
     pub sample_rows: usize,
     /// Most joules a query's AI calls may be estimated to use; 0 for no limit.
     pub max_energy_j: f64,
@@ -185,7 +186,7 @@ const OPTIONS: &[OptionDoc] = &[
     },
     OptionDoc {
         key: "optimizer.sample_rows",
-        description: "Rows of an AI call's input sampled to estimate each candidate model's agreement with the reference model (at least 8); the answers are kept in the result cache.",
+        description: "Fewest rows of an AI call's input sampled to estimate each candidate model's agreement with the reference model (at least 8); a label call samples 6·√n of its n input rows, up to four times this; the answers are kept in the result cache.",
     },
     OptionDoc {
         key: "max_energy_j",
