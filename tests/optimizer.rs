@@ -517,3 +517,21 @@ async fn a_reference_that_answers_every_sampled_row_alike_is_reported() {
     assert!(!plan.contains("on all 190 sampled rows"), "{plan}");
     assert!(db.take_warnings().is_empty());
 }
+
+#[tokio::test]
+async fn a_call_above_another_finds_its_statistics_on_the_second_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    let two = "SELECT id FROM reviews WHERE ai_classify(text, ['positive', 'negative']) = \
+               'positive' AND ai_filter(text, 'The review is upbeat') ORDER BY id";
+    let first = text_of(&db, &format!("EXPLAIN ANALYZE {two}")).await;
+    assert!(first.contains("(sampled, "), "{first}");
+    // The call above is keyed by the plan below it, whose notes changed from "sampled" to
+    // "recorded": the key leaves them out, so the second run samples nothing.
+    backend.calls.lock().unwrap().clear();
+    let second = text_of(&db, &format!("EXPLAIN ANALYZE {two}")).await;
+    assert_eq!(second.matches("(recorded, ").count(), 2, "{second}");
+    assert!(!second.contains("(sampled"), "{second}");
+}

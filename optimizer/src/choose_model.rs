@@ -1155,6 +1155,28 @@ fn collect_sites(
     Ok(())
 }
 
+/// How `plan` reads in a statistics key: its indented display, without the optimizer's notes
+/// and estimates on AI maps. Those say how a decision was reached ("sampled", "recorded", a
+/// selectivity measured), so they differ between the run that sampled and the next although
+/// the rows are the same: keyed with them, an AI call above another one (the second of two
+/// AI predicates) was sampled again on the second run and found its statistics only on the
+/// third.
+pub(crate) fn lineage(plan: &LogicalPlan) -> String {
+    let bare = plan.clone().transform_up(|node| {
+        let Some(map) =
+            as_ai_map(&node).filter(|m| !m.notes.is_empty() || m.estimated_ms.is_some())
+        else {
+            return Ok(Transformed::no(node));
+        };
+        let map = AiMap::try_new(map.input.clone(), map.calls.clone())?;
+        Ok(Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(map) })))
+    });
+    match bare {
+        Ok(bare) => bare.data.display_indent().to_string(),
+        Err(_) => plan.display_indent().to_string(),
+    }
+}
+
 pub(crate) fn as_ai_map(node: &LogicalPlan) -> Option<&AiMap> {
     match node {
         LogicalPlan::Extension(e) => e.node.as_any().downcast_ref::<AiMap>(),
@@ -1204,10 +1226,8 @@ fn site_of(call: &Expr, input: &LogicalPlan, models: &str) -> Option<Site> {
         _ => return None,
     };
     let text = f.args.first()?.clone();
-    let key = format!(
-        "label-call v1\n{function}\n{instruction:?}\n{text}\n{models}\n{}",
-        input.display_indent()
-    );
+    let key =
+        format!("label-call v1\n{function}\n{instruction:?}\n{text}\n{models}\n{}", lineage(input));
     Some(Site { key, function, text, instruction, input: input.clone(), limit: None })
 }
 
@@ -1505,6 +1525,27 @@ mod tests {
         // No smaller model, no first look: the proxy is tested on every row.
         let tested = tested_outcomes(&stats(vec![outcome(&proxy, 120)]));
         assert_eq!(tested[0].agrees.len(), 120);
+    }
+
+    #[test]
+    fn a_lineage_leaves_out_the_notes_on_ai_maps_below() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        use datafusion::logical_expr::{col, table_scan};
+        let schema = Schema::new(vec![Field::new("text", DataType::Utf8, true)]);
+        let scan = table_scan(Some("t"), &schema, None).unwrap().build().unwrap();
+        let map = |notes: Vec<String>| {
+            let map = AiMap::try_new(scan.clone(), vec![col("t.text").alias("__ai_0")]).unwrap();
+            LogicalPlan::Extension(Extension { node: Arc::new(map.with_notes(notes)) })
+        };
+        let sampled = map(vec!["order: 1 of 2 (sampled): passes 11%".into()]);
+        let recorded = map(vec!["order: 1 of 2 (recorded): passes 11%".into()]);
+        assert_ne!(sampled.display_indent().to_string(), recorded.display_indent().to_string());
+        assert_eq!(lineage(&sampled), lineage(&recorded));
+        assert_eq!(lineage(&sampled), lineage(&map(Vec::new())));
+        // What the map computes still counts.
+        let other = AiMap::try_new(scan.clone(), vec![col("t.text").alias("__ai_1")]).unwrap();
+        let other = LogicalPlan::Extension(Extension { node: Arc::new(other) });
+        assert_ne!(lineage(&other), lineage(&sampled));
     }
 
     #[test]

@@ -65,7 +65,7 @@ use murakkab_compiler::{AiMap, MurakkabOptions};
 use murakkab_udfs::{AiBackend, AiContext, ModelPlan};
 
 use crate::choose_model::{
-    as_ai_map, call_is_auto, contains_ai_map, function_call, literal_string,
+    as_ai_map, call_is_auto, contains_ai_map, function_call, lineage, literal_string,
     skip_column_projections, with_model,
 };
 use crate::cost_model::{Cost, embed_row_cost, generate_row_cost, label_row_cost};
@@ -484,7 +484,7 @@ fn link_key(chain: &Chain, i: usize, models: &str) -> String {
         "predicate v1\n{}\n{}\n{models}\n{}",
         link.predicate,
         calls.join("\n"),
-        chain.base.display_indent()
+        lineage(&chain.base)
     )
 }
 

@@ -70,7 +70,8 @@ use murakkab_compiler::{AiMap, MurakkabOptions};
 use murakkab_udfs::{AiBackend, AiContext, ModelPlan};
 
 use crate::choose_model::{
-    as_ai_map, call_is_auto, contains_ai_map, function_call, skip_column_projections, with_model,
+    as_ai_map, call_is_auto, contains_ai_map, function_call, lineage, skip_column_projections,
+    with_model,
 };
 use crate::sampling::Reservoir;
 
@@ -415,8 +416,8 @@ fn site_key(site: &Site, models: &str) -> String {
         "semantic join v1\n{}\n{}\n{models}\n{}\n--\n{}",
         site.call,
         site.predicate,
-        site.left.display_indent(),
-        site.right.display_indent()
+        lineage(&site.left),
+        lineage(&site.right)
     )
 }
 
