@@ -9,8 +9,8 @@
 //! intermediate projection adds its bias and applies GELU in the kernel's epilogue
 //! ([`AmxMatrix::bias_gelu`], AVX-512 lanes instead of libm's scalar `erff`), writing the tiles
 //! the output projection reads.
-//! Embeddings move by about 1e-3 in cosine against the f32 path (bf16 rounding), far below
-//! what separates neighbours in a search.
+//! Embeddings stay within 2e-5 in cosine of the f32 path (bf16 rounding; 222 BBC leads, 221
+//! keeping the same nearest neighbour), far below what separates neighbours in a search.
 
 use candle_core::{DType, Tensor};
 use candle_nn::{Embedding, LayerNorm, Module, VarBuilder, embedding, layer_norm};

@@ -619,14 +619,19 @@ fn worth_finishing(
 /// (out of fold), so that the proxy is not credited with more than the sample shows and a
 /// candidate is not stopped on the proxy's luck.
 fn proxy_escalation(proxy: &CandidateOutcome, quality_target: f64) -> f64 {
-    let ranked: Vec<(f32, bool)> =
-        proxy.confidence.iter().copied().zip(proxy.agrees.iter().copied()).collect();
+    let ranked = answered_rows(proxy);
     if ranked.is_empty() {
         return 1.0;
     }
     1.0 - share_within_target(&ranked, quality_target, |agreeing, looked| {
         wilson_lower_bound(agreeing, looked, Z_95)
     })
+}
+
+/// A candidate's sampled rows as (confidence, agrees with the reference), the input of
+/// [`settleable_share`] and [`proxy_escalation`].
+fn answered_rows(outcome: &CandidateOutcome) -> Vec<(f32, bool)> {
+    outcome.confidence.iter().copied().zip(outcome.agrees.iter().copied()).collect()
 }
 
 /// The largest share of rows, most confident first, that a cascade meeting `quality_target`
@@ -703,12 +708,7 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
         add_agreement(&mut outcome, &head, &truth[..first]);
         let hopeless = match (job.row_cost.get(model), reference_cost) {
             (Some(&cost), Some(reference_cost)) if first < n => {
-                let first_look: Vec<(f32, bool)> = outcome
-                    .confidence
-                    .iter()
-                    .copied()
-                    .zip(outcome.agrees.iter().copied())
-                    .collect();
+                let first_look = answered_rows(&outcome);
                 !first_look.is_empty()
                     && !worth_finishing(
                         &first_look,
