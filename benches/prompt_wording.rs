@@ -75,17 +75,18 @@ impl Question {
     /// which is calibrated already.
     fn calibrated(&self, texts: &[&str]) -> Option<ChatBatch> {
         let Self::Condition(_) = self else { return None };
-        Some(ChatBatch { calibration_row: Some("<text>\n\n</text>".into()), ..self.plain(texts) })
+        Some(ChatBatch { calibration_row: Some("\n</text>".into()), ..self.plain(texts) })
     }
 
     /// The same question as item 1 of a numbered list.
     fn numbered(&self, texts: &[&str]) -> ChatBatch {
         let plain = self.plain(texts);
-        let question = plain.shared.trim_end();
+        let question = plain.shared.trim_end_matches(prompts::BLOCK_OPEN).trim_end();
         ChatBatch {
             shared: format!(
                 "Answer a question about the text.\n1. {question}\nAnswer as the question's \
-                 number, then the answer.\n\n"
+                 number, then the answer.\n\n{}",
+                prompts::BLOCK_OPEN
             ),
             ..plain
         }

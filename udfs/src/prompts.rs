@@ -1,7 +1,10 @@
 //! Every prompt the AI functions send, in one place.
 //!
 //! A prompt is an instruction shared by all rows (computed once per batch), then the row's text
-//! inside a delimited block, then the question. Row text can never close its block or open a
+//! inside a delimited block, then the question. The block's opening tag ends the shared part
+//! ([`BLOCK_OPEN`]): it is the same for every row, so it is read once with the instruction
+//! rather than once per row (3 of Qwen's 26 tokens per UCI review), and the tokens are the same
+//! as when it began each row. Row text can never close its block or open a
 //! chat turn: [`fence`] neutralises the delimiters and chat markers it might contain, so a row
 //! can only ever be data. Each template has a version; change the version whenever the wording
 //! changes, because it is part of every result-cache key.
@@ -18,11 +21,11 @@ pub struct PromptVersion {
 }
 
 /// `ai_filter`: a yes/no judgement scored on the labels `yes` and `no`.
-pub const FILTER: PromptVersion = PromptVersion { function: "ai_filter", version: 2 };
+pub const FILTER: PromptVersion = PromptVersion { function: "ai_filter", version: 3 };
 /// `ai_classify`: the most likely of the given labels.
-pub const CLASSIFY: PromptVersion = PromptVersion { function: "ai_classify", version: 3 };
+pub const CLASSIFY: PromptVersion = PromptVersion { function: "ai_classify", version: 4 };
 /// `ai_extract`: typed fields as JSON.
-pub const EXTRACT: PromptVersion = PromptVersion { function: "ai_extract", version: 1 };
+pub const EXTRACT: PromptVersion = PromptVersion { function: "ai_extract", version: 2 };
 /// `ai_summarize_agg`: a summary of several texts.
 pub const SUMMARIZE: PromptVersion = PromptVersion { function: "ai_summarize_agg", version: 1 };
 /// `ai_complete`: the user's prompt as it is.
@@ -41,8 +44,12 @@ pub fn fence(text: &str) -> String {
         .replace("</texts>", "</ texts>")
 }
 
+/// What ends every shared instruction that a row's block follows: the block's opening tag.
+pub const BLOCK_OPEN: &str = "<text>\n";
+
+/// A row's part of its block: the text and the closing tag (the opening one is shared).
 fn block(text: &str) -> String {
-    format!("<text>\n{}\n</text>", fence(text))
+    format!("{}\n</text>", fence(text))
 }
 
 /// Prompts for `ai_filter(text, condition)` over rows that share one condition.
@@ -53,7 +60,8 @@ fn block(text: &str) -> String {
 pub fn filter(texts: &[&str], condition: &str) -> ChatBatch {
     ChatBatch {
         shared: format!(
-            "Classify the text as one of: yes ({}), no (otherwise). Answer with one word.\n\n",
+            "Classify the text as one of: yes ({}), no (otherwise). Answer with one word.\n\n\
+             {BLOCK_OPEN}",
             fence(condition)
         ),
         rows: texts.iter().map(|t| block(t)).collect(),
@@ -76,7 +84,7 @@ pub fn classify(texts: &[&str], labels: &[String]) -> ChatBatch {
         "Answer with one of the categories, exactly as written."
     };
     ChatBatch {
-        shared: format!("Classify the text as one of: {list}. {answer}\n\n"),
+        shared: format!("Classify the text as one of: {list}. {answer}\n\n{BLOCK_OPEN}"),
         rows: texts.iter().map(|t| block(t)).collect(),
         calibration_row: Some(block("")),
     }
@@ -99,7 +107,7 @@ pub fn extract(texts: &[&str], fields: &[(String, FieldType)]) -> ChatBatch {
         shared: format!(
             "What does the text say for each of these: {described}? Answer with one JSON \
              object with these keys. Keep each value short: the few words of the text that \
-             answer it. Use null where the text does not say.\n"
+             answer it. Use null where the text does not say.\n{BLOCK_OPEN}"
         ),
         rows: texts.iter().map(|t| block(t)).collect(),
         calibration_row: None,
