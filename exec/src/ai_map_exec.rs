@@ -1,8 +1,9 @@
 //! `AiMapExec`: the physical operator of an [`AiMap`] node.
 //!
 //! It streams: the input is re-cut into chunks ([`CHUNK_ROWS`] rows first, doubling up to
-//! [`MAX_CHUNK_ROWS`]), the AI calls are evaluated on one chunk at a time and the chunk goes out
-//! with its new columns before the next is started. So the first rows reach the user after one
+//! [`MAX_CHUNK_ROWS`], in rows a full model computes: see [`MAX_CHUNK_SCALE`]), the AI calls are
+//! evaluated on one chunk at a time and the chunk goes out with its new columns before the next
+//! is started. So the first rows reach the user after one
 //! small chunk, a satisfied `LIMIT` (or a dropped stream) stops the model after at most one more
 //! chunk, and memory stays bounded by one input batch and one chunk. EXPLAIN ANALYZE shows
 //! rows, the models called, model calls and their mean rows, rows the model computed, cache and
@@ -46,9 +47,18 @@ pub const CHUNK_ROWS: usize = 16;
 /// each batch is padding, and fewer calls each pay the per-call work (the instruction's cache
 /// lookup, the calibration row). Label scoring of 230 UCI sentences with Qwen (batching on,
 /// optimizer off): 28.0 s of model time in 16-row chunks, 20.8 s in 64, 17.9 s in 256.
-/// Doubling keeps the first rows as early as before and bounds the rows computed past a
-/// satisfied `LIMIT` by the rows already delivered.
+/// Doubling keeps the first rows as early as before and bounds the model work done past a
+/// satisfied `LIMIT` by the work already delivered (while the share of rows a full model
+/// computes holds; see [`MAX_CHUNK_SCALE`]).
 pub const MAX_CHUNK_ROWS: usize = 256;
+/// How many times more rows than [`ChunkSizes`] names a chunk may hold when the chunk before
+/// it needed a full model for only some of its rows (a cascade settling most of them on its
+/// proxy, answers from the result cache, duplicates): the sizes count rows a full model
+/// computes, so a cascade's reference still gets batches of the size the doubling intends.
+/// On 428 UCI reviews, a proxy cascade escalating 29% sent its reference batches of 5, 9, 19,
+/// 37 and 14 rows in chunks of 16 to 256; the first chunk, whose share is not known yet, keeps
+/// its 16 rows.
+pub const MAX_CHUNK_SCALE: usize = 8;
 /// Rows per model chunk at batch priority: smaller, so an interactive call waits less for the
 /// batch chunk that holds the device.
 pub const BATCH_CHUNK_ROWS: usize = 8;
@@ -266,6 +276,29 @@ struct ChunkContext {
     on_error: OnError,
     /// The session's warnings, for chunks that time out (the functions record their own).
     warnings: Option<Arc<AiWarnings>>,
+    /// What share of the last chunk's rows a full model computed, for the next chunk's size.
+    full_model_share: FullModelShare,
+}
+
+/// The share of a chunk's rows that a full model computed (as `f64` bits), written after each
+/// chunk and read when the next is cut: see [`MAX_CHUNK_SCALE`].
+#[derive(Debug, Clone)]
+struct FullModelShare(Arc<std::sync::atomic::AtomicU64>);
+
+impl Default for FullModelShare {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicU64::new(1.0f64.to_bits())))
+    }
+}
+
+impl FullModelShare {
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, share: f64) {
+        self.0.store(share.to_bits(), Ordering::Relaxed);
+    }
 }
 
 /// Evaluates the calls on one chunk and appends their columns; `cancel` stops the model work.
@@ -281,6 +314,8 @@ fn map_chunk(
     // this operator's.
     call_stats::take_models();
     let mut columns = chunk.columns().to_vec();
+    let rows = chunk.num_rows().max(1);
+    let mut full_model_share: f64 = 0.0;
     for (expr, _) in calls {
         // The model calls inside take their turn on the device in the session's class, on this
         // thread, so this thread's counters tell what they cost.
@@ -295,6 +330,11 @@ fn map_chunk(
         metrics.dedup_hits.add(saved.dedup_hits as usize);
         metrics.warned_rows.add(saved.warned_rows as usize);
         metrics.escalated_rows.add(saved.escalated_rows as usize);
+        // Rows neither deduplicated, nor from the cache, nor settled by a cascade's cheaper
+        // stage: the ones a full model computed. The most expensive call sets the share.
+        let cheap = work.cache_hits + saved.dedup_hits + saved.settled_rows;
+        let full = (rows as u64).saturating_sub(cheap);
+        full_model_share = full_model_share.max(full as f64 / rows as f64);
         metrics.model_rows.add(work.model_rows as usize);
         metrics.cache_hits.add(work.cache_hits as usize);
         metrics.tokens_in.add(work.tokens_in as usize);
@@ -304,6 +344,7 @@ fn map_chunk(
         metrics.energy_mj.add((joules * 1000.0).round() as usize);
     }
     timer.done();
+    cx.full_model_share.set(full_model_share);
     let called = call_stats::take_models();
     if let Ok(mut seen) = models.lock() {
         for model in called {
@@ -421,12 +462,13 @@ impl ExecutionPlan for AiMapExec {
                 .then(|| Duration::from_secs_f64(options.model_timeout_s)),
             on_error: options.on_error,
             warnings: warnings.clone(),
+            full_model_share: FullModelShare::default(),
         };
         let on_drop = CancelOnDrop(cx.cancel.clone());
         let out_schema = Arc::clone(&self.schema);
         // The input becomes a stream of chunks, pulled one at a time, so nothing past the chunk
         // being consumed is computed.
-        let stream = chunks(input, chunk_sizes).then(move |chunk| {
+        let stream = chunks(input, chunk_sizes, cx.full_model_share.clone()).then(move |chunk| {
             let _owned_by_the_stream = &on_drop;
             let cx = cx.clone();
             async move {
@@ -457,38 +499,46 @@ impl ExecutionPlan for AiMapExec {
 }
 
 /// `input`'s rows in chunks of `sizes`: small input batches (a join's, a selective filter's)
-/// are gathered and large ones cut, so every chunk but the last has its full size.
+/// are gathered and large ones cut, so every chunk but the last has its full size. Each chunk
+/// is cut after the one before it was evaluated, with the share of its rows a full model
+/// computed (`share`) scaling the size.
 fn chunks(
     input: SendableRecordBatchStream,
     sizes: ChunkSizes,
+    share: FullModelShare,
 ) -> impl futures::Stream<Item = Result<RecordBatch>> {
     let state = (input, None::<RecordBatch>, sizes, false);
-    futures::stream::unfold(state, |(mut input, mut pending, mut sizes, mut done)| async move {
-        loop {
-            let ready = |b: &mut RecordBatch| b.num_rows() >= sizes.next || done;
-            if let Some(batch) = pending.take_if(ready) {
-                let held = batch.num_rows();
-                let take = sizes.take(held);
-                if take < held {
-                    pending = Some(batch.slice(take, held - take));
+    futures::stream::unfold(state, move |(mut input, mut pending, mut sizes, mut done)| {
+        let share = share.get();
+        async move {
+            sizes.observe(share);
+            loop {
+                let wanted = sizes.wanted();
+                let ready = |b: &mut RecordBatch| b.num_rows() >= wanted || done;
+                if let Some(batch) = pending.take_if(ready) {
+                    let held = batch.num_rows();
+                    let take = sizes.take(held);
+                    if take < held {
+                        pending = Some(batch.slice(take, held - take));
+                    }
+                    return Some((Ok(batch.slice(0, take)), (input, pending, sizes, done)));
                 }
-                return Some((Ok(batch.slice(0, take)), (input, pending, sizes, done)));
-            }
-            if done {
-                return None;
-            }
-            match input.next().await {
-                None => done = true,
-                Some(Err(e)) => return Some((Err(e), (input, None, sizes, true))),
-                Some(Ok(batch)) if batch.num_rows() == 0 => {}
-                Some(Ok(batch)) => {
-                    pending = match pending.take() {
-                        None => Some(batch),
-                        Some(held) => match concat_batches(&batch.schema(), [&held, &batch]) {
-                            Ok(joined) => Some(joined),
-                            Err(e) => return Some((Err(e.into()), (input, None, sizes, true))),
-                        },
-                    };
+                if done {
+                    return None;
+                }
+                match input.next().await {
+                    None => done = true,
+                    Some(Err(e)) => return Some((Err(e), (input, None, sizes, true))),
+                    Some(Ok(batch)) if batch.num_rows() == 0 => {}
+                    Some(Ok(batch)) => {
+                        pending = match pending.take() {
+                            None => Some(batch),
+                            Some(held) => match concat_batches(&batch.schema(), [&held, &batch]) {
+                                Ok(joined) => Some(joined),
+                                Err(e) => return Some((Err(e.into()), (input, None, sizes, true))),
+                            },
+                        };
+                    }
                 }
             }
         }
@@ -496,25 +546,42 @@ fn chunks(
 }
 
 /// The sizes of a stream's chunks: `first` rows, then twice as many each time up to `most`
-/// (see [`MAX_CHUNK_ROWS`]).
+/// (see [`MAX_CHUNK_ROWS`]), counted in rows a full model computes: growing sizes divide by the
+/// share of the last chunk's rows that took one (at most [`MAX_CHUNK_SCALE`] times the rows).
+/// Fixed sizes (the naive baseline's one row, batch priority, a timeout) stay in rows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct ChunkSizes {
     first: usize,
     next: usize,
     most: usize,
+    /// The share of the last chunk's rows a full model computed (1 until one is known).
+    share: f64,
 }
 
 impl ChunkSizes {
     fn growing(first: usize, most: usize) -> Self {
         let first = first.max(1);
-        Self { first, next: first, most: most.max(first) }
+        Self { first, next: first, most: most.max(first), share: 1.0 }
+    }
+
+    /// Takes the share of the last chunk's rows that a full model computed.
+    fn observe(&mut self, share: f64) {
+        if self.most > self.first && share.is_finite() {
+            self.share = share.clamp(1.0 / MAX_CHUNK_SCALE as f64, 1.0);
+        }
+    }
+
+    /// The rows the next chunk wants.
+    fn wanted(&self) -> usize {
+        (self.next as f64 / self.share).ceil() as usize
     }
 
     /// The rows of the next chunk when `available` rows are at hand; a full chunk doubles the
     /// next one.
     fn take(&mut self, available: usize) -> usize {
-        let take = self.next.min(available);
-        if take == self.next {
+        let wanted = self.wanted();
+        let take = wanted.min(available);
+        if take == wanted {
             self.next = (self.next * 2).min(self.most);
         }
         take
@@ -546,7 +613,7 @@ mod tests {
         let input = futures::stream::iter(batches.into_iter().map(Ok));
         let input: SendableRecordBatchStream =
             Box::pin(RecordBatchStreamAdapter::new(schema, input));
-        chunks(input, sizes)
+        chunks(input, sizes, FullModelShare::default())
             .map(|c| {
                 let c = c.unwrap();
                 let v = c.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>();
@@ -577,5 +644,43 @@ mod tests {
         assert_eq!(out, [vec![0], vec![1], vec![2]]);
         assert_eq!(ChunkSizes::growing(16, 256).to_string(), "16..256");
         assert_eq!(ChunkSizes::growing(8, 8).to_string(), "8");
+    }
+
+    #[test]
+    fn chunks_grow_in_rows_a_full_model_computed() {
+        let mut sizes = ChunkSizes::growing(16, 256);
+        assert_eq!(sizes.take(1000), 16, "the first chunk's share is not known");
+        // A cascade settled three quarters of it on its proxy: four times the rows.
+        sizes.observe(0.25);
+        assert_eq!(sizes.take(1000), 128);
+        sizes.observe(0.25);
+        assert_eq!(sizes.take(1000), 256);
+        // Everything from the cache: at most MAX_CHUNK_SCALE times the rows.
+        sizes.observe(0.0);
+        assert_eq!(sizes.take(10_000), 128 * MAX_CHUNK_SCALE);
+        sizes.observe(1.0);
+        assert_eq!(sizes.take(10_000), 256);
+        // Fixed sizes stay in rows.
+        let mut fixed = ChunkSizes::growing(1, 1);
+        fixed.observe(0.25);
+        assert_eq!(fixed.take(10), 1);
+    }
+
+    #[test]
+    fn the_share_a_chunk_reports_sizes_the_next() {
+        futures::executor::block_on(async {
+            let schema = batch(0..1).schema();
+            let input = futures::stream::iter([Ok(batch(0..200))]);
+            let input: SendableRecordBatchStream =
+                Box::pin(RecordBatchStreamAdapter::new(schema, input));
+            let share = FullModelShare::default();
+            let mut stream = Box::pin(chunks(input, ChunkSizes::growing(4, 64), share.clone()));
+            let mut sizes = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                sizes.push(chunk.unwrap().num_rows());
+                share.set(0.5);
+            }
+            assert_eq!(sizes, [4, 16, 32, 64, 84]);
+        });
     }
 }

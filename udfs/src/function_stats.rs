@@ -1,5 +1,5 @@
 //! Per-thread counters of what the AI functions did besides calling the backend: rows answered
-//! by deduplication and rows that got a warning. The operator that evaluates a function reads
+//! by deduplication, rows that got a warning, and what a cascade settled or escalated. The operator that evaluates a function reads
 //! them before and after, like the executor's call counters, to show them in EXPLAIN ANALYZE.
 
 use std::cell::Cell;
@@ -13,6 +13,8 @@ pub struct FunctionStats {
     pub warned_rows: u64,
     /// Rows a cascade's cheap model was unsure of and sent on to its reference model.
     pub escalated_rows: u64,
+    /// Rows a cascade's cheaper stage answered, which its reference model never saw.
+    pub settled_rows: u64,
 }
 
 impl FunctionStats {
@@ -22,13 +24,15 @@ impl FunctionStats {
             dedup_hits: self.dedup_hits - earlier.dedup_hits,
             warned_rows: self.warned_rows - earlier.warned_rows,
             escalated_rows: self.escalated_rows - earlier.escalated_rows,
+            settled_rows: self.settled_rows - earlier.settled_rows,
         }
     }
 }
 
 thread_local! {
-    static STATS: Cell<FunctionStats> =
-        const { Cell::new(FunctionStats { dedup_hits: 0, warned_rows: 0, escalated_rows: 0 }) };
+    static STATS: Cell<FunctionStats> = const {
+        Cell::new(FunctionStats { dedup_hits: 0, warned_rows: 0, escalated_rows: 0, settled_rows: 0 })
+    };
 }
 
 /// This thread's counters.

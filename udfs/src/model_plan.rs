@@ -197,12 +197,14 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
         let scored = score_on(context, model, &subset, labels)?;
         truncated = truncated.max(scored.truncated);
         let mut unsure = Vec::new();
+        let reached = pending.len();
         for (slot, answer) in pending.into_iter().zip(scored.rows) {
             match answer {
                 Ok(p) if top_probability(&p) >= *threshold => out[slot] = Ok(p),
                 _ => unsure.push(slot),
             }
         }
+        function_stats::record(|s| s.settled_rows += (reached - unsure.len()) as u64);
         pending = unsure;
     }
     if !pending.is_empty() {
