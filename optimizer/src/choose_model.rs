@@ -22,8 +22,8 @@
 //! answers and is a candidate too, its agreement measured out of fold. A smaller model scores
 //! its first 16 rows, and the rest only if, settling at best the share of those rows its most
 //! confident answers allow, it could save more than the rest of the sample costs on the rows
-//! the proxy would still leave to the reference (`worth_finishing`). The
-//! answers go through the result cache, so the sampled rows are not computed again when the
+//! the proxy would still leave to the reference (`worth_finishing`); when even agreeing on
+//! every row it could not, it scores none. The answers go through the result cache, so the sampled rows are not computed again when the
 //! query runs, and the figures persist under `MURAKKAB_HOME/stats`, keyed by the function, its
 //! condition or labels, the lineage of the column (the plan below the call) and the candidate
 //! models, so a repeated workload skips the sampling. Costs come from the device profile
@@ -39,9 +39,10 @@
 //!
 //! The guarantee: the chosen plan's agreement with the reference model over the rows it
 //! answers has a 95% lower bound at or above the target, holding for every plan the decision
-//! tried together (thresholds are tested as fixed sequences, and the sequences share the 5%:
-//! `quality::families`; after a smaller model's first look, on the rows after it, among the
-//! candidates that finished: `tested_outcomes`). When the sample was drawn in this query from the whole input, the
+//! tried together (thresholds are tested as fixed sequences, and the sequences share the 5%
+//! in shares fixed before the sample, the proxy's 80%: `quality::MissRateShares`; after a
+//! smaller model's first look, on the rows after it, among the candidates that finished:
+//! `tested_outcomes`). When the sample was drawn in this query from the whole input, the
 //! bound counts that input as the population (finite population correction) and, for a
 //! cascade, the sampled rows' known reference answers (`quality::AgreementBound`); from
 //! recorded statistics it is the sample's Wilson bound. Rows unlike the sample (a drifting
@@ -80,7 +81,8 @@ use crate::cost_model::{Cost, embed_row_cost, label_row_cost, load_cost};
 use crate::order_predicates::PredicateOrderer;
 use crate::proxy_training::{out_of_fold, train};
 use crate::quality::{
-    AgreementBound, Z_95, cheap_plans, families, two_stage_plans, wilson_lower_bound,
+    AgreementBound, MissRateShares, Z_95, cheap_plans, families, two_stage_plans,
+    wilson_lower_bound,
 };
 use crate::sampling::{PrioritySample, row_priorities};
 use crate::semantic_join::SemanticJoin;
@@ -599,7 +601,10 @@ const FIRST_LOOK_ROWS: usize = 16;
 /// at best take over the reference's work on those rows (as the middle stage of a cascade
 /// after the proxy), so the saving per row is scaled by it. On 428 UCI sentences the proxy
 /// left about a third of rows, and smollm2-135m, which had scored all 124 sampled rows (2.6 s
-/// with its load, of a 12 s query) without making the chosen plan, now stops after 16.
+/// with its load, of a 12 s query) without making the chosen plan, stopped after 16; with an
+/// empty `first_look` (every row settled, at best) it is not sampled at all there: by the
+/// cost model, the third of rows it could take over from qwen2.5-0.5b could not pay for the
+/// 124 rows it would score.
 fn worth_finishing(
     first_look: &[(f32, bool)],
     rest_of_sample: usize,
@@ -708,6 +713,28 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
         let mut outcome =
             CandidateOutcome { model: model.clone(), confidence: Vec::new(), agrees: Vec::new() };
         let first = FIRST_LOOK_ROWS.min(n);
+        // Not even a first look when agreeing on every row could not pay for the sample: with
+        // the proxy settling most rows, little is left for a smaller model to take over.
+        if let (Some(&cost), Some(reference_cost)) = (job.row_cost.get(model), reference_cost) {
+            let perfect = worth_finishing(
+                &[],
+                n,
+                rows_after_sample,
+                cost,
+                reference_cost,
+                job.quality_target,
+                escalated,
+            );
+            if first < n && !perfect {
+                tracing::debug!(
+                    "{}: {model} not sampled: agreeing on every row, it could not pay for the \
+                     {n}-row sample on the {:.0}% of rows the proxy leaves",
+                    job.function,
+                    escalated * 100.0
+                );
+                continue;
+            }
+        }
         let Ok(head) = answers(model, &job.texts[..first]) else { continue };
         add_agreement(&mut outcome, &head, &truth[..first]);
         let hopeless = match (job.row_cost.get(model), reference_cost) {
@@ -933,7 +960,23 @@ fn choose_plan(
         .filter(|(a, b)| value(a.1) < value(b.1))
         .collect();
     // Every plan below is tested on the one sample: the bound holds for all of them together.
-    let bound = &bound.for_families(families(cheap.len(), pairs.len()));
+    // The miss rate is shared out over every sequence that could be tested, counted from the
+    // candidates' costs before the sample: whether a smaller model is sampled at all depends on
+    // how the proxy did on it (`quality::MissRateShares`).
+    let proxy_cost = pass.encoder.as_ref().map(|e| embed_row_cost(&pass.profile.speed(e), options));
+    let stage_values: Vec<f64> = pass
+        .candidates
+        .iter()
+        .filter(|c| c.id != reference_card.id)
+        .map(|c| value(row_cost(c)))
+        .chain(proxy_cost.map(value))
+        .collect();
+    let smaller_models = stage_values.len() - usize::from(proxy_cost.is_some());
+    let possible_pairs =
+        stage_values.iter().flat_map(|a| stage_values.iter().map(move |b| a < b)).filter(|&p| p);
+    let shares =
+        MissRateShares::new(proxy_cost.is_some(), families(smaller_models, possible_pairs.count()));
+    let (proxy_bound, other_bound) = (bound.for_share(shares.proxy), bound.for_share(shares.other));
     let rows = stats.input_rows as f64;
     // Plans compare by their cost over every row plus loading the models that are not resident.
     let total = |choice: &Choice| choice.cost.times(rows).plus(load_of(&choice.plan, pass));
@@ -953,6 +996,8 @@ fn choose_plan(
     };
     let reference_id = &reference_card.id;
     for &(outcome, cheap_cost) in &cheap {
+        let bound =
+            if outcome.model.starts_with(PROXY_PREFIX) { &proxy_bound } else { &other_bound };
         for option in cheap_plans(outcome, bound) {
             consider(Choice {
                 plan: match option.threshold {
@@ -971,7 +1016,7 @@ fn choose_plan(
         }
     }
     for &((first, first_cost), (second, second_cost)) in &pairs {
-        for option in two_stage_plans(first, second, bound) {
+        for option in two_stage_plans(first, second, &other_bound) {
             let cost = first_cost
                 .plus(second_cost.times(option.reach_second))
                 .plus(reference_cost.times(option.escalated));
@@ -1052,12 +1097,15 @@ fn choose_plan(
 /// (`worth_finishing`), so those rows decide which candidates share the 5% of the bound. Were
 /// they tested too, the 95% would no longer be guaranteed: the same rows would pick the
 /// families and test them. Given whatever the first look decided, the rows after it are still
-/// a uniform sample of the input, so testing only those, the candidates that finished share the
-/// 5% among themselves alone. A candidate that stopped cannot show the target on its 16 rows
-/// anyway (16 of 16 is a lower bound of 0.855 at z = 1.645), but left in it took shares of the
-/// 5%: beside a proxy, a stopped smollm2-135m made five sequences share it (z = 2.326) where the
-/// proxy's one now has it all (z = 1.645), at the price of 16 fewer tested rows. A sample no
-/// longer than the first look stopped nothing, and is tested whole.
+/// a uniform sample of the input, so testing only those is fair to the candidates that
+/// finished. A candidate that stopped cannot show the target on its 16 rows anyway (16 of 16
+/// is a lower bound of 0.855 at z = 1.645). The shares of the 5% do not follow which candidates
+/// finished: they are fixed from the candidates' costs before the sample
+/// (`quality::MissRateShares`), the proxy's at 80% (z = 1.751). A smaller model that could
+/// not pay even agreeing on every row is not sampled at all, so no first look takes rows from
+/// the test (on 428 UCI reviews: 124 tested rows instead of 108, the proxy's threshold 0.825 →
+/// 0.739, 84 → 57 rows escalated). A sample no longer than the first look stopped nothing,
+/// and is tested whole.
 fn tested_outcomes(stats: &LabelCallStats) -> Vec<CandidateOutcome> {
     let first_look = stats.candidates.iter().any(|c| !c.model.starts_with(PROXY_PREFIX));
     if !first_look || stats.reference_rows <= FIRST_LOOK_ROWS {
@@ -1459,6 +1507,13 @@ mod tests {
         };
         assert!(!after_proxy(304.0));
         assert!(after_proxy(1_000.0));
+        // Before any row is looked at (an empty first look: every row settled, at best), with
+        // the whole 124-row sample to score: beside a proxy leaving 35% of 304 rows it cannot
+        // pay, so it is not sampled; without a proxy it could, so it takes its first look.
+        let before_looking =
+            |escalated| worth_finishing(&[], 124, 304.0, 0.034, 0.068, 0.9, escalated);
+        assert!(!before_looking(0.35));
+        assert!(before_looking(1.0));
         // SmolLM2's first 16 SpamAssassin subjects: 5 agree, but three of its four most
         // confident answers are wrong, so at most a quarter of rows settle.
         let spam = [

@@ -14,7 +14,11 @@
 //! - the sequences one decision tries are few and fixed before any agreement is looked at: one
 //!   per cheap candidate, and for a two-stage cascade one per first-stage threshold
 //!   ([`FIRST_STAGE_THRESHOLDS`] of them, over every second-stage threshold). Their error is
-//!   split evenly among them ([`families`], [`z_for_families`]: Bonferroni).
+//!   split among them ([`families`], [`z_for_families`]: Bonferroni). A label decision gives the
+//!   proxy's sequence a fixed [`PROXY_SHARE`] of it and splits the rest evenly over every other
+//!   sequence that could be tested ([`MissRateShares`]), counted before the sample is drawn:
+//!   which smaller models get sampled depends on how the proxy did on it, so shares that
+//!   followed the sequences actually tested would not add up to 5% over all samples.
 //!
 //! Simulated (`simulation` below: 400-row inputs, 64-row samples, two cheap candidates of
 //! varying skill), picking across up to 48 × 48 two-stage thresholds at an uncorrected z
@@ -42,6 +46,41 @@ pub fn families(candidates: usize, pairs: usize) -> usize {
 /// together at 1 − [`MISS_RATE`].
 pub fn z_for_families(families: usize) -> f64 {
     normal_quantile(1.0 - MISS_RATE / families.max(1) as f64)
+}
+
+/// The share of the miss rate a label decision's proxy sequence is tested at when other
+/// sequences could be tested too. The proxy settles most rows in practice (the smaller models
+/// are rarely sampled past a first look beside it), so it holds most of the 5%: z = 1.751
+/// rather than 1.645 alone, where an even split with one smaller model and one pair would
+/// give it 2.326.
+pub const PROXY_SHARE: f64 = 0.8;
+
+/// z of the one-sided bound a sequence holding `share` of the miss rate is tested at.
+pub fn z_for_share(share: f64) -> f64 {
+    normal_quantile(1.0 - MISS_RATE * share.clamp(1e-12, 1.0))
+}
+
+/// How one label decision shares the miss rate, fixed before its sample is drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MissRateShares {
+    /// The proxy's sequence's share (when a proxy could be trained).
+    pub proxy: f64,
+    /// Each other sequence's share.
+    pub other: f64,
+}
+
+impl MissRateShares {
+    /// The shares when a proxy could be trained (`proxy`) beside `others` other sequences
+    /// that could be tested: [`PROXY_SHARE`] for the proxy when there are others, all of it
+    /// when there are none; the rest split evenly.
+    pub fn new(proxy: bool, others: usize) -> Self {
+        let proxy_share = match (proxy, others) {
+            (false, _) => 0.0,
+            (true, 0) => 1.0,
+            (true, _) => PROXY_SHARE,
+        };
+        Self { proxy: proxy_share, other: (1.0 - proxy_share) / others.max(1) as f64 }
+    }
 }
 
 /// The standard normal quantile (Acklam's rational approximation, relative error < 1.2e-9).
@@ -144,6 +183,11 @@ impl AgreementBound {
     /// ([`z_for_families`]).
     pub fn for_families(self, families: usize) -> Self {
         Self { z: z_for_families(families), ..self }
+    }
+
+    /// The same bound for a sequence holding `share` of the miss rate ([`z_for_share`]).
+    pub fn for_share(self, share: f64) -> Self {
+        Self { z: z_for_share(share), ..self }
     }
 
     /// The lower bound on agreement over the answered rows for `correct` of `n` sampled rows;
@@ -538,5 +582,18 @@ mod simulation {
         }
         assert!((z_for_families(1) - Z_95).abs() < 1e-3);
         assert!((z_for_families(5) - 2.326_348).abs() < 1e-5);
+        assert!((z_for_share(PROXY_SHARE) - 1.750_686).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_proxy_holds_a_fixed_share_of_the_miss_rate_and_the_shares_add_up() {
+        let alone = MissRateShares::new(true, 0);
+        assert_eq!(alone.proxy, 1.0);
+        let beside = MissRateShares::new(true, 4);
+        assert_eq!(beside.proxy, PROXY_SHARE);
+        assert!((beside.proxy + 4.0 * beside.other - 1.0).abs() < 1e-12);
+        let without = MissRateShares::new(false, 5);
+        assert_eq!(without.proxy, 0.0);
+        assert!((5.0 * without.other - 1.0).abs() < 1e-12);
     }
 }
