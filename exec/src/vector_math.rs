@@ -69,8 +69,9 @@ fn erf_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 }
 
 /// `1 / x` per lane: the 14-bit estimate and one Newton step (relative error about 1e-8, far
-/// below bf16's). A division's throughput is a tenth of a multiply's, and the epilogues are
-/// run between the AMX products, where a division per lane was what held them up.
+/// below bf16's), for the epilogues that run between the AMX products: a division's throughput
+/// is a tenth of a multiply's. Measured on 428 UCI reviews batched through Qwen, 12.0 → 11.6 s
+/// (three runs each, within this machine's noise); MiniLM did not move.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(crate) fn recip_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {

@@ -23,10 +23,11 @@
 //! its first 16 rows, and the rest only if, settling at best the share of those rows its most
 //! confident answers allow, it could save more than the rest of the sample costs on the rows
 //! the proxy would still leave to the reference (`worth_finishing`); when even agreeing on
-//! every row it could not, it scores none. The answers go through the result cache, so the sampled rows are not computed again when the
-//! query runs, and the figures persist under `MURAKKAB_HOME/stats`, keyed by the function, its
-//! condition or labels, the lineage of the column (the plan below the call) and the candidate
-//! models, so a repeated workload skips the sampling. Costs come from the device profile
+//! every row it could not, it scores none. The answers go through the result cache, so the
+//! sampled rows are not computed again when the query runs, and the figures persist under
+//! `MURAKKAB_HOME/stats`, keyed by the function, its condition or labels, the lineage of the
+//! column (the plan below the call) and the candidate models, so a repeated workload skips the
+//! sampling. Costs come from the device profile
 //! (`murakkab calibrate`, or defaults from model size) and the sample's token counts.
 //!
 //! Does not apply: with `murakkab.optimizer.enabled = false`; to calls that name a model or a
@@ -728,7 +729,7 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
             if first < n && !perfect {
                 tracing::debug!(
                     "{}: {model} not sampled: agreeing on every row, it could not pay for the \
-                     {n}-row sample on the {:.0}% of rows the proxy leaves",
+                     {n}-row sample on the {:.0}% of rows left to the reference",
                     job.function,
                     escalated * 100.0
                 );
@@ -810,8 +811,8 @@ fn proxy_outcome(
     truth: &[Option<Vec<f32>>],
 ) -> Option<CandidateOutcome> {
     // What the reference said decides whether a proxy can be trained at all: checked before
-    // embedding the sample (on 120 spam subjects, all answered 'no', that was 0.25 s spent
-    // for nothing).
+    // embedding the sample (on 120 spam subjects, all answered 'no', embedding them took 0.4 s
+    // of planning, the encoder's load included, for nothing).
     let answered: Vec<usize> = truth.iter().flatten().map(|t| best_label(t)).collect();
     let distinct: std::collections::HashSet<usize> = answered.iter().copied().collect();
     if answered.len() < PROXY_MIN_ROWS || distinct.len() < 2 {

@@ -1,6 +1,7 @@
 //! Per-thread counters of what the AI functions did besides calling the backend: rows answered
-//! by deduplication, rows that got a warning, and what a cascade settled or escalated. The operator that evaluates a function reads
-//! them before and after, like the executor's call counters, to show them in EXPLAIN ANALYZE.
+//! by deduplication, rows that got a warning, and what a cascade settled or escalated. The
+//! operator that evaluates a function reads them before and after, like the executor's call
+//! counters, to show them in EXPLAIN ANALYZE and to size its next chunk.
 
 use std::cell::Cell;
 
