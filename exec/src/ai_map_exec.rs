@@ -75,8 +75,8 @@ pub struct AiMapExec {
     models: Arc<Mutex<Vec<String>>>,
     /// Rows of the first and the largest chunk: set by the session's options when executed.
     chunk_sizes: Arc<Mutex<ChunkSizes>>,
-    /// The session's grid intensity (g/kWh, as f64 bits), set when executed, for EXPLAIN ANALYZE.
-    carbon_intensity: Arc<std::sync::atomic::AtomicU64>,
+    /// The session's grid intensity (g/kWh), set when executed, for EXPLAIN ANALYZE.
+    carbon_intensity: SharedF64,
     /// The optimizer's choices and estimates for the calls, shown beside the actual figures.
     notes: Vec<String>,
     /// The optimizer's estimate of the calls' model time, ms.
@@ -123,7 +123,7 @@ impl AiMapExec {
             metrics: ExecutionPlanMetricsSet::new(),
             models: Arc::new(Mutex::new(Vec::new())),
             chunk_sizes: Arc::new(Mutex::new(ChunkSizes::growing(CHUNK_ROWS, MAX_CHUNK_ROWS))),
-            carbon_intensity: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            carbon_intensity: SharedF64::new(0.0),
             notes: Vec::new(),
             estimated_ms: None,
         })
@@ -165,7 +165,7 @@ impl DisplayAs for AiMapExec {
         if let Some(mj) = metrics.sum_by_name("energy_mj").map(|v| v.as_usize()).filter(|&j| j > 0)
         {
             let joules = mj as f64 / 1000.0;
-            let intensity = f64::from_bits(self.carbon_intensity.load(Ordering::Relaxed));
+            let intensity = self.carbon_intensity.get();
             let grams = crate::energy::grams_co2e(joules, intensity);
             let source = if crate::energy::rapl_available() { "measured" } else { "modeled" };
             write!(f, ", energy={joules:.2}J ({source}), co2e={:.3}mg", grams * 1000.0)?;
@@ -277,27 +277,26 @@ struct ChunkContext {
     /// The session's warnings, for chunks that time out (the functions record their own).
     warnings: Option<Arc<AiWarnings>>,
     /// What share of the last chunk's rows a full model computed, for the next chunk's size.
-    full_model_share: FullModelShare,
+    full_model_share: SharedF64,
 }
 
-/// The share of a chunk's rows that a full model computed (as `f64` bits), written after each
-/// chunk and read when the next is cut: see [`MAX_CHUNK_SCALE`].
+/// An `f64` shared between the operator and its streams (as bits): the session's grid
+/// intensity for EXPLAIN ANALYZE, and the share of a chunk's rows a full model computed,
+/// written after each chunk and read when the next is cut (see [`MAX_CHUNK_SCALE`]).
 #[derive(Debug, Clone)]
-struct FullModelShare(Arc<std::sync::atomic::AtomicU64>);
+struct SharedF64(Arc<std::sync::atomic::AtomicU64>);
 
-impl Default for FullModelShare {
-    fn default() -> Self {
-        Self(Arc::new(std::sync::atomic::AtomicU64::new(1.0f64.to_bits())))
+impl SharedF64 {
+    fn new(value: f64) -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicU64::new(value.to_bits())))
     }
-}
 
-impl FullModelShare {
     fn get(&self) -> f64 {
         f64::from_bits(self.0.load(Ordering::Relaxed))
     }
 
-    fn set(&self, share: f64) {
-        self.0.store(share.to_bits(), Ordering::Relaxed);
+    fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -444,7 +443,7 @@ impl ExecutionPlan for AiMapExec {
         if let Ok(mut shown) = self.chunk_sizes.lock() {
             *shown = chunk_sizes;
         }
-        self.carbon_intensity.store(options.carbon_intensity_now().to_bits(), Ordering::Relaxed);
+        self.carbon_intensity.set(options.carbon_intensity_now());
         let warnings = context.session_config().get_extension::<AiWarnings>();
         let input = self.input.execute(partition, context)?;
         // `cancel` is set when this stream is dropped (LIMIT satisfied, Ctrl-C, an error
@@ -462,7 +461,7 @@ impl ExecutionPlan for AiMapExec {
                 .then(|| Duration::from_secs_f64(options.model_timeout_s)),
             on_error: options.on_error,
             warnings: warnings.clone(),
-            full_model_share: FullModelShare::default(),
+            full_model_share: SharedF64::new(1.0),
         };
         let on_drop = CancelOnDrop(cx.cancel.clone());
         let out_schema = Arc::clone(&self.schema);
@@ -505,7 +504,7 @@ impl ExecutionPlan for AiMapExec {
 fn chunks(
     input: SendableRecordBatchStream,
     sizes: ChunkSizes,
-    share: FullModelShare,
+    share: SharedF64,
 ) -> impl futures::Stream<Item = Result<RecordBatch>> {
     let state = (input, None::<RecordBatch>, sizes, false);
     futures::stream::unfold(state, move |(mut input, mut pending, mut sizes, mut done)| {
@@ -613,7 +612,7 @@ mod tests {
         let input = futures::stream::iter(batches.into_iter().map(Ok));
         let input: SendableRecordBatchStream =
             Box::pin(RecordBatchStreamAdapter::new(schema, input));
-        chunks(input, sizes, FullModelShare::default())
+        chunks(input, sizes, SharedF64::new(1.0))
             .map(|c| {
                 let c = c.unwrap();
                 let v = c.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>();
@@ -673,7 +672,7 @@ mod tests {
             let input = futures::stream::iter([Ok(batch(0..200))]);
             let input: SendableRecordBatchStream =
                 Box::pin(RecordBatchStreamAdapter::new(schema, input));
-            let share = FullModelShare::default();
+            let share = SharedF64::new(1.0);
             let mut stream = Box::pin(chunks(input, ChunkSizes::growing(4, 64), share.clone()));
             let mut sizes = Vec::new();
             while let Some(chunk) = stream.next().await {

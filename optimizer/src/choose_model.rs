@@ -714,46 +714,37 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
         let mut outcome =
             CandidateOutcome { model: model.clone(), confidence: Vec::new(), agrees: Vec::new() };
         let first = FIRST_LOOK_ROWS.min(n);
+        // Whether scoring `rest` more sampled rows can pay, given the first look's rows (true
+        // when the costs are unknown).
+        let costs = job.row_cost.get(model).copied().zip(reference_cost);
+        let can_pay = |first_look: &[(f32, bool)], rest: usize| {
+            costs.is_none_or(|(cost, reference_cost)| {
+                worth_finishing(
+                    first_look,
+                    rest,
+                    rows_after_sample,
+                    cost,
+                    reference_cost,
+                    job.quality_target,
+                    escalated,
+                )
+            })
+        };
         // Not even a first look when agreeing on every row could not pay for the sample: with
         // the proxy settling most rows, little is left for a smaller model to take over.
-        if let (Some(&cost), Some(reference_cost)) = (job.row_cost.get(model), reference_cost) {
-            let perfect = worth_finishing(
-                &[],
-                n,
-                rows_after_sample,
-                cost,
-                reference_cost,
-                job.quality_target,
-                escalated,
+        if first < n && !can_pay(&[], n) {
+            tracing::debug!(
+                "{}: {model} not sampled: agreeing on every row, it could not pay for the \
+                 {n}-row sample on the {:.0}% of rows left to the reference",
+                job.function,
+                escalated * 100.0
             );
-            if first < n && !perfect {
-                tracing::debug!(
-                    "{}: {model} not sampled: agreeing on every row, it could not pay for the \
-                     {n}-row sample on the {:.0}% of rows left to the reference",
-                    job.function,
-                    escalated * 100.0
-                );
-                continue;
-            }
+            continue;
         }
         let Ok(head) = answers(model, &job.texts[..first]) else { continue };
         add_agreement(&mut outcome, &head, &truth[..first]);
-        let hopeless = match (job.row_cost.get(model), reference_cost) {
-            (Some(&cost), Some(reference_cost)) if first < n => {
-                let first_look = answered_rows(&outcome);
-                !first_look.is_empty()
-                    && !worth_finishing(
-                        &first_look,
-                        n - first,
-                        rows_after_sample,
-                        cost,
-                        reference_cost,
-                        job.quality_target,
-                        escalated,
-                    )
-            }
-            _ => false,
-        };
+        let first_look = answered_rows(&outcome);
+        let hopeless = first < n && !first_look.is_empty() && !can_pay(&first_look, n - first);
         if hopeless {
             tracing::debug!(
                 "{}: {model} agreed on {} of {} rows; the rest of the sample cannot pay off",
@@ -941,12 +932,13 @@ fn choose_plan(
         stage_rows: 1.0,
     };
     // Each cheaper candidate with its per-row cost (a proxy costs its encoder's embedding).
+    let proxy_cost = pass.encoder.as_ref().map(|e| embed_row_cost(&pass.profile.speed(e), options));
     let tested = tested_outcomes(stats);
     let cheap: Vec<(&CandidateOutcome, Cost)> = tested
         .iter()
         .filter_map(|outcome| {
             let cost = if outcome.model.starts_with(PROXY_PREFIX) {
-                embed_row_cost(&pass.profile.speed(pass.encoder.as_ref()?), options)
+                proxy_cost?
             } else {
                 row_cost(card(&outcome.model)?)
             };
@@ -964,7 +956,6 @@ fn choose_plan(
     // The miss rate is shared out over every sequence that could be tested, counted from the
     // candidates' costs before the sample: whether a smaller model is sampled at all depends on
     // how the proxy did on it (`quality::MissRateShares`).
-    let proxy_cost = pass.encoder.as_ref().map(|e| embed_row_cost(&pass.profile.speed(e), options));
     let stage_values: Vec<f64> = pass
         .candidates
         .iter()
@@ -973,10 +964,10 @@ fn choose_plan(
         .chain(proxy_cost.map(value))
         .collect();
     let smaller_models = stage_values.len() - usize::from(proxy_cost.is_some());
-    let possible_pairs =
-        stage_values.iter().flat_map(|a| stage_values.iter().map(move |b| a < b)).filter(|&p| p);
+    let possible_pairs: usize =
+        stage_values.iter().map(|a| stage_values.iter().filter(|&b| a < b).count()).sum();
     let shares =
-        MissRateShares::new(proxy_cost.is_some(), families(smaller_models, possible_pairs.count()));
+        MissRateShares::new(proxy_cost.is_some(), families(smaller_models, possible_pairs));
     let (proxy_bound, other_bound) = (bound.for_share(shares.proxy), bound.for_share(shares.other));
     let rows = stats.input_rows as f64;
     // Plans compare by their cost over every row plus loading the models that are not resident.
