@@ -34,6 +34,10 @@ pub struct LabelCallStats {
     /// records written before it was kept).
     #[serde(default)]
     pub answer_counts: Vec<usize>,
+    /// The reference's answer (label index) on each sampled row it answered, in the order of
+    /// the candidates' rows (empty in records written before it was kept).
+    #[serde(default)]
+    pub reference_answers: Vec<usize>,
 }
 
 /// How one candidate model did on the sampled rows, row by row.
@@ -311,6 +315,7 @@ mod tests {
             }],
             reference_rows: 2,
             answer_counts: vec![1, 1],
+            reference_answers: vec![0, 1],
         }
     }
 

@@ -10,6 +10,7 @@
 //! they run at the start of physical planning, through [`ChoosingQueryPlanner`].
 
 mod choose_model;
+mod compared_label;
 pub mod cost_model;
 mod extract_choice;
 mod order_predicates;

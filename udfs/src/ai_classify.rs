@@ -43,7 +43,7 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
             ("labels", "The candidate labels, a list of strings such as ['sport', 'politics']."),
             (
                 "model",
-                "'auto' (default: the optimizer chooses), a model id that can score labels (see \\models), or 'cascade(cheap_model, reference_model, threshold)'.",
+                "'auto' (default: the optimizer chooses), a model id that can score labels (see \\models), or 'cascade(cheap_model, reference_model, threshold)'; 'cascade(..., target=label)' keeps a cheap model's answer where it is sure whether the answer is that label (for a call only compared with it).",
             ),
         ],
     )

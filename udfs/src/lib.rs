@@ -47,7 +47,9 @@ pub use checked_backend::CheckedBackend;
 pub use cosine_similarity::CosineSimilarity;
 pub use docs::DOC_SECTION;
 pub use function_stats::{FunctionStats, function_stats};
-pub use model_plan::{Cascade, ModelPlan, best_label, top_probability};
+pub use model_plan::{
+    Cascade, ModelPlan, answers_agree, best_label, stage_confidence, top_probability,
+};
 pub use warnings::{AiWarning, AiWarnings};
 
 /// Every scalar function this crate provides, ready to register in a session whose models run

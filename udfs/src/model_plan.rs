@@ -8,6 +8,14 @@
 //! `choose_model` rule, which also picks the thresholds); a user may write one by hand. Because
 //! the plan is an ordinary argument, EXPLAIN shows it and a plan sent to another process keeps
 //! it. A model id may name a proxy model (`proxy:<id>`, see `murakkab_catalog::ProxyModel`).
+//!
+//! `cascade(..., target=<label>)` is for an `ai_classify` whose answer only matters as "is it
+//! `<label>` or not" (the optimizer writes it when the answer column is only compared with
+//! `<label>`): a cheap stage then keeps its answer where it is sure of that, i.e. where its
+//! probability of `<label>` (when `<label>` is its answer) or of any other label (when it is
+//! not) is at least the threshold. A stage five-way unsure of 'politics' against 'business' is
+//! still sure the headline is not 'sport'. Rows whose answer is not `<label>` then carry the
+//! cheap stage's best other label, which is not checked against the reference.
 
 use std::fmt;
 
@@ -37,7 +45,13 @@ pub struct Cascade {
     pub stages: Vec<(String, f32)>,
     /// Scores the rows no stage was sure of.
     pub reference: String,
+    /// The one label whose presence the stages must be sure of (see the module doc); `None`:
+    /// sure of the answer itself.
+    pub target: Option<String>,
 }
+
+/// How a `cascade(...)` names its target label: its last part, `target=<label>`.
+const TARGET_PREFIX: &str = "target=";
 
 impl ModelPlan {
     /// Parses a `model` argument; `None` (not given) is `auto`.
@@ -54,11 +68,26 @@ impl ModelPlan {
             return Ok(Self::Model(text.to_string()));
         }
         let inner = &text[OPEN.len()..text.len() - 1];
-        let parts: Vec<&str> = inner.split(',').map(str::trim).collect();
+        let mut parts: Vec<&str> = inner.split(',').map(str::trim).collect();
+        let target = match parts.last() {
+            Some(last)
+                if last.len() >= TARGET_PREFIX.len()
+                    && last[..TARGET_PREFIX.len()].eq_ignore_ascii_case(TARGET_PREFIX) =>
+            {
+                let label = last[TARGET_PREFIX.len()..].trim();
+                if label.is_empty() {
+                    return Err(format!("cascade target needs a label after '=', got '{text}'"));
+                }
+                let label = label.to_string();
+                parts.pop();
+                Some(label)
+            }
+            _ => None,
+        };
         if parts.len() < 3 || parts.len().is_multiple_of(2) {
             return Err(format!(
-                "expected cascade(cheap_model, ..., reference_model, threshold, ...) with one \
-                 threshold per cheap model, got '{text}'"
+                "expected cascade(cheap_model, ..., reference_model, threshold, ... \
+                 [, target=label]) with one threshold per cheap model, got '{text}'"
             ));
         }
         let stages = parts.len() / 2;
@@ -77,6 +106,7 @@ impl ModelPlan {
         Ok(Self::Cascade(Cascade {
             stages: models[..stages].iter().map(|m| m.to_string()).zip(thresholds).collect(),
             reference: models[stages].to_string(),
+            target,
         }))
     }
 
@@ -105,6 +135,9 @@ impl fmt::Display for ModelPlan {
                 write!(f, "{}", c.reference)?;
                 for (_, threshold) in &c.stages {
                     write!(f, ", {threshold}")?;
+                }
+                if let Some(target) = &c.target {
+                    write!(f, ", {TARGET_PREFIX}{target}")?;
                 }
                 write!(f, ")")
             }
@@ -171,6 +204,13 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
     };
     // `pending`: slots (positions in `rows`) no stage has been sure of yet. Rows whose
     // reference answer is already known (the optimizer's sample, an earlier query) take it.
+    let target =
+        match &cascade.target {
+            None => None,
+            Some(t) => Some(labels.iter().position(|l| l == t).ok_or_else(|| {
+                format!("cascade target '{t}' is not one of the labels {labels:?}")
+            })?),
+        };
     let mut out: Vec<Result<Vec<f32>, String>> = vec![Err(String::new()); rows.len()];
     let mut known =
         context.backend.known_label_scores(&cascade.reference, &(scoring.prompt)(rows), labels);
@@ -200,7 +240,7 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
         let reached = pending.len();
         for (slot, answer) in pending.into_iter().zip(scored.rows) {
             match answer {
-                Ok(p) if top_probability(&p) >= *threshold => out[slot] = Ok(p),
+                Ok(p) if stage_confidence(&p, target) >= *threshold => out[slot] = Ok(p),
                 _ => unsure.push(slot),
             }
         }
@@ -270,6 +310,26 @@ pub fn top_probability(probabilities: &[f32]) -> f32 {
     probabilities.iter().copied().fold(0.0, f32::max)
 }
 
+/// How sure a cascade's cheap stage is of its answer: the probability of its most likely label,
+/// or, with a `target` label (its index), of the answer being the target or not (see the
+/// module doc).
+pub fn stage_confidence(probabilities: &[f32], target: Option<usize>) -> f32 {
+    match target.and_then(|t| Some((t, *probabilities.get(t)?))) {
+        None => top_probability(probabilities),
+        Some((t, p)) if best_label(probabilities) == t => p,
+        Some((_, p)) => 1.0 - p,
+    }
+}
+
+/// Whether two answers agree: the same most likely label, or, with a `target` label, both the
+/// target or both not.
+pub fn answers_agree(a: &[f32], b: &[f32], target: Option<usize>) -> bool {
+    match target {
+        None => best_label(a) == best_label(b),
+        Some(t) => (best_label(a) == t) == (best_label(b) == t),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,26 +342,56 @@ mod tests {
         let plan = ModelPlan::parse(Some("Cascade(a, b, 0.85)")).unwrap();
         assert_eq!(
             plan,
-            ModelPlan::Cascade(Cascade { stages: vec![("a".into(), 0.85)], reference: "b".into() })
+            ModelPlan::Cascade(Cascade {
+                stages: vec![("a".into(), 0.85)],
+                reference: "b".into(),
+                target: None
+            })
         );
         assert_eq!(plan.to_string(), "cascade(a, b, 0.85)");
         assert_eq!(ModelPlan::parse(Some(&plan.to_string())), Ok(plan));
         let three = ModelPlan::parse(Some("cascade(proxy:x, a, b, 0.9, 0.6)")).unwrap();
         assert_eq!(three.models(), ["proxy:x", "a", "b"]);
         assert_eq!(three.to_string(), "cascade(proxy:x, a, b, 0.9, 0.6)");
+        let targeted = ModelPlan::parse(Some("cascade(proxy:x, b, 0.9, Target= sport)")).unwrap();
+        assert_eq!(targeted.models(), ["proxy:x", "b"]);
+        assert_eq!(targeted.to_string(), "cascade(proxy:x, b, 0.9, target=sport)");
+        assert_eq!(ModelPlan::parse(Some(&targeted.to_string())), Ok(targeted));
     }
 
     #[test]
     fn malformed_cascades_say_what_is_expected() {
         assert_eq!(
             ModelPlan::parse(Some("cascade(a, b)")).unwrap_err(),
-            "expected cascade(cheap_model, ..., reference_model, threshold, ...) with one \
-             threshold per cheap model, got 'cascade(a, b)'"
+            "expected cascade(cheap_model, ..., reference_model, threshold, ... \
+             [, target=label]) with one threshold per cheap model, got 'cascade(a, b)'"
         );
         assert_eq!(
             ModelPlan::parse(Some("cascade(a, b, 1.5)")).unwrap_err(),
             "cascade threshold must be a number in [0, 1], got '1.5'"
         );
         assert!(ModelPlan::parse(Some("cascade(, b, 0.5)")).is_err());
+        assert_eq!(
+            ModelPlan::parse(Some("cascade(a, b, 0.5, target=)")).unwrap_err(),
+            "cascade target needs a label after '=', got 'cascade(a, b, 0.5, target=)'"
+        );
+        // A target alone does not make up for a missing threshold.
+        assert!(ModelPlan::parse(Some("cascade(a, b, target=x)")).is_err());
+    }
+
+    #[test]
+    fn a_target_label_makes_confidence_and_agreement_binary() {
+        // Five topics, 'sport' at 3: unsure between politics and business, sure of not sport.
+        let unsure = [0.45, 0.05, 0.45, 0.03, 0.02];
+        assert_eq!(stage_confidence(&unsure, None), 0.45);
+        assert!((stage_confidence(&unsure, Some(3)) - 0.97).abs() < 1e-6);
+        let sport = [0.1, 0.1, 0.1, 0.6, 0.1];
+        assert_eq!(stage_confidence(&sport, Some(3)), 0.6);
+        // A label index past the list falls back to the top label.
+        assert_eq!(stage_confidence(&sport, Some(9)), 0.6);
+        let tech = [0.0, 0.0, 0.1, 0.0, 0.9];
+        assert!(!answers_agree(&unsure, &tech, None));
+        assert!(answers_agree(&unsure, &tech, Some(3)));
+        assert!(!answers_agree(&sport, &tech, Some(3)));
     }
 }

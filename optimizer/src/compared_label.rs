@@ -1,0 +1,221 @@
+//! Which `ai_classify` answers a query only compares with one label.
+//!
+//! `WHERE ai_classify(headline, ['business', ..., 'sport', 'tech']) = 'sport'` needs to know of
+//! each row whether its answer is 'sport', not which of the other four it is. A cascade for such
+//! a call can keep a cheap stage's answer where the stage is sure of that much
+//! (`cascade(..., target=sport)`, see `murakkab_udfs::ModelPlan`), and its agreement with the
+//! reference is measured the same way: both 'sport', or both not. On qwen2.5-0.5b's answers for
+//! 1,112 BBC headlines, a proxy trained on 120 of 445 rows settled 44% of the rows judged by its
+//! top label and 93% judged as "sport or not", both at a 90% agreement target (offline replay,
+//! 30 seeded draws).
+//!
+//! Before (the answer column `__ai_1` is read only by the comparison):
+//! ```text
+//! Projection: bbc.id
+//!   Projection: bbc.id, __ai_1
+//!     Filter: __ai_1 = Utf8("sport")
+//!       AiMap: ai_classify(bbc.headline, [business, ..., sport, tech]) AS __ai_1
+//! ```
+//! After `choose_model` (the call's note gives the estimates):
+//! ```text
+//!       AiMap: ai_classify(bbc.headline, [...], cascade(proxy:…, qwen2.5-…, 0.93, target=sport))
+//! ```
+//! Does not apply when the answer column is read anywhere else: shown (it reaches the query's
+//! output, a subquery's, or a projection under another name), grouped, sorted, joined on,
+//! passed to another function, or compared with a second label. Every such use would see the
+//! cheap stages' other labels, which nothing checks against the reference.
+
+use std::collections::{HashMap, HashSet};
+
+use datafusion::common::Result;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
+
+use crate::choose_model::{as_ai_map, function_call, literal_string};
+
+/// For each `ai_classify` answer column of `plan` (its name) that the plan reads only in
+/// comparisons (`=`, `<>`) with one string literal, that literal.
+pub(crate) fn compared_labels(plan: &LogicalPlan) -> Result<HashMap<String, String>> {
+    let mut uses: HashMap<String, Use> = HashMap::new();
+    plan.apply_with_subqueries(|node| {
+        for name in classify_columns(node) {
+            uses.entry(name).or_insert(Use::Unread);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    if uses.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let names: HashSet<String> = uses.keys().cloned().collect();
+    plan.apply_with_subqueries(|node| {
+        for expr in node.expressions() {
+            // A projection passing a column on unchanged does not read it; whether it is shown
+            // in the end is `shown_columns`' question.
+            if matches!(node, LogicalPlan::Projection(_)) && matches!(expr, Expr::Column(_)) {
+                continue;
+            }
+            note_uses(&expr, &names, &mut uses)?;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    shown_columns(plan, true, &names, &mut uses)?;
+    Ok(uses
+        .into_iter()
+        .filter_map(|(name, u)| match u {
+            Use::Compared(label) => Some((name, label)),
+            Use::Unread | Use::Other => None,
+        })
+        .collect())
+}
+
+/// How a query reads an answer column.
+#[derive(Debug, Clone, PartialEq)]
+enum Use {
+    /// Not read at all (nothing to narrow: the plan drops it or `choose_model` sees no filter).
+    Unread,
+    /// Only compared with this label.
+    Compared(String),
+    /// Read some other way.
+    Other,
+}
+
+impl Use {
+    fn compared_with(&mut self, label: &str) {
+        *self = match self {
+            Self::Unread => Self::Compared(label.to_string()),
+            Self::Compared(l) if l == label => Self::Compared(label.to_string()),
+            _ => Self::Other,
+        };
+    }
+}
+
+/// The output columns of `node`'s `ai_classify` calls, when it is an AI map.
+fn classify_columns(node: &LogicalPlan) -> Vec<String> {
+    let Some(map) = as_ai_map(node) else { return Vec::new() };
+    map.calls
+        .iter()
+        .filter_map(|call| match call {
+            Expr::Alias(a) if function_call(call)?.func.name() == "ai_classify" => {
+                Some(a.name.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Records how `expr` reads each of `names`: a comparison with a string literal, or otherwise.
+fn note_uses(expr: &Expr, names: &HashSet<String>, uses: &mut HashMap<String, Use>) -> Result<()> {
+    expr.apply(|e| {
+        if let Some((name, label)) = comparison(e).filter(|(n, _)| names.contains(n))
+            && let Some(u) = uses.get_mut(&name)
+        {
+            u.compared_with(&label);
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        if let Expr::Column(c) = e
+            && let Some(u) = uses.get_mut(&c.name)
+        {
+            *u = Use::Other;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(())
+}
+
+/// `(column, label)` for `column = 'label'`, `'label' = column` or the same with `<>`.
+pub(crate) fn comparison(e: &Expr) -> Option<(String, String)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq | Operator::NotEq, right }) = e else {
+        return None;
+    };
+    let column = |e: &Expr| match e {
+        Expr::Column(c) => Some(c.name.clone()),
+        _ => None,
+    };
+    let label = |e: &Expr| literal_string(e).flatten();
+    column(left).zip(label(right)).or_else(|| column(right).zip(label(left)))
+}
+
+/// Marks as read otherwise every name that reaches a shown output: the query's, or a
+/// subquery's (whose rows an outer expression reads). Only a projection and an aggregate
+/// choose their output columns (a name they keep is in their own schema, checked there);
+/// every other node shows what its inputs show.
+fn shown_columns(
+    node: &LogicalPlan,
+    shown: bool,
+    names: &HashSet<String>,
+    uses: &mut HashMap<String, Use>,
+) -> Result<()> {
+    if shown {
+        for field in node.schema().fields() {
+            if let Some(u) = uses.get_mut(field.name()) {
+                *u = Use::Other;
+            }
+        }
+    }
+    node.apply_subqueries(|subquery| {
+        shown_columns(subquery, true, names, uses)?;
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let passes_inputs = !matches!(node, LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_));
+    for input in node.inputs() {
+        shown_columns(input, shown && passes_inputs, names, uses)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::logical_expr::{LogicalPlanBuilder, col, lit};
+
+    #[test]
+    fn a_comparison_reads_either_way_round_and_with_not_equal() {
+        let eq = col("__ai_1").eq(lit("sport"));
+        assert_eq!(comparison(&eq), Some(("__ai_1".into(), "sport".into())));
+        let flipped = lit("sport").not_eq(col("__ai_1"));
+        assert_eq!(comparison(&flipped), Some(("__ai_1".into(), "sport".into())));
+        assert_eq!(comparison(&col("__ai_1").gt(lit("sport"))), None);
+        assert_eq!(comparison(&col("__ai_1").eq(col("b"))), None);
+    }
+
+    #[test]
+    fn one_label_stays_compared_two_labels_or_a_bare_read_do_not() {
+        let names: HashSet<String> = ["__ai_1".to_string()].into();
+        let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
+        note_uses(&col("__ai_1").eq(lit("sport")).and(col("x").gt(lit(1))), &names, &mut uses)
+            .unwrap();
+        assert_eq!(uses["__ai_1"], Use::Compared("sport".into()));
+        note_uses(&lit("sport").not_eq(col("__ai_1")), &names, &mut uses).unwrap();
+        assert_eq!(uses["__ai_1"], Use::Compared("sport".into()));
+        note_uses(&col("__ai_1").eq(lit("tech")), &names, &mut uses).unwrap();
+        assert_eq!(uses["__ai_1"], Use::Other);
+
+        let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
+        note_uses(&datafusion::functions::expr_fn::upper(col("__ai_1")), &names, &mut uses)
+            .unwrap();
+        assert_eq!(uses["__ai_1"], Use::Other);
+    }
+
+    #[test]
+    fn a_column_that_reaches_the_output_is_shown() {
+        let names: HashSet<String> = ["__ai_1".to_string()].into();
+        let plan = LogicalPlanBuilder::empty(true)
+            .project(vec![lit("x").alias("__ai_1"), lit(1).alias("id")])
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
+        shown_columns(&plan, true, &names, &mut uses).unwrap();
+        assert_eq!(uses["__ai_1"], Use::Other);
+        let dropped = LogicalPlanBuilder::from(plan)
+            .filter(col("__ai_1").eq(lit("sport")))
+            .unwrap()
+            .project(vec![col("id")])
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
+        shown_columns(&dropped, true, &names, &mut uses).unwrap();
+        assert_eq!(uses["__ai_1"], Use::Unread);
+    }
+}
