@@ -56,14 +56,21 @@ impl AiBackend for Keywords {
         &self,
         _model: &str,
         batch: &ChatBatch,
-        _labels: &[String],
+        labels: &[String],
     ) -> Result<BatchOutput<Vec<f32>>, String> {
         let word = keyword(&batch.shared);
         self.calls.lock().unwrap().push((word.clone(), batch.rows.len()));
+        // The first label when the row holds the word (any row, for a classify), else the last.
+        let n = labels.len().max(2);
+        let sure = |at: usize| {
+            let mut p = vec![0.1 / (n - 1) as f32; n];
+            p[at] = 0.9;
+            p
+        };
         let rows = batch
             .rows
             .iter()
-            .map(|r| Ok(if r.contains(&word) { vec![0.9, 0.1] } else { vec![0.1, 0.9] }))
+            .map(|r| Ok(sure(if r.contains(&word) { 0 } else { n - 1 })))
             .collect();
         Ok(BatchOutput { rows, truncated: 0 })
     }
@@ -213,4 +220,27 @@ async fn small_inputs_and_dependent_predicates_keep_the_written_order() {
     let mut rows = ids(&run(&db, nested).await);
     rows.sort();
     assert_eq!(rows, (1..=1000).filter(|v| v % 10 == 3).collect::<Vec<i64>>());
+}
+
+#[tokio::test]
+async fn small_inputs_run_the_label_test_passing_fewer_answers_first() {
+    let home = tempfile::tempdir().unwrap();
+    let backend = Keywords::new(home.path());
+    let db = session(&backend, home.path(), true).await;
+    // A label test passing one of three labels goes below a filter passing one of two
+    // answers: with no sample, each answer counts as equally likely. The rows do not change.
+    let labels = "SELECT id FROM notes WHERE id <= 100 AND ai_filter(text, 'It names a city') \
+                  AND ai_classify(text, ['city', 'town', 'village']) = 'city'";
+    let plan = plan_text(&db, &format!("EXPLAIN ANALYZE {labels}")).await;
+    let (filter_at, classify_at) =
+        (plan.find("ai_filter(").unwrap(), plan.find("ai_classify(").unwrap());
+    assert!(filter_at < classify_at, "the classify map must sit below the filter map:\n{plan}");
+    assert!(plan.contains("order: 1 of 2 by answers passed (input of 100 rows too small for a sample to pay off): passes 1 of 3 labels"), "{plan}");
+    let mut optimized = ids(&run(&db, labels).await);
+    optimized.sort();
+    let unoptimized = session(&backend, home.path(), false).await;
+    let mut written = ids(&run(&unoptimized, labels).await);
+    written.sort();
+    assert_eq!(optimized, written);
+    assert!(!optimized.is_empty());
 }

@@ -42,8 +42,10 @@
 //! Does not apply: with `murakkab.optimizer.enabled = false` (the naive baseline computes every
 //! call for every row); to fewer than two stacked AI predicates; when a predicate or call reads
 //! another predicate's AI column (a nested call); when the input below the chain calls a model
-//! itself (sampling it would run that model); when the input has fewer than four samples' worth
-//! of rows per predicate, where the sample costs more than a better order can save.
+//! itself (sampling it would run that model). When the input has fewer than four samples' worth
+//! of rows per predicate, where the sample costs more than a better order can save, label
+//! predicates are ordered by the share of their answers they pass (`ordering_without_sample`)
+//! and others keep the written order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,7 +57,7 @@ use datafusion::catalog::Session;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::{DFSchemaRef, DataFusionError, Result};
 use datafusion::logical_expr::{
-    Expr, Extension, Filter, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore,
+    Expr, Extension, Filter, LogicalPlan, LogicalPlanBuilder, Operator, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execute_stream;
@@ -66,8 +68,9 @@ use murakkab_udfs::{AiBackend, AiContext, ModelPlan};
 
 use crate::choose_model::{
     as_ai_map, call_is_auto, contains_ai_map, function_call, lineage, literal_string,
-    skip_column_projections, with_model,
+    literal_strings, skip_column_projections, with_model,
 };
+use crate::compared_label::comparison;
 use crate::cost_model::{Cost, embed_row_cost, generate_row_cost, label_row_cost};
 use crate::sampling::{PrioritySample, row_priorities};
 
@@ -183,16 +186,7 @@ impl PredicateOrderer {
         let least = pass.options.sample_rows;
         let (sample, input_rows) = self.sample(chain, pass, least).await?;
         if input_rows < MIN_INPUT_SAMPLES_PER_PREDICATE * n as u64 * least as u64 {
-            let notes = (0..n)
-                .map(|i| {
-                    format!(
-                        "order: {} of {n} as written (input of {input_rows} rows too small for a \
-                         sample to pay off)",
-                        i + 1
-                    )
-                })
-                .collect();
-            return Ok(Some(Ordering { order: (0..n).collect(), notes }));
+            return Ok(Some(ordering_without_sample(chain, input_rows)));
         }
         let mut stats = Vec::with_capacity(n);
         for link in &chain.links {
@@ -474,6 +468,66 @@ fn ordering_from(stats: &[PredicateStats], pass: &Pass<'_>, source: &str) -> Ord
         })
         .collect();
     Ordering { order, notes }
+}
+
+/// The order of a chain whose input is too small for a sample to pay off: by the share of its
+/// possible answers each predicate passes, when every predicate is one label call left at
+/// `auto` (so all run on the same reference model, at about the same cost per row) tested for
+/// one answer. `ai_filter(...)` passes one of its two answers, `ai_classify(..., k labels) =
+/// 'x'` one of `k`: with no sample, each answer is taken as equally likely (the textbook
+/// default of one over the number of distinct values). Otherwise the written order.
+///
+/// Measured on the sport workflow (`WHERE ai_filter(headline, 'good news') AND
+/// ai_classify(headline, [5 topics]) = 'sport'` over 445 BBC headlines): the reference passed
+/// 18% of rows on the filter and 8% on the classify, so the classify first is the better order
+/// too, and its cascade (about "sport or not", `compared_label`) settles most rows cheaply.
+fn ordering_without_sample(chain: &Chain, input_rows: u64) -> Ordering {
+    let n = chain.links.len();
+    let shares: Option<Vec<(f64, String)>> = chain.links.iter().map(answer_share).collect();
+    let why = format!("input of {input_rows} rows too small for a sample to pay off");
+    // Without a share for each, or when all are alike, nothing argues against the writer.
+    let shares = shares.filter(|s| s.iter().any(|(share, _)| *share != s[0].0));
+    let Some(shares) = shares else {
+        let notes = (0..n).map(|i| format!("order: {} of {n} as written ({why})", i + 1)).collect();
+        return Ordering { order: (0..n).collect(), notes };
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    // Stable: ties keep the written order.
+    order.sort_by(|&a, &b| shares[a].0.total_cmp(&shares[b].0));
+    let notes = (0..n)
+        .map(|i| {
+            let position = order.iter().position(|&o| o == i).unwrap_or(i) + 1;
+            format!("order: {position} of {n} by answers passed ({why}): {}", shares[i].1)
+        })
+        .collect();
+    Ordering { order, notes }
+}
+
+/// The share of its possible answers `link`'s predicate passes, and how that reads, when the
+/// link is one label call at `auto` tested for one answer.
+fn answer_share(link: &Link) -> Option<(f64, String)> {
+    let [call] = link.calls.as_slice() else { return None };
+    let Expr::Alias(alias) = call else { return None };
+    let f = function_call(call)?;
+    if !call_is_auto(call) {
+        return None;
+    }
+    match (f.func.name(), &link.predicate) {
+        ("ai_filter", Expr::Column(c)) if c.name == alias.name => {
+            Some((0.5, "passes 1 of 2 answers".to_string()))
+        }
+        ("ai_classify", predicate) => {
+            let (column, label) = comparison(predicate)?;
+            let Expr::BinaryExpr(b) = predicate else { return None };
+            let labels = literal_strings(f.args.get(1)?)?;
+            if column != alias.name || b.op != Operator::Eq || !labels.contains(&label) {
+                return None;
+            }
+            let k = labels.len();
+            Some((1.0 / k as f64, format!("passes 1 of {k} labels")))
+        }
+        _ => None,
+    }
 }
 
 /// The key of the statistics of link `i` of `chain`.
