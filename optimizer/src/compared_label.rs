@@ -25,7 +25,7 @@
 //! passed to another function, or compared with a second label. Every such use would see the
 //! cheap stages' other labels, which nothing checks against the reference.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use datafusion::common::Result;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -46,7 +46,6 @@ pub(crate) fn compared_labels(plan: &LogicalPlan) -> Result<HashMap<String, Stri
     if uses.is_empty() {
         return Ok(HashMap::new());
     }
-    let names: HashSet<String> = uses.keys().cloned().collect();
     plan.apply_with_subqueries(|node| {
         for expr in node.expressions() {
             // A projection passing a column on unchanged does not read it; whether it is shown
@@ -54,11 +53,11 @@ pub(crate) fn compared_labels(plan: &LogicalPlan) -> Result<HashMap<String, Stri
             if matches!(node, LogicalPlan::Projection(_)) && matches!(expr, Expr::Column(_)) {
                 continue;
             }
-            note_uses(&expr, &names, &mut uses)?;
+            note_uses(&expr, &mut uses)?;
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    shown_columns(plan, true, &names, &mut uses)?;
+    shown_columns(plan, true, &mut uses)?;
     Ok(uses
         .into_iter()
         .filter_map(|(name, u)| match u {
@@ -103,10 +102,11 @@ fn classify_columns(node: &LogicalPlan) -> Vec<String> {
         .collect()
 }
 
-/// Records how `expr` reads each of `names`: a comparison with a string literal, or otherwise.
-fn note_uses(expr: &Expr, names: &HashSet<String>, uses: &mut HashMap<String, Use>) -> Result<()> {
+/// Records how `expr` reads each answer column in `uses`: a comparison with a string literal,
+/// or otherwise.
+fn note_uses(expr: &Expr, uses: &mut HashMap<String, Use>) -> Result<()> {
     expr.apply(|e| {
-        if let Some((name, label)) = comparison(e).filter(|(n, _)| names.contains(n))
+        if let Some((name, label)) = comparison(e)
             && let Some(u) = uses.get_mut(&name)
         {
             u.compared_with(&label);
@@ -139,12 +139,7 @@ pub(crate) fn comparison(e: &Expr) -> Option<(String, String)> {
 /// subquery's (whose rows an outer expression reads). Only a projection and an aggregate
 /// choose their output columns (a name they keep is in their own schema, checked there);
 /// every other node shows what its inputs show.
-fn shown_columns(
-    node: &LogicalPlan,
-    shown: bool,
-    names: &HashSet<String>,
-    uses: &mut HashMap<String, Use>,
-) -> Result<()> {
+fn shown_columns(node: &LogicalPlan, shown: bool, uses: &mut HashMap<String, Use>) -> Result<()> {
     if shown {
         for field in node.schema().fields() {
             if let Some(u) = uses.get_mut(field.name()) {
@@ -153,12 +148,12 @@ fn shown_columns(
         }
     }
     node.apply_subqueries(|subquery| {
-        shown_columns(subquery, true, names, uses)?;
+        shown_columns(subquery, true, uses)?;
         Ok(TreeNodeRecursion::Continue)
     })?;
     let passes_inputs = !matches!(node, LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_));
     for input in node.inputs() {
-        shown_columns(input, shown && passes_inputs, names, uses)?;
+        shown_columns(input, shown && passes_inputs, uses)?;
     }
     Ok(())
 }
@@ -180,32 +175,28 @@ mod tests {
 
     #[test]
     fn one_label_stays_compared_two_labels_or_a_bare_read_do_not() {
-        let names: HashSet<String> = ["__ai_1".to_string()].into();
         let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
-        note_uses(&col("__ai_1").eq(lit("sport")).and(col("x").gt(lit(1))), &names, &mut uses)
-            .unwrap();
+        note_uses(&col("__ai_1").eq(lit("sport")).and(col("x").gt(lit(1))), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Compared("sport".into()));
-        note_uses(&lit("sport").not_eq(col("__ai_1")), &names, &mut uses).unwrap();
+        note_uses(&lit("sport").not_eq(col("__ai_1")), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Compared("sport".into()));
-        note_uses(&col("__ai_1").eq(lit("tech")), &names, &mut uses).unwrap();
+        note_uses(&col("__ai_1").eq(lit("tech")), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Other);
 
         let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
-        note_uses(&datafusion::functions::expr_fn::upper(col("__ai_1")), &names, &mut uses)
-            .unwrap();
+        note_uses(&datafusion::functions::expr_fn::upper(col("__ai_1")), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Other);
     }
 
     #[test]
     fn a_column_that_reaches_the_output_is_shown() {
-        let names: HashSet<String> = ["__ai_1".to_string()].into();
         let plan = LogicalPlanBuilder::empty(true)
             .project(vec![lit("x").alias("__ai_1"), lit(1).alias("id")])
             .unwrap()
             .build()
             .unwrap();
         let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
-        shown_columns(&plan, true, &names, &mut uses).unwrap();
+        shown_columns(&plan, true, &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Other);
         let dropped = LogicalPlanBuilder::from(plan)
             .filter(col("__ai_1").eq(lit("sport")))
@@ -215,7 +206,7 @@ mod tests {
             .build()
             .unwrap();
         let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
-        shown_columns(&dropped, true, &names, &mut uses).unwrap();
+        shown_columns(&dropped, true, &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Unread);
     }
 }
