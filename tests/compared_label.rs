@@ -237,3 +237,22 @@ async fn a_cheap_model_sure_and_wrong_on_the_kept_label_is_not_trusted_with_it()
     let db = session(&backend, home.path(), true).await;
     assert_eq!(ids(&run(&db, &query).await), sport_ids());
 }
+
+#[tokio::test]
+async fn a_hand_written_target_runs_and_one_not_among_the_labels_is_named() {
+    let home = tempfile::tempdir().unwrap();
+    let backend = Topics::new(home.path());
+    let db = session(&backend, home.path(), false).await;
+    let query = |target: &str| {
+        format!(
+            "SELECT id FROM stories WHERE ai_classify(text, {LABELS}, \
+             model => 'cascade({CHEAP}, {REFERENCE}, 0.9, target={target})') = 'sport'"
+        )
+    };
+    assert_eq!(ids(&run(&db, &query("sport")).await), sport_ids());
+    // Sure of "not sport" on all but the vague rows, the cheap model leaves only those.
+    let reference = backend.rows(REFERENCE);
+    assert!(reference < 150, "the reference scored {reference} rows");
+    let err = db.sql(&query("rugby")).await.unwrap().collect().await.unwrap_err().to_string();
+    assert!(err.contains("cascade target 'rugby' is not one of the labels"), "{err}");
+}
