@@ -20,10 +20,13 @@
 //! ```text
 //!       AiMap: ai_classify(bbc.headline, [...], cascade(proxy:…, qwen2.5-…, 0.93, target=sport))
 //! ```
-//! Does not apply when the answer column is read anywhere else: shown (it reaches the query's
-//! output, a subquery's, or a projection under another name), grouped, sorted, joined on,
-//! passed to another function, or compared with a second label. Every such use would see the
-//! cheap stages' other labels, which nothing checks against the reference.
+//! Does not apply when the answer column is read anywhere but in filter conditions as
+//! `column = 'label'` joined by AND / OR: shown (it reaches the query's output, a subquery's,
+//! or a projection under another name), grouped, sorted, joined on, passed to another function,
+//! compared with a second label, or under a NOT, a `<>` or a CASE. Shown, grouped or sorted,
+//! the cheap stages' other labels would be seen, which nothing checks against the reference;
+//! negated, the rows the query keeps would be the others, not the ones `choose_model` makes
+//! sure to keep.
 
 use std::collections::HashMap;
 
@@ -33,8 +36,11 @@ use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator};
 
 use crate::choose_model::{as_ai_map, function_call, literal_string};
 
-/// For each `ai_classify` answer column of `plan` (its name) that the plan reads only in
-/// comparisons (`=`, `<>`) with one string literal, that literal.
+/// For each `ai_classify` answer column of `plan` (its name) that the plan reads only in filter
+/// conditions, as `column = 'label'` with one label, joined to the rest by AND / OR: that
+/// label. A row then passes on "the label or not" alone, and passing rows are the ones whose
+/// answer is the label, the rows `choose_model` must keep (`kept_share`). Under a NOT, in a CASE,
+/// or compared with `<>`, the kept rows would be the others, so such reads count as other reads.
 pub(crate) fn compared_labels(plan: &LogicalPlan) -> Result<HashMap<String, String>> {
     let mut uses: HashMap<String, Use> = HashMap::new();
     plan.apply_with_subqueries(|node| {
@@ -47,13 +53,17 @@ pub(crate) fn compared_labels(plan: &LogicalPlan) -> Result<HashMap<String, Stri
         return Ok(HashMap::new());
     }
     plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Filter(filter) = node {
+            return note_condition(&filter.predicate, &mut uses)
+                .map(|()| TreeNodeRecursion::Continue);
+        }
         for expr in node.expressions() {
             // A projection passing a column on unchanged does not read it; whether it is shown
             // in the end is `shown_columns`' question.
             if matches!(node, LogicalPlan::Projection(_)) && matches!(expr, Expr::Column(_)) {
                 continue;
             }
-            note_uses(&expr, &mut uses)?;
+            note_other_reads(&expr, &mut uses)?;
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
@@ -102,16 +112,29 @@ fn classify_columns(node: &LogicalPlan) -> Vec<String> {
         .collect()
 }
 
-/// Records how `expr` reads each answer column in `uses`: a comparison with a string literal,
-/// or otherwise.
-fn note_uses(expr: &Expr, uses: &mut HashMap<String, Use>) -> Result<()> {
-    expr.apply(|e| {
-        if let Some((name, label)) = comparison(e)
-            && let Some(u) = uses.get_mut(&name)
-        {
-            u.compared_with(&label);
-            return Ok(TreeNodeRecursion::Jump);
+/// Records how a filter's `condition` reads each answer column in `uses`: `column = 'label'`
+/// reached through AND / OR only is a comparison, any other read is other.
+fn note_condition(condition: &Expr, uses: &mut HashMap<String, Use>) -> Result<()> {
+    match condition {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And | Operator::Or, right }) => {
+            note_condition(left, uses)?;
+            note_condition(right, uses)
         }
+        _ => match comparison(condition) {
+            Some((name, label)) if uses.contains_key(&name) => {
+                if let Some(u) = uses.get_mut(&name) {
+                    u.compared_with(&label);
+                }
+                Ok(())
+            }
+            _ => note_other_reads(condition, uses),
+        },
+    }
+}
+
+/// Marks every answer column in `uses` that `expr` reads as read otherwise.
+fn note_other_reads(expr: &Expr, uses: &mut HashMap<String, Use>) -> Result<()> {
+    expr.apply(|e| {
         if let Expr::Column(c) = e
             && let Some(u) = uses.get_mut(&c.name)
         {
@@ -122,9 +145,9 @@ fn note_uses(expr: &Expr, uses: &mut HashMap<String, Use>) -> Result<()> {
     Ok(())
 }
 
-/// `(column, label)` for `column = 'label'`, `'label' = column` or the same with `<>`.
+/// `(column, label)` for `column = 'label'` or `'label' = column`.
 pub(crate) fn comparison(e: &Expr) -> Option<(String, String)> {
-    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq | Operator::NotEq, right }) = e else {
+    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else {
         return None;
     };
     let column = |e: &Expr| match e {
@@ -164,27 +187,35 @@ mod tests {
     use datafusion::logical_expr::{LogicalPlanBuilder, col, lit};
 
     #[test]
-    fn a_comparison_reads_either_way_round_and_with_not_equal() {
+    fn a_comparison_reads_either_way_round() {
         let eq = col("__ai_1").eq(lit("sport"));
         assert_eq!(comparison(&eq), Some(("__ai_1".into(), "sport".into())));
-        let flipped = lit("sport").not_eq(col("__ai_1"));
+        let flipped = lit("sport").eq(col("__ai_1"));
         assert_eq!(comparison(&flipped), Some(("__ai_1".into(), "sport".into())));
+        assert_eq!(comparison(&col("__ai_1").not_eq(lit("sport"))), None);
         assert_eq!(comparison(&col("__ai_1").gt(lit("sport"))), None);
         assert_eq!(comparison(&col("__ai_1").eq(col("b"))), None);
     }
 
     #[test]
-    fn one_label_stays_compared_two_labels_or_a_bare_read_do_not() {
-        let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
-        note_uses(&col("__ai_1").eq(lit("sport")).and(col("x").gt(lit(1))), &mut uses).unwrap();
+    fn one_label_through_and_or_stays_compared_anything_else_does_not() {
+        let fresh = || -> HashMap<String, Use> { [("__ai_1".to_string(), Use::Unread)].into() };
+        let sport = || col("__ai_1").eq(lit("sport"));
+        let mut uses = fresh();
+        note_condition(&sport().and(col("x").gt(lit(1))), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Compared("sport".into()));
-        note_uses(&lit("sport").not_eq(col("__ai_1")), &mut uses).unwrap();
+        note_condition(&col("x").gt(lit(1)).or(lit("sport").eq(col("__ai_1"))), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Compared("sport".into()));
-        note_uses(&col("__ai_1").eq(lit("tech")), &mut uses).unwrap();
+        // A second label, a negation, a `<>` or a read in a projection are other reads.
+        note_condition(&col("__ai_1").eq(lit("tech")), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Other);
-
-        let mut uses: HashMap<String, Use> = [("__ai_1".to_string(), Use::Unread)].into();
-        note_uses(&datafusion::functions::expr_fn::upper(col("__ai_1")), &mut uses).unwrap();
+        for other in [!sport(), col("__ai_1").not_eq(lit("sport"))] {
+            let mut uses = fresh();
+            note_condition(&other, &mut uses).unwrap();
+            assert_eq!(uses["__ai_1"], Use::Other, "{other}");
+        }
+        let mut uses = fresh();
+        note_other_reads(&sport(), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Other);
     }
 

@@ -57,7 +57,7 @@ use datafusion::catalog::Session;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::{DFSchemaRef, DataFusionError, Result};
 use datafusion::logical_expr::{
-    Expr, Extension, Filter, LogicalPlan, LogicalPlanBuilder, Operator, UserDefinedLogicalNodeCore,
+    Expr, Extension, Filter, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore,
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execute_stream;
@@ -518,9 +518,8 @@ fn answer_share(link: &Link) -> Option<(f64, String)> {
         }
         ("ai_classify", predicate) => {
             let (column, label) = comparison(predicate)?;
-            let Expr::BinaryExpr(b) = predicate else { return None };
             let labels = literal_strings(f.args.get(1)?)?;
-            if column != alias.name || b.op != Operator::Eq || !labels.contains(&label) {
+            if column != alias.name || !labels.contains(&label) {
                 return None;
             }
             let k = labels.len();
