@@ -48,6 +48,13 @@
 //! cascade, the sampled rows' known reference answers (`quality::AgreementBound`); from
 //! recorded statistics it is the sample's Wilson bound. Rows unlike the sample (a drifting
 //! input) are not covered, which is why the statistics are keyed by the plan below the call.
+//!
+//! Predicates: an `ai_classify` the query only compares with one label (`compared_label`) is
+//! decided on "that label or not" (agreement and a stage's confidence, written into the plan as
+//! `cascade(..., target=label)`), and a plan for a predicate (that classify, or an `ai_filter`)
+//! must also give the kept answer (the label; 'yes') on `murakkab.quality_target` of the
+//! sampled rows where the reference gives it ([`kept_share`], a point estimate): agreement
+//! alone would let a rare answer be traded away.
 
 use std::collections::HashMap;
 use std::fmt;

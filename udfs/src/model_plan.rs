@@ -202,15 +202,19 @@ pub(crate) fn score_with_plan<P: Fn(&[usize]) -> ChatBatch>(
         ModelPlan::Model(id) => return score_on(context, id, scoring, labels),
         ModelPlan::Cascade(c) => c,
     };
+    // The target's index among the labels (a stage's confidence is about it, see the module doc).
+    let target = cascade
+        .target
+        .as_ref()
+        .map(|t| {
+            labels
+                .iter()
+                .position(|l| l == t)
+                .ok_or_else(|| format!("cascade target '{t}' is not one of the labels {labels:?}"))
+        })
+        .transpose()?;
     // `pending`: slots (positions in `rows`) no stage has been sure of yet. Rows whose
     // reference answer is already known (the optimizer's sample, an earlier query) take it.
-    let target =
-        match &cascade.target {
-            None => None,
-            Some(t) => Some(labels.iter().position(|l| l == t).ok_or_else(|| {
-                format!("cascade target '{t}' is not one of the labels {labels:?}")
-            })?),
-        };
     let mut out: Vec<Result<Vec<f32>, String>> = vec![Err(String::new()); rows.len()];
     let mut known =
         context.backend.known_label_scores(&cascade.reference, &(scoring.prompt)(rows), labels);
