@@ -173,20 +173,14 @@ impl PredicateOrderer {
         }
         let n = chain.links.len();
         if !pass.may_sample {
-            let notes = (0..n)
-                .map(|i| {
-                    format!(
-                        "order: {} of {n} as written; ordered from a sample when the query runs",
-                        i + 1
-                    )
-                })
-                .collect();
-            return Ok(Some(Ordering { order: (0..n).collect(), notes }));
+            // The order a small input runs in (which plain EXPLAIN cannot tell from a large one
+            // without reading it), so the plan shown is the one such a query runs.
+            return Ok(Some(ordering_without_sample(chain, Unsampled::NotYet)));
         }
         let least = pass.options.sample_rows;
         let (sample, input_rows) = self.sample(chain, pass, least).await?;
         if input_rows < MIN_INPUT_SAMPLES_PER_PREDICATE * n as u64 * least as u64 {
-            return Ok(Some(ordering_without_sample(chain, input_rows)));
+            return Ok(Some(ordering_without_sample(chain, Unsampled::TooSmall(input_rows))));
         }
         let mut stats = Vec::with_capacity(n);
         for link in &chain.links {
@@ -477,18 +471,26 @@ fn ordering_from(stats: &[PredicateStats], pass: &Pass<'_>, source: &str) -> Ord
 /// 'x'` one of `k`: with no sample, each answer is taken as equally likely (the textbook
 /// default of one over the number of distinct values). Otherwise the written order.
 ///
+/// Plain EXPLAIN, which runs nothing, shows this order too ([`Unsampled::NotYet`]): it is the one
+/// a small input runs in, and a large one's sample decides when the query runs.
+///
 /// Measured on the sport workflow (`WHERE ai_filter(headline, 'good news') AND
 /// ai_classify(headline, [5 topics]) = 'sport'` over 445 BBC headlines): the reference passed
 /// 18% of rows on the filter and 8% on the classify, so the classify first is the better order
 /// too, and its cascade (about "sport or not", `compared_label`) settles most rows cheaply.
-fn ordering_without_sample(chain: &Chain, input_rows: u64) -> Ordering {
+fn ordering_without_sample(chain: &Chain, why: Unsampled) -> Ordering {
     let n = chain.links.len();
     let shares: Option<Vec<(f64, String)>> = chain.links.iter().map(answer_share).collect();
-    let why = format!("input of {input_rows} rows too small for a sample to pay off");
+    let why = match why {
+        Unsampled::TooSmall(rows) => {
+            format!(" (input of {rows} rows too small for a sample to pay off)")
+        }
+        Unsampled::NotYet => "; ordered from a sample when the query runs".to_string(),
+    };
     // Without a share for each, or when all are alike, nothing argues against the writer.
     let shares = shares.filter(|s| s.iter().any(|(share, _)| *share != s[0].0));
     let Some(shares) = shares else {
-        let notes = (0..n).map(|i| format!("order: {} of {n} as written ({why})", i + 1)).collect();
+        let notes = (0..n).map(|i| format!("order: {} of {n} as written{why}", i + 1)).collect();
         return Ordering { order: (0..n).collect(), notes };
     };
     let mut order: Vec<usize> = (0..n).collect();
@@ -497,10 +499,18 @@ fn ordering_without_sample(chain: &Chain, input_rows: u64) -> Ordering {
     let notes = (0..n)
         .map(|i| {
             let position = order.iter().position(|&o| o == i).unwrap_or(i) + 1;
-            format!("order: {position} of {n} by answers passed ({why}): {}", shares[i].1)
+            format!("order: {position} of {n} by answers passed, {}{why}", shares[i].1)
         })
         .collect();
     Ordering { order, notes }
+}
+
+/// Why a chain is ordered without a sample.
+enum Unsampled {
+    /// Its input has this many rows, too few for a sample to pay off.
+    TooSmall(u64),
+    /// Plain EXPLAIN: nothing is run, so the input's size is not known.
+    NotYet,
 }
 
 /// The share of its possible answers `link`'s predicate passes, and how that reads, when the
