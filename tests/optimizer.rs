@@ -535,3 +535,18 @@ async fn a_call_above_another_finds_its_statistics_on_the_second_run() {
     assert_eq!(second.matches("(recorded, ").count(), 2, "{second}");
     assert!(!second.contains("(sampled"), "{second}");
 }
+
+#[tokio::test]
+async fn a_filter_keeps_its_yes_rows_and_a_negated_one_its_no_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), false).await;
+    run(&db, REVIEWS).await;
+    // The note names the answer whose sampled rows the plan must keep.
+    let kept = "SELECT id FROM reviews WHERE ai_filter(text, 'It is upbeat')";
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {kept}")).await;
+    assert!(plan.contains("sampled 'yes'"), "{plan}");
+    let negated = "SELECT id FROM reviews WHERE NOT ai_filter(text, 'It sounds upbeat')";
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {negated}")).await;
+    assert!(plan.contains("sampled 'no'"), "{plan}");
+}

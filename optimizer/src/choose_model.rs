@@ -161,6 +161,10 @@ pub(crate) struct Site {
     /// The one label an `ai_classify` answer is only compared with (`compared_label`): its
     /// cascades and agreement are about that label or not.
     pub(crate) compared_label: Option<String>,
+    /// The index of the answer a predicate keeps, whose rows a plan must keep (`kept_share`):
+    /// the compared label; 'yes' for an `ai_filter`, 'no' when the query keeps only the rows
+    /// it rejects (`WHERE NOT ai_filter(...)`).
+    kept_answer: Option<usize>,
 }
 
 impl Site {
@@ -170,18 +174,9 @@ impl Site {
         self.instruction.labels().iter().position(|l| l == label)
     }
 
-    /// The index of the answer a predicate keeps: 'yes' for `ai_filter`, the compared label
-    /// for `ai_classify` (see [`kept_share`]).
-    fn kept_answer(&self) -> Option<usize> {
-        match self.instruction {
-            Instruction::Condition(_) => Some(0),
-            _ => self.target_index(),
-        }
-    }
-
     /// The label [`Site::kept_answer`] names.
     fn kept_answer_label(&self) -> Option<String> {
-        self.instruction.labels().get(self.kept_answer()?).cloned()
+        self.instruction.labels().get(self.kept_answer?).cloned()
     }
 }
 
@@ -1197,7 +1192,7 @@ fn untested_rows(stats: &LabelCallStats) -> usize {
 /// reference answer is that answer; `None` for other calls and for records written before the
 /// reference's answers were kept.
 fn kept_answer_rows(site: &Site, stats: &LabelCallStats) -> Option<Vec<bool>> {
-    let kept = site.kept_answer()?;
+    let kept = site.kept_answer?;
     if stats.reference_answers.len() != stats.reference_rows {
         return None;
     }
@@ -1430,11 +1425,23 @@ fn site_of(call: &Expr, input: &LogicalPlan, keys: &KeyContext) -> Option<Site> 
         _ => return None,
     };
     let text = f.args.first()?.clone();
-    let compared_label = match (call, &instruction) {
-        (Expr::Alias(a), Instruction::Labels(labels)) => {
-            keys.compared.get(&a.name).filter(|t| labels.contains(t)).cloned()
-        }
+    let compared = match call {
+        Expr::Alias(a) => keys.compared.get(&a.name),
         _ => None,
+    };
+    let compared_label = match &instruction {
+        Instruction::Labels(labels) => compared.filter(|t| labels.contains(t)).cloned(),
+        _ => None,
+    };
+    let labels = instruction.labels();
+    let kept_answer = match &instruction {
+        Instruction::Condition(_) => {
+            Some(compared.and_then(|c| labels.iter().position(|l| l == c)).unwrap_or(0))
+        }
+        Instruction::Labels(_) => {
+            compared_label.as_ref().and_then(|c| labels.iter().position(|l| l == c))
+        }
+        Instruction::Schema(_) => None,
     };
     let models = &keys.models;
     let mut key =
@@ -1444,7 +1451,7 @@ fn site_of(call: &Expr, input: &LogicalPlan, keys: &KeyContext) -> Option<Site> 
         key.push_str(&format!("\ncompared with {label}"));
     }
     let input = input.clone();
-    Some(Site { key, function, text, instruction, input, limit: None, compared_label })
+    Some(Site { key, function, text, instruction, input, limit: None, compared_label, kept_answer })
 }
 
 /// `Some(value)` for a string literal (`Some(None)` for a NULL one), `None` for anything else.

@@ -41,10 +41,12 @@ use crate::choose_model::{as_ai_map, function_call, literal_string};
 /// label. A row then passes on "the label or not" alone, and passing rows are the ones whose
 /// answer is the label, the rows `choose_model` must keep (`kept_share`). Under a NOT, in a CASE,
 /// or compared with `<>`, the kept rows would be the others, so such reads count as other reads.
+/// For an `ai_filter` answer read only as a condition (through AND / OR): 'yes', or 'no' when it
+/// is read only under NOT (`WHERE NOT ai_filter(...)` keeps the rows answered 'no').
 pub(crate) fn compared_labels(plan: &LogicalPlan) -> Result<HashMap<String, String>> {
     let mut uses: HashMap<String, Use> = HashMap::new();
     plan.apply_with_subqueries(|node| {
-        for name in classify_columns(node) {
+        for name in predicate_columns(node) {
             uses.entry(name).or_insert(Use::Unread);
         }
         Ok(TreeNodeRecursion::Continue)
@@ -98,13 +100,15 @@ impl Use {
     }
 }
 
-/// The output columns of `node`'s `ai_classify` calls, when it is an AI map.
-fn classify_columns(node: &LogicalPlan) -> Vec<String> {
+/// The output columns of `node`'s `ai_classify` and `ai_filter` calls, when it is an AI map.
+fn predicate_columns(node: &LogicalPlan) -> Vec<String> {
     let Some(map) = as_ai_map(node) else { return Vec::new() };
     map.calls
         .iter()
         .filter_map(|call| match call {
-            Expr::Alias(a) if function_call(call)?.func.name() == "ai_classify" => {
+            Expr::Alias(a)
+                if matches!(function_call(call)?.func.name(), "ai_classify" | "ai_filter") =>
+            {
                 Some(a.name.clone())
             }
             _ => None,
@@ -113,8 +117,23 @@ fn classify_columns(node: &LogicalPlan) -> Vec<String> {
 }
 
 /// Records how a filter's `condition` reads each answer column in `uses`: `column = 'label'`
-/// reached through AND / OR only is a comparison, any other read is other.
+/// reached through AND / OR only is a comparison; so is an `ai_filter`'s answer alone (with
+/// 'yes') or under NOT (with 'no'); any other read is other.
 fn note_condition(condition: &Expr, uses: &mut HashMap<String, Use>) -> Result<()> {
+    let answer = |e: &Expr| match e {
+        Expr::Column(c) if uses.contains_key(&c.name) => Some(c.name.clone()),
+        _ => None,
+    };
+    let filter_answer = match condition {
+        Expr::Not(inner) => answer(inner).map(|name| (name, "no")),
+        e => answer(e).map(|name| (name, "yes")),
+    };
+    if let Some((name, kept)) = filter_answer
+        && let Some(u) = uses.get_mut(&name)
+    {
+        u.compared_with(kept);
+        return Ok(());
+    }
     match condition {
         Expr::BinaryExpr(BinaryExpr { left, op: Operator::And | Operator::Or, right }) => {
             note_condition(left, uses)?;
@@ -217,6 +236,20 @@ mod tests {
         let mut uses = fresh();
         note_other_reads(&sport(), &mut uses).unwrap();
         assert_eq!(uses["__ai_1"], Use::Other);
+    }
+
+    #[test]
+    fn a_filter_answer_keeps_yes_alone_and_no_under_not() {
+        let fresh = || -> HashMap<String, Use> { [("__ai_0".to_string(), Use::Unread)].into() };
+        let mut uses = fresh();
+        note_condition(&col("__ai_0").and(col("x").gt(lit(1))), &mut uses).unwrap();
+        assert_eq!(uses["__ai_0"], Use::Compared("yes".into()));
+        let mut uses = fresh();
+        note_condition(&(!col("__ai_0")).or(col("x").gt(lit(1))), &mut uses).unwrap();
+        assert_eq!(uses["__ai_0"], Use::Compared("no".into()));
+        // Both ways in one query: neither answer alone is what it keeps.
+        note_condition(&col("__ai_0"), &mut uses).unwrap();
+        assert_eq!(uses["__ai_0"], Use::Other);
     }
 
     #[test]
