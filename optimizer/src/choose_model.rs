@@ -262,7 +262,9 @@ impl ModelChooser {
         let encoder =
             self.backend.candidate_models(Task::Embed).into_iter().find(|c| c.can(Task::Embed));
         let generators = self.backend.candidate_models(Task::Generate);
-        let sites = sites(plan, &candidates, &generators, encoder.as_ref())?;
+        // Built once: `rewrite` must find each call under the key `sites` gave it.
+        let keys = KeyContext::new(plan, &candidates, &generators, encoder.as_ref())?;
+        let sites = sites(plan, &keys)?;
         if sites.is_empty() {
             return Ok(plan.clone());
         }
@@ -288,7 +290,7 @@ impl ModelChooser {
             }
         }
         self.enforce_budget(&mut decisions, &pass.options)?;
-        rewrite(plan, &decisions, &pass.candidates, &pass.generators, pass.encoder.as_ref())
+        rewrite(plan, &decisions, &keys)
     }
 
     /// `murakkab.max_energy_j`: refuses a query estimated to use more, or switches every call to
@@ -1271,15 +1273,9 @@ pub(crate) struct Choice {
 }
 
 /// The calls of every AI node in `plan` the rule may decide.
-fn sites(
-    plan: &LogicalPlan,
-    candidates: &[ModelCard],
-    generators: &[ModelCard],
-    encoder: Option<&ModelCard>,
-) -> Result<Vec<Site>> {
-    let keys = KeyContext::new(plan, candidates, generators, encoder)?;
+fn sites(plan: &LogicalPlan, keys: &KeyContext) -> Result<Vec<Site>> {
     let mut found = Vec::new();
-    collect_sites(plan, None, &keys, &mut found)?;
+    collect_sites(plan, None, keys, &mut found)?;
     Ok(found)
 }
 
@@ -1491,11 +1487,8 @@ pub(crate) fn literal_strings(expr: &Expr) -> Option<Vec<String>> {
 fn rewrite(
     plan: &LogicalPlan,
     decisions: &HashMap<String, Decision>,
-    candidates: &[ModelCard],
-    generators: &[ModelCard],
-    encoder: Option<&ModelCard>,
+    keys: &KeyContext,
 ) -> Result<LogicalPlan> {
-    let keys = KeyContext::new(plan, candidates, generators, encoder)?;
     // Top-down, so each node's key is computed over its input before that input is rewritten,
     // exactly as `sites` computed it.
     plan.clone()
@@ -1507,7 +1500,7 @@ fn rewrite(
             let mut changed = false;
             for call in &map.calls {
                 let decision =
-                    site_of(call, &map.input, &keys).and_then(|site| decisions.get(&site.key));
+                    site_of(call, &map.input, keys).and_then(|site| decisions.get(&site.key));
                 let Some(decision) = decision else {
                     calls.push(call.clone());
                     continue;
