@@ -170,8 +170,7 @@ pub(crate) struct Site {
 impl Site {
     /// The index of [`Site::compared_label`] among the call's labels.
     fn target_index(&self) -> Option<usize> {
-        let label = self.compared_label.as_ref()?;
-        self.instruction.labels().iter().position(|l| l == label)
+        self.compared_label.as_ref().and(self.kept_answer)
     }
 
     /// The label [`Site::kept_answer`] names.
@@ -1369,10 +1368,7 @@ fn answer_columns(plan: &LogicalPlan) -> Result<Vec<String>> {
     let mut names = Vec::new();
     plan.apply(|node| {
         if let Some(map) = as_ai_map(node) {
-            names.extend(map.calls.iter().filter_map(|c| match c {
-                Expr::Alias(a) => Some(a.name.clone()),
-                _ => None,
-            }));
+            names.extend(map.output_names());
         }
         Ok(TreeNodeRecursion::Continue)
     })?;

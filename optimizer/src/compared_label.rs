@@ -103,16 +103,13 @@ impl Use {
 /// The output columns of `node`'s `ai_classify` and `ai_filter` calls, when it is an AI map.
 fn predicate_columns(node: &LogicalPlan) -> Vec<String> {
     let Some(map) = as_ai_map(node) else { return Vec::new() };
+    let is_predicate = |call: &Expr| {
+        function_call(call).is_some_and(|f| matches!(f.func.name(), "ai_classify" | "ai_filter"))
+    };
     map.calls
         .iter()
-        .filter_map(|call| match call {
-            Expr::Alias(a)
-                if matches!(function_call(call)?.func.name(), "ai_classify" | "ai_filter") =>
-            {
-                Some(a.name.clone())
-            }
-            _ => None,
-        })
+        .zip(map.output_names())
+        .filter_map(|(call, name)| is_predicate(call).then_some(name))
         .collect()
 }
 
