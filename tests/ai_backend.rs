@@ -241,6 +241,20 @@ async fn extract_fills_typed_fields_and_leaves_unknown_ones_null() {
 }
 
 #[tokio::test]
+async fn free_text_at_auto_runs_the_reference_model_and_a_named_model_runs_as_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Scripted::new(dir.path());
+    let db = session(&backend, dir.path()).await;
+    // The optimizer is on: it has no agreement to measure free text by, so `auto` must not
+    // become a cheaper model unchecked.
+    run(&db, "SELECT ai_complete(t) FROM (VALUES ('x'), ('y')) AS v(t)").await;
+    assert_eq!(*backend.complete_models.lock().unwrap(), ["qwen2.5-coder-0.5b-instruct"]);
+    backend.complete_models.lock().unwrap().clear();
+    run(&db, "SELECT ai_complete(t, 'smollm2-135m-instruct') FROM (VALUES ('z')) AS v(t)").await;
+    assert_eq!(*backend.complete_models.lock().unwrap(), ["smollm2-135m-instruct"]);
+}
+
+#[tokio::test]
 async fn a_large_group_is_summarised_by_map_reduce() {
     let dir = tempfile::tempdir().unwrap();
     let backend = Scripted::new(dir.path());
@@ -273,9 +287,13 @@ async fn every_group_is_summarised_in_one_batched_call_and_the_naive_plan_asks_p
     // Each group's summary is the one it gets alone.
     let alone = run(&db, "SELECT ai_summarize_agg(t) FROM (VALUES ('a b'), ('f')) AS v(t)").await;
     assert_eq!(Some(alone[0].column(0).as_string::<i32>().value(0).to_string()), batched[0]);
-    assert_eq!(*backend.complete_models.lock().unwrap(), ["smollm2-135m-instruct"]);
+    // `auto` is the reference, the largest generating model: nothing checks a summary's quality
+    // on a cheaper one.
+    assert_eq!(*backend.complete_models.lock().unwrap(), ["qwen2.5-coder-0.5b-instruct"]);
+    let plan = format!("{:?}", run(&db, &format!("EXPLAIN {query}")).await);
+    assert!(plan.contains("[model: qwen2.5-coder-0.5b-instruct, groups batched]"), "{plan}");
 
-    // The naive baseline: `auto` is the largest model and every chunk is its own call.
+    // The naive baseline: the same model, and every chunk is its own call.
     run(&db, "SET murakkab.optimizer.enabled = false").await;
     run(&db, "SET murakkab.exec.batching = false").await;
     backend.complete_models.lock().unwrap().clear();

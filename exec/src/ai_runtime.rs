@@ -18,8 +18,10 @@ use crate::language_model::{GenerateOptions, LanguageModel, Sampling};
 use crate::model_memory::{ModelMemory, decoder_batch_bytes, decoder_weight_bytes};
 use crate::registry::{ModelRegistry, file_bytes, weight_mode};
 
-/// Models tried, in order, when a call says `model => 'auto'` (until the optimizer chooses):
-/// the cheapest capable model that is pulled.
+/// Models tried, in order, for the backend's default choice (`resolve_model(None, ..)`): the
+/// cheapest capable model that is pulled. The AI functions do not run `auto` on it (they run
+/// the reference, the largest pulled model, unless the optimizer chose): it is what the
+/// optimizer's candidate lists and listings start from.
 const PREFERRED_LANGUAGE_MODELS: &[&str] =
     &["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"];
 const PREFERRED_ENCODERS: &[&str] = &["all-minilm-l6-v2"];

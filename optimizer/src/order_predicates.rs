@@ -302,6 +302,9 @@ impl PredicateOrderer {
                 plan.models().first().and_then(|id| self.backend.resolve_model(Some(id), task).ok())
             }
             (_, CallKind::Labels) => reference.cloned(),
+            // `auto` generation runs on the reference (`args::model_for`), embeddings on the
+            // default encoder.
+            (_, CallKind::Generate) => self.backend.largest_model(task).ok(),
             _ => self.backend.resolve_model(None, task).ok(),
         };
         Ok((card, kind))

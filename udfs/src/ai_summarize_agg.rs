@@ -4,10 +4,10 @@
 //! one level batched together (`summary_accumulators`).
 //!
 //! The model and the batching are fixed at planning time, by the expression simplifier (the one
-//! place a logical aggregate sees the session's options): `auto` becomes the model a scalar AI
-//! call would run on under the same options — the largest pulled generating model with
-//! `murakkab.optimizer.enabled = false` (the naive baseline), the default choice otherwise —
-//! and `murakkab.exec.batching` / `murakkab.on_error` are read once. The call keeps its column
+//! place a logical aggregate sees the session's options): `auto` becomes the reference, the
+//! largest pulled generating model, with the optimizer on or off (a summary has no agreement
+//! to measure a cheaper model by, see `args::model_for`), and `murakkab.exec.batching` /
+//! `murakkab.on_error` are read once. The call keeps its column
 //! name; EXPLAIN shows what was fixed:
 //!
 //! ```text
@@ -62,7 +62,7 @@ pub struct AiSummarizeAgg {
     signature: Signature,
     context: Arc<AiContext>,
     /// Set by planning (see the module doc); `None` until the simplifier has run, in which case
-    /// the accumulators run the default model, batched.
+    /// the accumulators run the named model or the reference, batched.
     plan: Option<SummaryPlan>,
 }
 
@@ -93,7 +93,8 @@ impl AiSummarizeAgg {
         })
     }
 
-    /// The plan the accumulators run: the one planning fixed, or the default model, batched.
+    /// The plan the accumulators run: the one planning fixed, or the named model (`auto`: the
+    /// reference), batched.
     fn plan_or_default(&self, acc_args: &AccumulatorArgs) -> Result<SummaryPlan> {
         if let Some(plan) = &self.plan {
             return Ok(plan.clone());
@@ -105,8 +106,15 @@ impl AiSummarizeAgg {
                 None => return plan_err!("{NAME}: argument 'model' must be a constant string"),
             },
         };
-        let model = requested_model(literal)?;
-        let card = args::check_model(NAME, &self.context, model.as_deref(), Task::Generate)?;
+        let card = match requested_model(literal)? {
+            Some(model) => args::check_model(NAME, &self.context, Some(&model), Task::Generate)?,
+            // `auto` is the reference, as in `args::model_for`.
+            None => self
+                .context
+                .backend
+                .largest_model(Task::Generate)
+                .map_err(|e| datafusion::common::plan_datafusion_err!("{NAME}: {e}"))?,
+        };
         Ok(SummaryPlan { model: card.id, batching: true, fail_on_error: false })
     }
 }

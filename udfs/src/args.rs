@@ -279,8 +279,15 @@ pub(crate) fn batching_enabled(config: &ConfigOptions) -> bool {
     !option_is(config, "murakkab.exec.batching", "false")
 }
 
-/// The model a call runs on: the one it names, or for `auto` the default choice, which is the
-/// largest pulled capable model when `murakkab.optimizer.enabled = false` (the naive baseline).
+/// The model a call runs on: the one it names, or for `auto` the reference, the largest pulled
+/// model that can do the task.
+///
+/// A language-model call still at `auto` when it runs is one no quality check chose a model
+/// for: the optimizer replaces `auto` in every label and extraction call it plans, but free
+/// text (`ai_complete`, `ai_summarize_agg`) has no agreement to measure, and a cheaper model
+/// there would be a guess at the user's expense. So `auto` means the reference with the
+/// optimizer on or off (off, it is the naive baseline's model). Embeddings keep the default
+/// encoder unless the optimizer is off, as `ai_embed` does.
 pub(crate) fn model_for(
     context: &AiContext,
     config: &ConfigOptions,
@@ -288,7 +295,8 @@ pub(crate) fn model_for(
     task: murakkab_catalog::Task,
 ) -> std::result::Result<murakkab_catalog::ModelCard, String> {
     let auto = requested.is_none_or(|r| r.trim().eq_ignore_ascii_case("auto"));
-    if auto && option_is(config, "murakkab.optimizer.enabled", "false") {
+    let unchecked = task != murakkab_catalog::Task::Embed;
+    if auto && (unchecked || option_is(config, "murakkab.optimizer.enabled", "false")) {
         context.backend.largest_model(task)
     } else {
         context.backend.resolve_model(requested, task)
