@@ -106,8 +106,12 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
     report_load(id, before);
     let empty = model.prefix_cache(&[]).unwrap();
     let prompt = long_prompt(&model, texts, 250);
+    // A summary chunk's size (`ai_summarize_agg` packs up to 2,048 tokens): attention's share
+    // grows with the square of the length.
+    let long = long_prompt(&model, texts, 1500);
     let d = model.decoder();
-    for batch in [1usize, 16].into_iter().filter(|_| runs("prefill")) {
+    let cases = [(1usize, &prompt), (16, &prompt), (1, &long), (4, &long)];
+    for (batch, prompt) in cases.into_iter().filter(|_| runs("prefill")) {
         let prompts = vec![prompt.as_slice(); batch];
         let caches = vec![&empty; batch];
         let s = median_secs(3, || {

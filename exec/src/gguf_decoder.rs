@@ -20,6 +20,7 @@ use crate::amx_gemm::{AmxMatrix, TiledActivations};
 use crate::error::ModelError;
 pub use crate::kv_cache::SeqCache;
 use crate::kv_cache::{BatchCache, stack_padded};
+use crate::vector_math::additive_masked_softmax;
 use crate::vnni_gemv::VnniMatrix;
 use rayon::prelude::*;
 
@@ -789,7 +790,7 @@ impl GgufDecoder {
             // key/value head are stacked along the time axis, so one matmul serves them all.
             let group = c.n_head / c.n_kv_head;
             let q = q.reshape((b, c.n_kv_head, group * t, c.head_dim))?;
-            let attn = attention(&q, &keys, &values, mask, c.head_dim)?
+            let attn = attention(&q, &keys, &values, mask, c.head_dim, group)?
                 .reshape((b, c.n_head, t, c.head_dim))?
                 .transpose(1, 2)?
                 .reshape((b, t, c.n_head * c.head_dim))?;
@@ -886,38 +887,86 @@ impl GgufDecoder {
 /// allocator and stay in cache.
 const SCORE_BLOCK: usize = 1 << 20;
 
-/// `softmax(q·kᵀ/√d + mask)·v` for `q` `[B, H, R, d]`, keys and values `[B, H, W, d]` and `mask`
-/// `[B, 1, R, W]`: over blocks of query rows when the scores would exceed [`SCORE_BLOCK`] (each
-/// row's scores are independent, so blocks give the same rows).
+/// New tokens per block of a long prompt's causal attention: a block's queries see the keys up
+/// to its last position, none after, so a prompt cut into `n` blocks computes about
+/// `(n + 1) / 2n` of the full score matrix.
+const CAUSAL_BLOCK: usize = 128;
+
+/// `softmax(q·kᵀ/√d + mask)·v` for `q` `[B, H, group·T, d]` (the `group` query heads sharing a
+/// key head stacked along the rows, each `T` new tokens), keys and values `[B, H, W, d]` whose
+/// last `T` positions are the new tokens', and `mask` `[B, 1, group·T, W]` (0 or −∞, the same
+/// for every query head of a group).
+///
+/// A prompt of at least two [`CAUSAL_BLOCK`]s goes by blocks of positions (fewer when a block
+/// would pass [`SCORE_BLOCK`] scores), each against the keys up to its last position: the keys
+/// after it are masked for all of its rows, so leaving them out changes nothing but the work.
+/// Its queries are restacked position by position (a position's `group` heads together), so one
+/// product serves a block's heads. Shorter inputs (label rows, decode steps) go in blocks of
+/// rows of at most [`SCORE_BLOCK`] scores against every key; each row's scores are
+/// independent, so blocks give the same rows.
 fn attention(
     q: &Tensor,
     keys: &Tensor,
     values: &Tensor,
     mask: Option<&Tensor>,
     head_dim: usize,
+    group: usize,
 ) -> candle_core::Result<Tensor> {
-    let (b, h, rows, _) = q.dims4()?;
+    let (b, h, rows, d) = q.dims4()?;
     let width = keys.dim(2)?;
-    let keys_t = keys.t()?;
-    let scale = (head_dim as f64).sqrt();
-    let block = |q: &Tensor, mask: Option<Tensor>| -> candle_core::Result<Tensor> {
-        let scores = (q.matmul(&keys_t)? / scale)?;
-        let scores = match mask {
-            Some(mask) => scores.broadcast_add(&mask)?,
-            None => scores,
-        };
-        candle_nn::ops::softmax_last_dim(&scores)?.matmul(values)
+    let t = rows / group.max(1);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    // Rows `q` (`[B, H, len, d]`) against the first `w` keys, under `mask` (`[B, 1, len / share,
+    // w]`, a row for each `share` rows of `q`).
+    let block = |q: &Tensor, mask: Option<Tensor>, share: usize, w: usize| {
+        let len = q.dim(2)?;
+        let keys = if w == width { keys.clone() } else { keys.narrow(2, 0, w)? };
+        let scores = q.matmul(&keys.t()?)?;
+        let mask = mask.map(|m| m.contiguous()).transpose()?;
+        let shape = (h, len, w);
+        let probs = with_f32_values(&scores, |s| match &mask {
+            Some(m) => {
+                with_f32_values(m, |m| additive_masked_softmax(s, Some(m), shape, share, scale))
+            }
+            None => Ok(additive_masked_softmax(s, None, shape, share, scale)),
+        })??;
+        let values = if w == width { values.clone() } else { values.narrow(2, 0, w)? };
+        Tensor::from_vec(probs, (b, h, len, w), q.device())?.matmul(&values)
     };
     let per_block = (SCORE_BLOCK / (b * h * width).max(1)).max(1);
+    let step = CAUSAL_BLOCK.min(per_block / group.max(1)).max(1);
+    if let (true, Some(mask)) = (t >= 2 * CAUSAL_BLOCK && width >= t && rows == group * t, mask) {
+        let past = width - t;
+        // `[B, H, T·group, d]`: position `i`'s heads at rows `i·group..(i + 1)·group`; the mask's
+        // first `T` rows (the first head's) serve every head.
+        let by_position = q
+            .reshape((b, h, group, t, d))?
+            .transpose(2, 3)?
+            .contiguous()?
+            .reshape((b, h, rows, d))?;
+        let mut out = Vec::with_capacity(t.div_ceil(step));
+        for start in (0..t).step_by(step) {
+            let len = step.min(t - start);
+            let w = past + start + len;
+            let q = by_position.narrow(2, start * group, len * group)?.contiguous()?;
+            let mask = mask.narrow(2, start, len)?.narrow(3, 0, w)?;
+            out.push(block(&q, Some(mask), group, w)?);
+        }
+        return Tensor::cat(&out, 2)?
+            .reshape((b, h, t, group, d))?
+            .transpose(2, 3)?
+            .contiguous()?
+            .reshape((b, h, rows, d));
+    }
     if per_block >= rows {
-        return block(q, mask.cloned());
+        return block(q, mask.cloned(), 1, width);
     }
     let mut out = Vec::with_capacity(rows.div_ceil(per_block));
     for start in (0..rows).step_by(per_block) {
         let len = per_block.min(rows - start);
         let q = q.narrow(2, start, len)?.contiguous()?;
         let mask = mask.map(|m| m.narrow(2, start, len)).transpose()?;
-        out.push(block(&q, mask)?);
+        out.push(block(&q, mask, 1, width)?);
     }
     Tensor::cat(&out, 2)
 }
@@ -1006,6 +1055,37 @@ mod tests {
             for (score, &t) in row.iter().zip(&tokens) {
                 assert!((score - full[t as usize] - offset).abs() < 1e-4, "{row:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_long_prompt_attends_by_causal_blocks_as_it_would_in_two_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        crate::tiny_models::write_tiny_gguf(&path, "qwen2", GgmlDType::F32, 9).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = Content::read(&mut file).unwrap();
+        let decoder =
+            GgufDecoder::load(&content, &mut file, &Device::Cpu, WeightMode::Both).unwrap();
+        let empty = decoder.empty_cache().unwrap();
+        // 420 and 300 tokens: both past two causal blocks, the shorter one padded in the batch.
+        let long: Vec<u32> = (0..420u32).map(|i| (i * 7 + 3) % 256).collect();
+        let short: Vec<u32> = (0..300u32).map(|i| (i * 11 + 5) % 256).collect();
+        let (together, _, _) = decoder.forward(&[&long, &short], &[&empty, &empty], false).unwrap();
+        // The same prompts in two passes of under two blocks each: every key, no blocks.
+        for (row, prompt) in [&long, &short].into_iter().enumerate() {
+            let (head, tail) = prompt.split_at(200);
+            let (_, _, first) = decoder.forward(&[head], &[&empty], false).unwrap();
+            let (last, _, _) = decoder.forward(&[tail], &[&first[0]], false).unwrap();
+            let gap = (together.i(row).unwrap() - last.i(0).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(gap < 1e-3, "prompt {row}: the blocked pass is {gap} away");
         }
     }
 
