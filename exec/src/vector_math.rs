@@ -228,6 +228,17 @@ pub(crate) fn additive_masked_softmax(
 }
 
 fn additive_softmax_row(row: &[f32], mask: Option<&[f32]>, scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present (checked just above).
+        unsafe { additive_softmax_row_avx512(row, mask, scale, out) };
+        return;
+    }
+    additive_softmax_row_scalar(row, mask, scale, out);
+}
+
+/// [`additive_softmax_row`] one value at a time.
+fn additive_softmax_row_scalar(row: &[f32], mask: Option<&[f32]>, scale: f32, out: &mut [f32]) {
     let mut max = f32::NEG_INFINITY;
     for (i, (o, &s)) in out.iter_mut().zip(row).enumerate() {
         *o = s * scale + mask.map_or(0.0, |m| m[i]);
@@ -237,45 +248,72 @@ fn additive_softmax_row(row: &[f32], mask: Option<&[f32]>, scale: f32, out: &mut
         out.fill(0.0);
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present (checked just above).
-        unsafe { exp_shifted_avx512(out, max) };
-    } else {
-        exp_shifted(out, max);
+    for v in out.iter_mut() {
+        *v = if *v == f32::NEG_INFINITY { 0.0 } else { (*v - max).exp() };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    exp_shifted(out, max);
-    let sum: f32 = out.iter().sum();
-    let inverse = 1.0 / sum;
+    let inverse = 1.0 / out.iter().sum::<f32>();
     out.iter_mut().for_each(|p| *p *= inverse);
 }
 
-/// `x = e^(x − max)`, −∞ to exactly 0, one value at a time.
-fn exp_shifted(values: &mut [f32], max: f32) {
-    for v in values {
-        *v = if *v == f32::NEG_INFINITY { 0.0 } else { (*v - max).exp() };
-    }
-}
-
-/// [`exp_shifted`] 16 lanes at a time, the tail under a lane mask.
+/// [`additive_softmax_row`] 16 lanes at a time, each tail under a lane mask: the scaled and
+/// masked scores and their maximum, then `e^(x − max)` (−∞ to exactly 0) and the sum, then the
+/// division.
 ///
 /// # Safety
 /// AVX-512F present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_avx512(values: &mut [f32], max: f32) {
+unsafe fn additive_softmax_row_avx512(
+    row: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    out: &mut [f32],
+) {
     use std::arch::x86_64::*;
-    for at in (0..values.len()).step_by(16) {
-        let lanes = (values.len() - at).min(16);
-        let valid: __mmask16 = if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 };
-        // SAFETY: the masked load and store touch only the `lanes` values from `at`, inside
-        // `values`.
+    let n = row.len().min(out.len()).min(mask.map_or(usize::MAX, <[f32]>::len));
+    let lanes_at = |at: usize| -> __mmask16 {
+        let lanes = (n - at).min(16);
+        if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 }
+    };
+    let minus_infinity = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut maxes = minus_infinity;
+    // SAFETY (all three loops): the masked loads and stores touch only the lanes below `n`
+    // from `at`, inside `row`, `mask` and `out`.
+    for at in (0..n).step_by(16) {
+        let valid = lanes_at(at);
         unsafe {
-            let x = _mm512_maskz_loadu_ps(valid, values.as_ptr().add(at));
-            let kept = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(x, _mm512_set1_ps(f32::NEG_INFINITY));
+            let s = _mm512_maskz_loadu_ps(valid, row.as_ptr().add(at));
+            let m = match mask {
+                Some(m) => _mm512_maskz_loadu_ps(valid, m.as_ptr().add(at)),
+                None => _mm512_setzero_ps(),
+            };
+            let x = _mm512_fmadd_ps(s, _mm512_set1_ps(scale), m);
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), valid, x);
+            maxes = _mm512_mask_max_ps(maxes, valid, maxes, x);
+        }
+    }
+    let max = _mm512_reduce_max_ps(maxes);
+    if max == f32::NEG_INFINITY {
+        out[..n].fill(0.0);
+        return;
+    }
+    let mut sums = _mm512_setzero_ps();
+    for at in (0..n).step_by(16) {
+        let valid = lanes_at(at);
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(valid, out.as_ptr().add(at));
+            let kept = valid & _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(x, minus_infinity);
             let e = _mm512_maskz_mov_ps(kept, exp_avx512(_mm512_sub_ps(x, _mm512_set1_ps(max))));
-            _mm512_mask_storeu_ps(values.as_mut_ptr().add(at), valid, e);
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), valid, e);
+            sums = _mm512_add_ps(sums, e);
+        }
+    }
+    let inverse = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sums));
+    for at in (0..n).step_by(16) {
+        let valid = lanes_at(at);
+        unsafe {
+            let e = _mm512_maskz_loadu_ps(valid, out.as_ptr().add(at));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(at), valid, _mm512_mul_ps(e, inverse));
         }
     }
 }
@@ -396,6 +434,20 @@ mod tests {
         let by_row =
             additive_masked_softmax(&wide, Some(&shared), (heads, len * 3, width), 1, scale);
         assert_eq!(by_share, by_row);
+        // The one-value-at-a-time path (CPUs without AVX-512) gives the same probabilities.
+        for row in 0..batch * heads * len {
+            let m = &mask[((row / (heads * len)) * len + row % len) * width..][..width];
+            let mut scalar = vec![0.0; width];
+            additive_softmax_row_scalar(
+                &scores[row * width..][..width],
+                Some(m),
+                scale,
+                &mut scalar,
+            );
+            for (a, b) in scalar.iter().zip(&probs[row * width..][..width]) {
+                assert!((a - b).abs() < 1e-6, "row {row}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
