@@ -302,6 +302,29 @@ async fn plain_explain_runs_no_model_and_says_when_the_choice_is_made() {
 }
 
 #[tokio::test]
+async fn after_a_run_too_small_to_sample_plain_explain_shows_the_model_it_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    let small = "SELECT id, ai_classify(text, ['positive', 'negative']) AS label FROM reviews \
+                 WHERE id <= 80 ORDER BY id";
+    let before = text_of(&db, &format!("EXPLAIN {small}")).await;
+    assert!(before.contains("when the query runs"), "{before}");
+    let ran = text_of(&db, &format!("EXPLAIN ANALYZE {small}")).await;
+    assert!(ran.contains("(input of 80 rows too small for a sample to pay off)"), "{ran}");
+    backend.calls.lock().unwrap().clear();
+    let after = text_of(&db, &format!("EXPLAIN {small}")).await;
+    let note = format!(
+        "ai_classify: {REFERENCE} (input of 80 rows too small for a sample to pay off when the \
+         query last ran)"
+    );
+    assert!(after.contains(&note), "{after}");
+    assert!(!after.contains("when the query runs"), "{after}");
+    assert!(backend.calls.lock().unwrap().is_empty(), "EXPLAIN ran a model");
+}
+
+#[tokio::test]
 async fn with_the_optimizer_off_or_a_model_named_nothing_is_sampled() {
     let dir = tempfile::tempdir().unwrap();
     let backend = TwoModels::new(dir.path());

@@ -24,7 +24,7 @@ pub use local_cards::{CARD_FILE, SUPPORTED_ARCHITECTURES, local_cards, read_card
 pub use model_card::{Architecture, ModelCard, ModelFile, ModelSource, ModelStatus, Task};
 pub use optimizer_stats::{
     BlockingStats, CandidateOutcome, ConsideredPlan, ExtractCallStats, LabelCallStats, PlanChoices,
-    PredicateStats, StatsStore,
+    PredicateStats, SmallInput, StatsStore,
 };
 pub use proxy_model::{PROXY_PREFIX, ProxyModel, softmax};
 pub use pull::{

@@ -112,6 +112,15 @@ pub struct PredicateStats {
     pub joules_per_row: f64,
 }
 
+/// A call whose input, when a query last ran it, was too small for a sample to pay off, so it
+/// ran on the reference model. Plain `EXPLAIN` (which runs nothing) shows that decision rather
+/// than "chosen when the query runs"; a run decides afresh, since its input may have grown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmallInput {
+    /// Rows the call's input had.
+    pub input_rows: u64,
+}
+
 /// What a sample taught about a join on an AI predicate (the semantic-join rule): how many
 /// nearest candidates per row keep the predicate's matches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +249,21 @@ impl StatsStore {
     pub fn save_blocking_stats(&self, key: &str, stats: &BlockingStats) -> std::io::Result<()> {
         let stored = Stored { key: key.to_string(), stats: stats.clone() };
         self.write_json(&self.blocking_path(key), &stored)
+    }
+
+    fn small_input_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("small-{}.json", Self::id_of(key)))
+    }
+
+    /// The small-input decision stored under `key`, if one is readable.
+    pub fn small_input(&self, key: &str) -> Option<SmallInput> {
+        self.read_keyed(&self.small_input_path(key), key)
+    }
+
+    /// Stores a small-input decision under `key`, replacing any earlier record atomically.
+    pub fn save_small_input(&self, key: &str, small: &SmallInput) -> std::io::Result<()> {
+        let stored = Stored { key: key.to_string(), stats: small.clone() };
+        self.write_json(&self.small_input_path(key), &stored)
     }
 
     /// The record at `path` when it is readable and stored under exactly `key`.

@@ -77,7 +77,7 @@ use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use futures::StreamExt;
 use murakkab_catalog::{
     CandidateOutcome, ConsideredPlan, DeviceProfile, LabelCallStats, ModelCard, PROXY_PREFIX,
-    PlanChoices, StatsStore, Task,
+    PlanChoices, SmallInput, StatsStore, Task,
 };
 use murakkab_compiler::{AiMap, MurakkabOptions, OverBudget};
 use murakkab_udfs::{
@@ -360,11 +360,7 @@ impl ModelChooser {
             return Ok(Decision::plain(reference, note));
         }
         if !pass.may_sample {
-            let note = format!(
-                "{}: model chosen from a sample (at least {} rows) when the query runs",
-                site.function, pass.options.sample_rows
-            );
-            return Ok(Decision::plain(ModelPlan::Auto, note));
+            return Ok(self.undecided(site, reference, pass));
         }
         let started = std::time::Instant::now();
         let sample = self.sample(site, pass, label_sample_size).await?;
@@ -388,6 +384,7 @@ impl ModelChooser {
                  time={:.1}s, energy={:.0}J",
                 site.function, estimate.seconds, estimate.joules
             );
+            self.record_small_input(site, rows);
             return Ok(Decision {
                 estimate: Some(estimate),
                 rows,
@@ -411,6 +408,34 @@ impl ModelChooser {
         self.record_choices(site, &decision);
         decision.note.push_str(&format!("; sampling took {:.1}s", started.elapsed().as_secs_f64()));
         Ok(decision)
+    }
+
+    /// Plain `EXPLAIN`'s decision for a call with no statistics: the reference, when the last
+    /// run found the input too small for a sample ([`SmallInput`]), else `auto` with a note
+    /// that the query's run will choose.
+    pub(crate) fn undecided(&self, site: &Site, reference: ModelPlan, pass: &Pass<'_>) -> Decision {
+        if let Some(small) = self.store.small_input(&site.key) {
+            let rows = small.input_rows;
+            let note = format!(
+                "{}: {reference} (input of {rows} rows too small for a sample to pay off when \
+                 the query last ran)",
+                site.function
+            );
+            return Decision { rows, ..Decision::plain(reference, note) };
+        }
+        let note = format!(
+            "{}: model chosen from a sample (at least {} rows) when the query runs",
+            site.function, pass.options.sample_rows
+        );
+        Decision::plain(ModelPlan::Auto, note)
+    }
+
+    /// Remembers that the call's input of `rows` was too small for a sample (see
+    /// [`Self::undecided`]).
+    pub(crate) fn record_small_input(&self, site: &Site, rows: u64) {
+        if let Err(e) = self.store.save_small_input(&site.key, &SmallInput { input_rows: rows }) {
+            tracing::warn!("could not store optimizer statistics: {e}");
+        }
     }
 
     /// Says so in the note and as a warning when the reference gave every sampled row the same

@@ -78,11 +78,7 @@ impl ModelChooser {
             return Ok(Decision::plain(reference_plan, note));
         }
         if !pass.may_sample {
-            let note = format!(
-                "{function}: model chosen from a sample (at least {} rows) when the query runs",
-                pass.options.sample_rows
-            );
-            return Ok(Decision::plain(ModelPlan::Auto, note));
+            return Ok(self.undecided(site, reference_plan, pass));
         }
         let started = std::time::Instant::now();
         let sample = self.sample(site, pass, extract_sample_size).await?;
@@ -109,6 +105,7 @@ impl ModelChooser {
             let note = format!(
                 "{function}: {reference_plan} (input of {rows} rows too small for a sample to pay off)"
             );
+            self.record_small_input(site, rows);
             return Ok(Decision { rows, ..Decision::plain(reference_plan, note) });
         }
         let backend = Arc::clone(&self.backend);
