@@ -1,5 +1,6 @@
 //! Model runtime throughput on the real models: MiniLM embeddings/s, decoder prefill and decode
-//! tokens/s at batch 1 and 16, and label-scoring rows/s with a shared instruction prefix.
+//! tokens/s at batch 1 and 16 (and after a 1,500-token prompt), and label-scoring rows/s with a
+//! shared instruction prefix.
 //!
 //! `cargo bench --bench models` (models must be pulled; missing ones are skipped, and
 //! `RAYON_NUM_THREADS` sets the thread count). Each figure is the median of several runs.
@@ -152,6 +153,15 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
                 None => String::new(),
             };
             println!("{id}: decode  batch {batch:>2}: {rate:>8.1} tok/s{stored}");
+        }
+        // After a summary chunk's worth of prompt, each step attends over ~1,500 keys per row.
+        let long: Vec<Vec<u32>> =
+            (0..8).map(|i| long_prompt(&model, &texts[i * 40..], 1500)).collect();
+        for batch in [1usize, 8] {
+            let rate = decode_rate(&model, &empty, &long[..batch]);
+            println!(
+                "{id}: decode  batch {batch:>2} after ~1,500 prompt tokens: {rate:>8.1} tok/s"
+            );
         }
     }
     if runs("steps") {
