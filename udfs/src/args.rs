@@ -286,8 +286,8 @@ pub(crate) fn batching_enabled(config: &ConfigOptions) -> bool {
 /// for: the optimizer replaces `auto` in every label and extraction call it plans, but free
 /// text (`ai_complete`, `ai_summarize_agg`) has no agreement to measure, and a cheaper model
 /// there would be a guess at the user's expense. So `auto` means the reference with the
-/// optimizer on or off (off, it is the naive baseline's model). Embeddings keep the default
-/// encoder unless the optimizer is off, as `ai_embed` does.
+/// optimizer on or off (off, it is the naive baseline's model). Embeddings take the default
+/// encoder, or the largest with the optimizer off.
 pub(crate) fn model_for(
     context: &AiContext,
     config: &ConfigOptions,
@@ -295,8 +295,8 @@ pub(crate) fn model_for(
     task: murakkab_catalog::Task,
 ) -> std::result::Result<murakkab_catalog::ModelCard, String> {
     let auto = requested.is_none_or(|r| r.trim().eq_ignore_ascii_case("auto"));
-    let unchecked = task != murakkab_catalog::Task::Embed;
-    if auto && (unchecked || option_is(config, "murakkab.optimizer.enabled", "false")) {
+    let language_model = task != murakkab_catalog::Task::Embed;
+    if auto && (language_model || option_is(config, "murakkab.optimizer.enabled", "false")) {
         context.backend.largest_model(task)
     } else {
         context.backend.resolve_model(requested, task)
