@@ -192,89 +192,72 @@ impl StatsStore {
         digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("label-{}.json", Self::id_of(key)))
+    /// The record of `kind` (`label`, `extract`, ...) stored under `key`, if one is readable and
+    /// stored under exactly `key`.
+    fn read_record<T: for<'de> Deserialize<'de>>(&self, kind: &str, key: &str) -> Option<T> {
+        let text = std::fs::read_to_string(self.record_path(kind, key)).ok()?;
+        let stored: Stored<T> = serde_json::from_str(&text).ok()?;
+        (stored.key == key).then_some(stored.stats)
+    }
+
+    /// Stores `record` of `kind` under `key`, replacing any earlier one atomically.
+    fn save_record<T: Serialize>(&self, kind: &str, key: &str, record: &T) -> std::io::Result<()> {
+        let stored = Stored { key: key.to_string(), stats: record };
+        self.write_json(&self.record_path(kind, key), &stored)
+    }
+
+    fn record_path(&self, kind: &str, key: &str) -> PathBuf {
+        self.dir.join(format!("{kind}-{}.json", Self::id_of(key)))
     }
 
     /// The record stored under `key`, if any is readable.
     pub fn label_stats(&self, key: &str) -> Option<LabelCallStats> {
-        self.read_keyed(&self.path(key), key)
+        self.read_record("label", key)
     }
 
     /// Stores `stats` under `key`, replacing any earlier record atomically.
     pub fn save_label_stats(&self, key: &str, stats: &LabelCallStats) -> std::io::Result<()> {
-        self.write_json(&self.path(key), &Stored { key: key.to_string(), stats: stats.clone() })
-    }
-
-    fn extract_path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("extract-{}.json", Self::id_of(key)))
+        self.save_record("label", key, stats)
     }
 
     /// The extraction statistics stored under `key`, if any are readable.
     pub fn extract_stats(&self, key: &str) -> Option<ExtractCallStats> {
-        self.read_keyed(&self.extract_path(key), key)
+        self.read_record("extract", key)
     }
 
     /// Stores extraction statistics under `key`, replacing any earlier record atomically.
     pub fn save_extract_stats(&self, key: &str, stats: &ExtractCallStats) -> std::io::Result<()> {
-        let stored = Stored { key: key.to_string(), stats: stats.clone() };
-        self.write_json(&self.extract_path(key), &stored)
-    }
-
-    fn predicate_path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("predicate-{}.json", Self::id_of(key)))
+        self.save_record("extract", key, stats)
     }
 
     /// The predicate statistics stored under `key`, if any are readable.
     pub fn predicate_stats(&self, key: &str) -> Option<PredicateStats> {
-        self.read_keyed(&self.predicate_path(key), key)
+        self.read_record("predicate", key)
     }
 
     /// Stores predicate statistics under `key`, replacing any earlier record atomically.
     pub fn save_predicate_stats(&self, key: &str, stats: &PredicateStats) -> std::io::Result<()> {
-        let stored = Stored { key: key.to_string(), stats: stats.clone() };
-        self.write_json(&self.predicate_path(key), &stored)
-    }
-
-    fn blocking_path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("blocking-{}.json", Self::id_of(key)))
+        self.save_record("predicate", key, stats)
     }
 
     /// The blocking statistics stored under `key`, if any are readable.
     pub fn blocking_stats(&self, key: &str) -> Option<BlockingStats> {
-        self.read_keyed(&self.blocking_path(key), key)
+        self.read_record("blocking", key)
     }
 
     /// Stores blocking statistics under `key`, replacing any earlier record atomically.
     pub fn save_blocking_stats(&self, key: &str, stats: &BlockingStats) -> std::io::Result<()> {
-        let stored = Stored { key: key.to_string(), stats: stats.clone() };
-        self.write_json(&self.blocking_path(key), &stored)
-    }
-
-    fn small_input_path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("small-{}.json", Self::id_of(key)))
+        self.save_record("blocking", key, stats)
     }
 
     /// The small-input decision stored under `key`, if one is readable.
     pub fn small_input(&self, key: &str) -> Option<SmallInput> {
-        self.read_keyed(&self.small_input_path(key), key)
+        self.read_record("small", key)
     }
 
     /// Stores a small-input decision under `key`, replacing any earlier record atomically.
     pub fn save_small_input(&self, key: &str, small: &SmallInput) -> std::io::Result<()> {
-        let stored = Stored { key: key.to_string(), stats: small.clone() };
-        self.write_json(&self.small_input_path(key), &stored)
-    }
-
-    /// The record at `path` when it is readable and stored under exactly `key`.
-    fn read_keyed<T: for<'de> Deserialize<'de>>(
-        &self,
-        path: &std::path::Path,
-        key: &str,
-    ) -> Option<T> {
-        let text = std::fs::read_to_string(path).ok()?;
-        let stored: Stored<T> = serde_json::from_str(&text).ok()?;
-        (stored.key == key).then_some(stored.stats)
+        self.save_record("small", key, small)
     }
 
     /// Writes `value` as JSON to `path` under the store through a temporary file and a rename,
@@ -363,7 +346,7 @@ mod tests {
         assert_eq!(store.label_stats("k"), Some(stats()));
         assert_eq!(store.label_stats("other"), None);
         assert_eq!(stats().sample_rows(), 2);
-        std::fs::write(store.path("k"), "{ not json").unwrap();
+        std::fs::write(store.record_path("label", "k"), "{ not json").unwrap();
         assert_eq!(store.label_stats("k"), None);
     }
 

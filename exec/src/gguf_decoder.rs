@@ -920,8 +920,8 @@ fn attention(
     // w]`, a row for each `share` rows of `q`).
     let block = |q: &Tensor, mask: Option<Tensor>, share: usize, w: usize| {
         let len = q.dim(2)?;
-        let keys = if w == width { keys.clone() } else { keys.narrow(2, 0, w)? };
-        let scores = q.matmul(&keys.t()?)?;
+        // A narrow over every key is the tensor itself (candle returns a clone).
+        let scores = q.matmul(&keys.narrow(2, 0, w)?.t()?)?;
         let mask = mask.map(|m| m.contiguous()).transpose()?;
         let shape = (h, len, w);
         let probs = with_f32_values(&scores, |s| match &mask {
@@ -930,8 +930,7 @@ fn attention(
             }
             None => Ok(additive_masked_softmax(s, None, shape, share, scale)),
         })??;
-        let values = if w == width { values.clone() } else { values.narrow(2, 0, w)? };
-        Tensor::from_vec(probs, (b, h, len, w), q.device())?.matmul(&values)
+        Tensor::from_vec(probs, (b, h, len, w), q.device())?.matmul(&values.narrow(2, 0, w)?)
     };
     let per_block = (SCORE_BLOCK / (b * h * width).max(1)).max(1);
     let step = CAUSAL_BLOCK.min(per_block / group.max(1)).max(1);
