@@ -368,8 +368,13 @@ impl AmxMatrix {
         // projection, 7.9 ms in chunks against 13.0 ms streaming all rows past each column
         // block; label-scoring passes, with fewer tokens, did not change.)
         let chunk = (CHUNK_BYTES / (2 * self.padded_cols) / BLOCK * BLOCK).clamp(64, 512);
+        // The thread's own configuration, put back at the end: candle's Q4_K products configure
+        // a thread's tiles once and count on them staying configured, and run on the threads
+        // ours do (a tile instruction on an unconfigured thread is an illegal instruction).
+        let mut found = TileConfig::unconfigured();
         // SAFETY: the caller's contract; every pointer below is offset within its buffer.
         unsafe {
+            asm!("sttilecfg [{}]", in(reg) &mut found, options(nostack));
             asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly));
             for chunk_start in (0..acts.padded_m).step_by(chunk) {
                 let rows = chunk_start..acts.padded_m.min(chunk_start + chunk);
@@ -408,7 +413,11 @@ impl AmxMatrix {
                 // The last block: no later block's slices to run it beside.
                 finish_block(epilogue, &scratch[i], f, b, 0..BLOCK);
             }
-            asm!("tilerelease", options(nostack, nomem));
+            if found.palette == 0 {
+                asm!("tilerelease", options(nostack, nomem));
+            } else {
+                asm!("ldtilecfg [{}]", in(reg) &found, options(nostack, readonly));
+            }
         }
     }
 
@@ -712,14 +721,13 @@ struct TileConfig {
 }
 
 impl TileConfig {
+    /// What `sttilecfg` stores on a thread whose tiles are not configured: all zeros.
+    fn unconfigured() -> Self {
+        Self { palette: 0, start_row: 0, reserved: [0; 14], bytes_per_row: [0; 16], rows: [0; 16] }
+    }
+
     fn all_full() -> Self {
-        let mut config = Self {
-            palette: 1,
-            start_row: 0,
-            reserved: [0; 14],
-            bytes_per_row: [0; 16],
-            rows: [0; 16],
-        };
+        let mut config = Self { palette: 1, ..Self::unconfigured() };
         for tile in 0..8 {
             config.bytes_per_row[tile] = 64;
             config.rows[tile] = TILE_ROWS as u8;
@@ -928,6 +936,33 @@ mod tests {
         let want = reference(&hidden, &next, m, dim, features);
         // The hidden activations are rounded to bf16 (relative 2^-9) before the last product.
         assert_close(&got, &want, 1e-2, "bias + gelu");
+    }
+
+    #[test]
+    fn candle_s_own_tile_products_run_unchanged_after_ours_on_the_same_threads() {
+        use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+        use candle_core::{Device, Module, Tensor};
+        if skipped_without_amx() {
+            return;
+        }
+        // candle multiplies Q4_K weights by 32 rows or more on AMX tiles (a model over 1B
+        // parameters keeps only its quantized weights, so its prompt passes do), configuring
+        // each thread once; ours configure and release around every product.
+        let (m, n, k) = (64, 128, 512);
+        let weights = Tensor::from_vec(values(n * k, 5), (n, k), &Device::Cpu).unwrap();
+        let q4k =
+            QMatMul::from_qtensor(QTensor::quantize(&weights, GgmlDType::Q4K).unwrap()).unwrap();
+        let x = Tensor::from_vec(values(m * k, 6), (m, k), &Device::Cpu).unwrap();
+        let ours = AmxMatrix::from_f32(&values(n * k, 7), n, k).unwrap();
+        let candle = || q4k.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // In candle's pool, as the decoder runs both: its products and ours share threads.
+        candle_core::utils::with_threadpool(|| {
+            let before = candle();
+            for _ in 0..4 {
+                ours.matmul(&values(m * k, 8), m);
+                assert_eq!(candle(), before);
+            }
+        });
     }
 
     #[test]
