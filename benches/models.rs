@@ -198,12 +198,14 @@ fn bench_label_scoring(model: &LanguageModel, id: &str, texts: &[String]) {
     );
 }
 
-/// Decode steps alone (no prompt pass, no sampling): 64 steps of 16 rows on a 40-token prompt.
+/// Decode steps alone (no prompt pass, no sampling): 64 steps of 1 to 64 rows on a 40-token
+/// prompt. From `WIDE_STEP_ROWS` rows a step reads the AMX tiles where the CPU has them;
+/// `MURAKKAB_AMX=0` measures the quantized kernel at every width.
 fn bench_steps(model: &LanguageModel, id: &str, empty: &SeqCache) {
     let d = model.decoder();
     let prompt: Vec<u32> = (0..40).map(|i| 100 + i).collect();
     let (_, _, caches) = d.forward(&[&prompt], &[empty], false).unwrap();
-    for rows in [1usize, 16] {
+    for rows in [1usize, 4, 8, 16, 32, 64] {
         let s = median_secs(3, || {
             let mut batch = d.batch_cache(&vec![&caches[0]; rows], 64).unwrap();
             for step in 0..64u32 {

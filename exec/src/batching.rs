@@ -15,6 +15,32 @@ pub(crate) fn in_length_order<T: Default + Clone, E>(
     run_passes(&length_order(count, len), passes, run)
 }
 
+/// Like [`in_length_order`], but a pass also ends before its rows × longest `len` would pass
+/// `budget` (one item always makes a pass): for work whose memory grows with the padded
+/// size, such as a generation batch's key/value cache, while its cost per row falls with the
+/// rows.
+pub(crate) fn in_length_order_within<T: Default + Clone, E>(
+    count: usize,
+    batch: usize,
+    budget: usize,
+    len: impl Fn(usize) -> usize,
+    run: impl FnMut(&[usize]) -> Result<Vec<T>, E>,
+) -> Result<Vec<T>, E> {
+    let order = length_order(count, &len);
+    let batch = batch.max(1);
+    let mut passes = Vec::new();
+    let mut start = 0;
+    while start < count {
+        let mut end = start + 1;
+        while end < count && end - start < batch && (end + 1 - start) * len(order[end]) <= budget {
+            end += 1;
+        }
+        passes.push(start..end);
+        start = end;
+    }
+    run_passes(&order, passes.into_iter(), run)
+}
+
 /// Like [`in_length_order`], but where a length-ordered run of rows is cut into passes is chosen
 /// to minimise padded tokens plus `pass_overhead` tokens per pass (at most `batch` rows each).
 ///
@@ -115,6 +141,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(few, 2);
+    }
+
+    #[test]
+    fn passes_stop_at_the_row_limit_or_the_padded_budget() {
+        let lens = [10, 40, 10, 10, 30, 10, 200];
+        let mut passes = Vec::new();
+        let out = in_length_order_within(
+            lens.len(),
+            3,
+            90,
+            |i| lens[i],
+            |chunk| {
+                passes.push(chunk.iter().map(|&i| lens[i]).collect::<Vec<_>>());
+                Ok::<_, ()>(chunk.iter().map(|&i| lens[i] + 1).collect())
+            },
+        )
+        .unwrap();
+        assert_eq!(out, lens.map(|l| l + 1));
+        // Three rows of 10 hit the row limit; 10 and 30 fit in 90 but a third row of 40 would
+        // not; a row over the budget still runs, alone.
+        assert_eq!(passes, [vec![10, 10, 10], vec![10, 30], vec![40], vec![200]]);
     }
 
     #[test]

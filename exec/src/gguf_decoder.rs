@@ -34,8 +34,10 @@ pub enum WeightMode {
     /// Both: quantized weights for decode steps ([`GgufDecoder::decode_step`]: few bytes read per
     /// token), the f32 copy for prompt passes ([`GgufDecoder::forward`]: compute-bound, f32 GEMM
     /// is fastest), or where the CPU has AMX that copy in bf16 tiles instead
-    /// ([`crate::amx_gemm`]). The choice depends on the kind of pass, never on the batch, so a
-    /// row's result does not depend on which rows it was batched with.
+    /// ([`crate::amx_gemm`]). The choice depends on the kind of pass, and for a batched
+    /// generation step also on its rows: a step of at least [`WIDE_STEP_ROWS`] rows reads the
+    /// tiles where there are tiles (see there), so a generated row's tokens can differ at a
+    /// near tie with the rows it was batched with. Label scoring never depends on the batch.
     Both,
     /// [`WeightMode::Both`] with the quantized weights exactly as stored, even in a format candle
     /// multiplies with scalar code (Q4_1, Q5_0, Q5_1): only for benchmarks that measure
@@ -176,6 +178,19 @@ fn with_last_dim(x: &Tensor, n: usize) -> Vec<usize> {
     }
     dims
 }
+
+/// Rows from which a batched generation step ([`GgufDecoder::decode_batch_step`]) multiplies
+/// by the bf16 AMX tiles of prompt passes instead of the quantized weights.
+///
+/// The VNNI kernel streams the quantized weights once per step but spends a few vector
+/// instructions per 64 weights per row, so its step grows with the rows; the tiles read twice
+/// the bytes and cost about the same for 1 to 32 rows. Per step, 64 steps after a 40-token
+/// prompt (`MURAKKAB_BENCH_ONLY=steps RAYON_NUM_THREADS=2 cargo bench --profile dev --bench
+/// models`, and with `MURAKKAB_AMX=0` for VNNI at every width), VNNI / tiles: qwen2.5-0.5b
+/// 4 rows 34.9 / 40.5 ms, 6 rows 43.9 / 42.8, 8 rows 53.7 / 43.8, 16 rows 77.5 / 44.7, 32 rows
+/// 203.8 / 49.9, 64 rows 357.5 / 77.9; smollm2-135m 8 rows 19.8 / 21.9, 12 rows 26.8 / 23.5,
+/// 16 rows 37.6 / 25.7, 64 rows 152.3 / 59.6.
+pub const WIDE_STEP_ROWS: usize = 8;
 
 /// The kind of forward pass, which picks the weight copy in [`WeightMode::Both`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -686,7 +701,8 @@ impl GgufDecoder {
     /// One generation step of every row of `cache`: `tokens[s]` is row `s`'s next token.
     /// Returns the final-norm hidden states (`[B, dim]`) and stores the step in `cache` in place.
     /// The same computation as [`Self::decode_step`] on each row's [`SeqCache`], up to float
-    /// summation order (the batch attends over padded slots, masked out).
+    /// summation order (the batch attends over padded slots, masked out) and, from
+    /// [`WIDE_STEP_ROWS`] rows, the weights' rounding (the bf16 tiles instead of 8-bit blocks).
     pub fn decode_batch_step(
         &self,
         tokens: &[u32],
@@ -704,17 +720,25 @@ impl GgufDecoder {
             let positions = (0..b).map(|s| cache.next_position(s) as u32).collect();
             let mask = cache.next_mask(self.config.n_head / self.config.n_kv_head, &self.device)?;
             cache.reserve_step()?;
+            let pass =
+                if b >= WIDE_STEP_ROWS && self.has_tiles() { Pass::Prompt } else { Pass::Decode };
             let x = self.layers(
                 tokens.to_vec(),
                 positions,
                 (b, 1),
                 mask.as_ref(),
-                Pass::Decode,
+                pass,
                 |layer, k, v| cache.store(layer, k, v),
             )?;
             cache.finish_step();
             Ok(x.reshape((b, self.config.dim))?)
         })
+    }
+
+    /// Whether the blocks' projections are packed in AMX tiles (this CPU has AMX and the weights
+    /// are held in [`WeightMode::Both`]).
+    fn has_tiles(&self) -> bool {
+        self.blocks.first().is_some_and(|block| block.wo.amx.is_some())
     }
 
     fn check_context(&self, tokens: usize) -> Result<(), ModelError> {

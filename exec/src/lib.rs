@@ -40,7 +40,7 @@ pub use ai_runtime::ModelRuntime;
 pub use bert_encoder::{BertEncoder, Embeddings};
 pub use device::ComputeDevice;
 pub use error::ModelError;
-pub use gguf_decoder::{DecoderConfig, GgufDecoder, WeightMode};
+pub use gguf_decoder::{DecoderConfig, GgufDecoder, WIDE_STEP_ROWS, WeightMode};
 pub use gguf_tokenizer::tokenizer_from_gguf;
 pub use kv_cache::{BatchCache, SeqCache};
 pub use language_model::{GenerateOptions, LanguageModel, Sampling};

@@ -6,7 +6,7 @@
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
 use murakkab_exec::tiny_models::write_tiny_gguf;
-use murakkab_exec::{GenerateOptions, LanguageModel, Sampling, WeightMode};
+use murakkab_exec::{GenerateOptions, LanguageModel, Sampling, WIDE_STEP_ROWS, WeightMode};
 
 fn load(arch: &str, dtype: GgmlDType, mode: WeightMode) -> (tempfile::TempDir, LanguageModel) {
     let dir = tempfile::tempdir().unwrap();
@@ -225,6 +225,40 @@ fn batch_cache_steps_equal_steps_on_each_rows_own_cache() {
         for (slot, &r) in rows.iter().enumerate() {
             let row = batch.row(slot).unwrap();
             assert_eq!(row.len(), own[r].len(), "{arch} {dtype:?}: row {r}");
+        }
+    }
+}
+
+#[test]
+fn wide_batch_steps_stay_close_to_each_rows_own_steps() {
+    // A batch step of WIDE_STEP_ROWS rows or more reads the prompt passes' weights (bf16 tiles
+    // where the CPU has AMX) instead of the quantized ones; rows leaving the batch bring it back
+    // under, so one row's steps switch between the two. Each must stay within the two copies'
+    // rounding of the row's own quantized steps (the bound `batch_cache_steps_equal...` uses).
+    let (_dir, m) = load("qwen2", GgmlDType::Q8_0, WeightMode::Both);
+    let d = m.decoder();
+    let rows = WIDE_STEP_ROWS + 2;
+    let texts = ["the cat", "a mat", "in the thin", "sat on", "the man and"];
+    let prompts: Vec<Vec<u32>> =
+        (0..rows).map(|r| m.encode(texts[r % texts.len()]).unwrap()).collect();
+    let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    let empty = d.empty_cache().unwrap();
+    let (_, _, mut own) = d.forward(&refs, &vec![&empty; rows], false).unwrap();
+    let mut batch = d.batch_cache(&own.iter().collect::<Vec<_>>(), 8).unwrap();
+    let mut active: Vec<usize> = (0..rows).collect();
+    for step in 0..12u32 {
+        if step == 4 {
+            // Below the threshold from here on.
+            active.truncate(WIDE_STEP_ROWS - 1);
+            batch.retain(&(0..WIDE_STEP_ROWS - 1).collect::<Vec<_>>()).unwrap();
+        }
+        let tokens: Vec<u32> = active.iter().map(|&r| (step * 5 + r as u32 * 3) % 50 + 1).collect();
+        let batched = d.decode_batch_step(&tokens, &mut batch).unwrap().to_vec2::<f32>().unwrap();
+        for (slot, &r) in active.iter().enumerate() {
+            let (single, mut c) = d.decode_step(&[&[tokens[slot]]], &[&own[r]]).unwrap();
+            own[r] = c.remove(0);
+            let diff = max_diff(&batched[slot], &single.to_vec2::<f32>().unwrap()[0]);
+            assert!(diff < 0.1, "step {step}, row {r} differs by {diff}");
         }
     }
 }
