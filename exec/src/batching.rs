@@ -15,24 +15,27 @@ pub(crate) fn in_length_order<T: Default + Clone, E>(
     run_passes(&length_order(count, len), passes, run)
 }
 
-/// Like [`in_length_order`], but a pass also ends before its rows × longest `len` would pass
-/// `budget` (one item always makes a pass): for work whose memory grows with the padded
-/// size, such as a generation batch's key/value cache, while its cost per row falls with the
-/// rows.
+/// Like [`in_length_order`] with passes of `rows.start` items, but a pass grows on up to
+/// `rows.end` items while its items × longest `len` stays within `budget`: for work whose
+/// memory grows with the padded size, such as a generation batch's key/value cache, while its
+/// cost per item falls with the items.
 pub(crate) fn in_length_order_within<T: Default + Clone, E>(
     count: usize,
-    batch: usize,
+    rows: Range<usize>,
     budget: usize,
     len: impl Fn(usize) -> usize,
     run: impl FnMut(&[usize]) -> Result<Vec<T>, E>,
 ) -> Result<Vec<T>, E> {
     let order = length_order(count, &len);
-    let batch = batch.max(1);
+    let (least, most) = (rows.start.max(1), rows.end.max(rows.start).max(1));
     let mut passes = Vec::new();
     let mut start = 0;
     while start < count {
         let mut end = start + 1;
-        while end < count && end - start < batch && (end + 1 - start) * len(order[end]) <= budget {
+        while end < count
+            && end - start < most
+            && (end - start < least || (end + 1 - start) * len(order[end]) <= budget)
+        {
             end += 1;
         }
         passes.push(start..end);
@@ -144,12 +147,12 @@ mod tests {
     }
 
     #[test]
-    fn passes_stop_at_the_row_limit_or_the_padded_budget() {
-        let lens = [10, 40, 10, 10, 30, 10, 200];
+    fn passes_grow_past_the_least_rows_within_the_padded_budget() {
+        let lens = [10, 40, 10, 10, 30, 10, 200, 300, 250];
         let mut passes = Vec::new();
         let out = in_length_order_within(
             lens.len(),
-            3,
+            2..3,
             90,
             |i| lens[i],
             |chunk| {
@@ -159,9 +162,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, lens.map(|l| l + 1));
-        // Three rows of 10 hit the row limit; 10 and 30 fit in 90 but a third row of 40 would
-        // not; a row over the budget still runs, alone.
-        assert_eq!(passes, [vec![10, 10, 10], vec![10, 30], vec![40], vec![200]]);
+        // Three rows of 10 hit the most rows; 10 and 30 fit in 90 but a third row of 40 would
+        // not; past the budget, passes keep the least rows.
+        assert_eq!(passes, [vec![10, 10, 10], vec![10, 30], vec![40, 200], vec![250, 300]]);
     }
 
     #[test]

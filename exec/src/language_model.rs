@@ -21,13 +21,14 @@ use crate::gguf_tokenizer::tokenizer_from_gguf;
 
 /// Rows per forward pass.
 const ROW_BATCH: usize = 16;
-/// Most rows generated together. A batched step costs about the same from 8 to 32 rows (it
-/// reads the prompt passes' tiles, see [`crate::gguf_decoder::WIDE_STEP_ROWS`]), and a batch
-/// runs until its longest answer ends, so the fewer batches the fewer steps.
-const GENERATE_ROWS: usize = 64;
-/// Most cache slots (rows × (longest prompt + expected new tokens)) of one generation batch:
-/// the batch's key/value cache is preallocated at that size, 25 KB per slot for qwen2.5-0.5b
-/// and 46 KB for SmolLM2-135M, so about 200 and 380 MB.
+/// Rows generated together: [`ROW_BATCH`], and up to 64 while the batch's cache fits in
+/// [`GENERATE_SLOTS`]. A batched step costs about the same from 8 to 32 rows (it reads the
+/// prompt passes' tiles, see [`crate::gguf_decoder::WIDE_STEP_ROWS`]), and a batch runs until
+/// its longest answer ends, so the fewer batches the fewer steps.
+const GENERATE_ROWS: std::ops::Range<usize> = ROW_BATCH..64;
+/// Cache slots (rows × (longest prompt + expected new tokens)) a generation batch may grow to
+/// past [`ROW_BATCH`] rows: its key/value cache is preallocated at that size, 25 KB per slot
+/// for qwen2.5-0.5b and 46 KB for SmolLM2-135M, so about 200 and 380 MB.
 const GENERATE_SLOTS: usize = 8192;
 /// The work of one label-scoring pass beyond its tokens, in tokens: each f32 weight product
 /// packs its weight matrix per call, about 0.2 s per pass for qwen2.5-0.5b on 2 cores against
