@@ -199,7 +199,7 @@ fn bench_label_scoring(model: &LanguageModel, id: &str, texts: &[String]) {
 }
 
 /// Decode steps alone (no prompt pass, no sampling): 64 steps of 1 to 64 rows on a 40-token
-/// prompt. From `WIDE_STEP_ROWS` rows a step reads the AMX tiles where the CPU has them;
+/// prompt, and 32 steps of 1 and 8 rows on a 1,500-token one. From `WIDE_STEP_ROWS` rows a step reads the AMX tiles where the CPU has them;
 /// `MURAKKAB_AMX=0` measures the quantized kernel at every width.
 fn bench_steps(model: &LanguageModel, id: &str, empty: &SeqCache) {
     let d = model.decoder();
@@ -214,6 +214,21 @@ fn bench_steps(model: &LanguageModel, id: &str, empty: &SeqCache) {
             }
         });
         println!("{id}: decode steps, {rows:>2} rows: {:>6.2} ms/step", s * 1000.0 / 64.0);
+    }
+    // After a summary chunk's worth of prompt: each step attends over ~1,500 keys per row.
+    let long: Vec<u32> = (0..1500).map(|i| 100 + i % 1000).collect();
+    let (_, _, long_caches) = d.forward(&[&long], &[empty], false).unwrap();
+    for rows in [1usize, 8] {
+        let s = median_secs(3, || {
+            let mut batch = d.batch_cache(&vec![&long_caches[0]; rows], 32).unwrap();
+            for step in 0..32u32 {
+                d.decode_batch_step(&vec![200 + step; rows], &mut batch).unwrap();
+            }
+        });
+        println!(
+            "{id}: decode steps, {rows:>2} rows after 1,500 tokens: {:>6.2} ms/step",
+            s * 1000.0 / 32.0
+        );
     }
 }
 

@@ -940,6 +940,17 @@ fn attention(
     let width = keys.dim(2)?;
     let t = rows / group.max(1);
     let scale = 1.0 / (head_dim as f32).sqrt();
+    if t == 1
+        && rows == group
+        && width >= DECODE_KERNEL_KEYS
+        && crate::decode_attention::supported(d)
+    {
+        // One new token per sequence: read the cache in place (see `decode_attention`).
+        if let Some(out) = crate::decode_attention::decode_attention(q, keys, values, mask, scale)?
+        {
+            return Ok(out);
+        }
+    }
     // Rows `q` (`[B, H, len, d]`) against the first `w` keys, under `mask` (`[B, 1, len / share,
     // w]`, a row for each `share` rows of `q`).
     let block = |q: &Tensor, mask: Option<Tensor>, share: usize, w: usize| {
@@ -993,6 +1004,14 @@ fn attention(
     }
     Tensor::cat(&out, 2)
 }
+
+/// Keys from which a decode step attends through [`crate::decode_attention`] rather than
+/// candle's batched products. Over a few dozen keys candle's products are cheap and the
+/// kernel's dispatch over the thread pool is not: 40–100 tokens into a prompt, SmolLM2's steps
+/// of 8 rows took 26.4 and 25.8 ms with it against 22.2 and 23.0 without (two runs each of
+/// `MURAKKAB_BENCH_ONLY=steps`; qwen2.5-0.5b's 44 ms either way). After 1,500 tokens it saves
+/// 25–40 ms a step at 8 rows (`decode_attention`'s doc).
+const DECODE_KERNEL_KEYS: usize = 256;
 
 /// The tensors of one block (`blk.N.` + name); the biases are optional (Qwen2 has them on
 /// query, key and value).

@@ -18,6 +18,7 @@ pub mod calibrate;
 pub mod call_stats;
 mod constrained_json;
 mod deadline;
+mod decode_attention;
 mod device;
 pub mod energy;
 mod error;

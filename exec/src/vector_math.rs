@@ -229,7 +229,7 @@ pub(crate) fn additive_masked_softmax(
 
 /// One row of [`additive_masked_softmax`]: `out = softmax(scale · row + mask)`, a −∞ mask value
 /// giving exactly 0 (a row all −∞: all 0).
-fn additive_softmax_row(row: &[f32], mask: Option<&[f32]>, scale: f32, out: &mut [f32]) {
+pub(crate) fn additive_softmax_row(row: &[f32], mask: Option<&[f32]>, scale: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is present (checked just above).

@@ -264,6 +264,31 @@ fn wide_batch_steps_stay_close_to_each_rows_own_steps() {
 }
 
 #[test]
+fn steps_after_long_prompts_attend_like_the_prompt_pass() {
+    // Past a few hundred keys a decode step attends through its own kernel, reading the cache in
+    // place; with f32 weights a prompt's last position, run in one pass or as the prompt less
+    // one token and then a step, differs only in attention's summation order. Two prompts of
+    // different lengths batched: the shorter one's padding is masked.
+    let (_dir, m) = load("qwen2", GgmlDType::F32, WeightMode::Dequantized);
+    let d = m.decoder();
+    let prompts: Vec<Vec<u32>> = [330usize, 290]
+        .iter()
+        .map(|&n| (0..n as u32).map(|i| (i * 37) % 250 + 1).collect())
+        .collect();
+    let empty = d.empty_cache().unwrap();
+    let heads: Vec<&[u32]> = prompts.iter().map(|p| &p[..p.len() - 1]).collect();
+    let (_, _, caches) = d.forward(&heads, &[&empty, &empty], false).unwrap();
+    let mut batch = d.batch_cache(&caches.iter().collect::<Vec<_>>(), 4).unwrap();
+    let lasts: Vec<u32> = prompts.iter().map(|p| p[p.len() - 1]).collect();
+    let stepped = d.decode_batch_step(&lasts, &mut batch).unwrap().to_vec2::<f32>().unwrap();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let (whole, _, _) = d.forward(&[prompt], &[&empty], false).unwrap();
+        let diff = max_diff(&stepped[i], &whole.to_vec2::<f32>().unwrap()[0]);
+        assert!(diff < 1e-4, "prompt {i} differs by {diff}");
+    }
+}
+
+#[test]
 fn unsupported_architectures_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.gguf");
