@@ -150,6 +150,7 @@ fn attend(
     candle_core::utils::barrier_pool().execute_chunked(b * h, |pairs| {
         let mut scores = vec![0f32; group * width];
         let mut probs = vec![0f32; group * width];
+        let mut packed = PackedRow::default();
         for pair in pairs {
             let (bi, hi) = (pair / h, pair % h);
             let queries = &q[pair * group * d..(pair + 1) * group * d];
@@ -160,14 +161,15 @@ fn attend(
                 pair_scores(queries, keys.rows(bi, hi), group, d, width, &mut scores);
             }
             for r in 0..group {
-                let row = (bi * group + r) * width;
-                let mask = mask.map(|m| &m[row..row + width]);
-                crate::vector_math::additive_softmax_row(
-                    &scores[r * width..(r + 1) * width],
-                    mask,
-                    scale,
-                    &mut probs[r * width..(r + 1) * width],
-                );
+                let (scores, probs) =
+                    (&scores[r * width..(r + 1) * width], &mut probs[r * width..(r + 1) * width]);
+                match mask {
+                    Some(m) => {
+                        let row = (bi * group + r) * width;
+                        packed.softmax(scores, &m[row..row + width], scale, probs);
+                    }
+                    None => crate::vector_math::additive_softmax_row(scores, None, scale, probs),
+                }
             }
             // SAFETY: each pair writes its own `group · d` values of `out`, which outlives the
             // pool call.
@@ -185,6 +187,44 @@ fn attend(
         }
     });
     out
+}
+
+/// A masked row's softmax over the keys its mask keeps, packed together: a padded row of a
+/// batch then sums its keys in the lanes a lone row sums them in (the padding sits between its
+/// prompt and its generated tokens, and would shift every later key's lane), so a batched step
+/// gives each row exactly what a step on its own gives.
+#[derive(Default)]
+struct PackedRow {
+    kept: Vec<usize>,
+    scores: Vec<f32>,
+    mask: Vec<f32>,
+    probs: Vec<f32>,
+}
+
+impl PackedRow {
+    fn softmax(&mut self, scores: &[f32], mask: &[f32], scale: f32, probs: &mut [f32]) {
+        self.kept.clear();
+        self.scores.clear();
+        self.mask.clear();
+        for (j, (&s, &m)) in scores.iter().zip(mask).enumerate() {
+            if m != f32::NEG_INFINITY {
+                self.kept.push(j);
+                self.scores.push(s);
+                self.mask.push(m);
+            }
+        }
+        self.probs.resize(self.kept.len(), 0.0);
+        crate::vector_math::additive_softmax_row(
+            &self.scores,
+            Some(&self.mask),
+            scale,
+            &mut self.probs,
+        );
+        probs.fill(0.0);
+        for (&j, &p) in self.kept.iter().zip(&self.probs) {
+            probs[j] = p;
+        }
+    }
 }
 
 /// `scores[r · width + j] = queries[r] · key j` for every query row `r` and key `j`, key `j`
@@ -400,5 +440,58 @@ mod tests {
         let narrow_k = k.narrow(3, 0, 40).unwrap();
         let narrow_v = v.narrow(3, 0, 40).unwrap();
         assert!(decode_attention(&narrow_q, &narrow_k, &narrow_v, None, scale).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_padded_row_attends_bit_for_bit_like_the_row_alone() {
+        // A batch row: 37 prompt keys, 11 padding slots, 5 generated keys; alone, the same 42 keys
+        // back to back. The padding must not move any key's lane in the softmax's sums.
+        let (h, group, d) = (2, 3, 32);
+        if !supported(d) {
+            eprintln!("skipped: no AVX-512");
+            return;
+        }
+        let (prompt, padding, generated) = (37, 11, 5);
+        let value = |i: usize| ((i * 2_654_435_761usize) % 1000) as f32 / 500.0 - 1.0;
+        let row = |j: usize, seed: usize| -> Vec<f32> {
+            (0..d).map(|x| value(j * d + x + seed)).collect()
+        };
+        let own: Vec<usize> = (0..prompt + generated).collect();
+        let padded_keys: Vec<Option<usize>> = (0..prompt)
+            .map(Some)
+            .chain((0..padding).map(|_| None))
+            .chain((prompt..prompt + generated).map(Some))
+            .collect();
+        let cache = |keys: &[Option<usize>], seed: usize| {
+            let mut data = Vec::new();
+            for head in 0..h {
+                for key in keys {
+                    data.extend(key.map_or(vec![0.0; d], |j| row(j, seed + 1000 * head)));
+                }
+            }
+            Tensor::from_vec(data, (1, h, keys.len(), d), &Device::Cpu).unwrap()
+        };
+        let q: Vec<f32> = (0..h * group * d).map(|i| value(i + 5)).collect();
+        let q = Tensor::from_vec(q, (1, h, group, d), &Device::Cpu).unwrap();
+        let alone_keys: Vec<Option<usize>> = own.iter().map(|&j| Some(j)).collect();
+        let alone = decode_attention(&q, &cache(&alone_keys, 1), &cache(&alone_keys, 2), None, 0.1)
+            .unwrap()
+            .unwrap();
+        let width = padded_keys.len();
+        let mask: Vec<f32> = (0..group * width)
+            .map(|i| if padded_keys[i % width].is_none() { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, group, width), &Device::Cpu).unwrap();
+        let padded = decode_attention(
+            &q,
+            &cache(&padded_keys, 1),
+            &cache(&padded_keys, 2),
+            Some(&mask),
+            0.1,
+        )
+        .unwrap()
+        .unwrap();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(&padded), values(&alone));
     }
 }

@@ -289,6 +289,34 @@ fn steps_after_long_prompts_attend_like_the_prompt_pass() {
 }
 
 #[test]
+fn a_batched_step_after_long_prompts_gives_each_row_exactly_its_own_step() {
+    // Quantized decode steps multiply each row on its own, and past a few hundred keys the
+    // attention kernel sums a padded row's softmax over its kept keys only: so a row's step in a
+    // batch is bit for bit its step alone, and batched generation follows the same tokens.
+    let (_dir, m) = load("llama", GgmlDType::Q8_0, WeightMode::Quantized);
+    let d = m.decoder();
+    let empty = d.empty_cache().unwrap();
+    let caches: Vec<_> = [330u32, 290]
+        .iter()
+        .map(|&n| {
+            let prompt: Vec<u32> = (0..n).map(|i| (i * 37) % 250 + 1).collect();
+            d.forward(&[&prompt], &[&empty], false).unwrap().2.remove(0)
+        })
+        .collect();
+    let mut batch = d.batch_cache(&caches.iter().collect::<Vec<_>>(), 4).unwrap();
+    let mut own = caches.clone();
+    for step in 0..3u32 {
+        let tokens = [step * 11 + 5, step * 7 + 9];
+        let batched = d.decode_batch_step(&tokens, &mut batch).unwrap().to_vec2::<f32>().unwrap();
+        for (r, cache) in own.iter_mut().enumerate() {
+            let (single, mut c) = d.decode_step(&[&[tokens[r]]], &[&*cache]).unwrap();
+            *cache = c.remove(0);
+            assert_eq!(batched[r], single.to_vec2::<f32>().unwrap()[0], "step {step}, row {r}");
+        }
+    }
+}
+
+#[test]
 fn unsupported_architectures_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.gguf");
