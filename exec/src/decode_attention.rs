@@ -11,7 +11,7 @@
 //! fused softmax row ([`crate::vector_math::additive_softmax_row`]), and the values summed
 //! into registers four query rows at a time; the pairs are split over candle's thread pool,
 //! whose workers stay warm between a step's many small sections. After 1,500 tokens, a step of
-//! 8 rows: qwen2.5-0.5b 99 → 73 ms, SmolLM2 104 → 62 ms; of 1 row 26.9 → 24.3 and 16.4 → 13.1.
+//! 8 rows: qwen2.5-0.5b 99 → 70–75 ms, SmolLM2 104 → 61 ms; of 1 row 26.9 → 24–26 and 16.4 → 13.
 //! What is left is mostly waiting for the cache to arrive from memory (18 MB of f32 keys and
 //! values per row and step for qwen2.5 at that length).
 //!

@@ -297,7 +297,8 @@ impl LanguageModel {
         prompts: &[Vec<u32>],
         options: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
-        // Each row's sampler is seeded from its own prompt, so the grouping changes no output.
+        // Each row's sampler is seeded from its own prompt, so the grouping changes no sampling
+        // choice (a step of 8 rows or more rounds the weights otherwise: `WIDE_STEP_ROWS`).
         let expected = options.max_tokens.min(self.decoder.config().context_length);
         in_length_order_within(
             prompts.len(),
