@@ -31,7 +31,7 @@ const WIDTH_STEP: usize = 4 * LANES;
 const ROW_TILE: usize = 4;
 
 /// Whether this CPU and head width run [`decode_attention`].
-pub(crate) fn supported(head_dim: usize) -> bool {
+fn supported(head_dim: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         head_dim > 0
@@ -91,8 +91,8 @@ fn with_view<R>(t: &Tensor, f: impl FnOnce(CacheView<'_>) -> R) -> Option<R> {
 /// `softmax(q·kᵀ · scale + mask)·v` for one new token per sequence: `q` `[B, H, group, d]`,
 /// `keys` and `values` `[B, H, W, d]` (views of the cache are read in place) and `mask`
 /// `[B, 1, group, W]` (additive, 0 or −∞; `None`: nothing masked). Returns `[B, H, group, d]`,
-/// or `None` where the tensors are not laid out for this kernel (the caller then takes
-/// candle's path). Callers check [`supported`] first.
+/// or `None` where this CPU, the head width or the tensors' layout do not suit the kernel (the
+/// caller then takes candle's path).
 pub(crate) fn decode_attention(
     q: &Tensor,
     keys: &Tensor,
@@ -155,7 +155,7 @@ fn attend(
             let (bi, hi) = (pair / h, pair % h);
             let queries = &q[pair * group * d..(pair + 1) * group * d];
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `supported` found AVX-512F and `d` a multiple of 64 (callers check it);
+            // SAFETY: `supported` found AVX-512F and `d` a multiple of 16 (`decode_attention`);
             // `with_view` checked the views cover `[B, H, W, d]`; the buffers are sized here.
             unsafe {
                 pair_scores(queries, keys.rows(bi, hi), group, d, width, &mut scores);

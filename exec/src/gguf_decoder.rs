@@ -940,11 +940,7 @@ fn attention(
     let width = keys.dim(2)?;
     let t = rows / group.max(1);
     let scale = 1.0 / (head_dim as f32).sqrt();
-    if t == 1
-        && rows == group
-        && width >= DECODE_KERNEL_KEYS
-        && crate::decode_attention::supported(d)
-    {
+    if t == 1 && rows == group && width >= DECODE_KERNEL_KEYS {
         // One new token per sequence: read the cache in place (see `decode_attention`).
         if let Some(out) = crate::decode_attention::decode_attention(q, keys, values, mask, scale)?
         {
