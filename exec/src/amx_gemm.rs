@@ -699,11 +699,7 @@ unsafe fn silu_product_16(gate: *const f32, up: *const f32, dst: *mut u16) {
     unsafe {
         let g = _mm512_loadu_ps(gate);
         let u = _mm512_loadu_ps(up);
-        let e = crate::vector_math::exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
-        let silu = _mm512_mul_ps(
-            g,
-            crate::vector_math::recip_avx512(_mm512_add_ps(_mm512_set1_ps(1.0), e)),
-        );
+        let silu = _mm512_mul_ps(g, crate::vector_math::sigmoid_bf16_avx512(g));
         let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_mul_ps(silu, u)));
         _mm256_storeu_si256(dst as *mut __m256i, b);
     }

@@ -98,6 +98,34 @@ pub(crate) fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m
     _mm512_scalef_ps(p, n)
 }
 
+/// `1 / (1 + e^(−x))` per lane, to the precision of a bf16 result: `e^(−x) = 2^n · 2^u` with a
+/// degree-4 Taylor polynomial of `2^u` on `|u| ≤ 0.5` (relative error under 1e-4, bf16 keeps 8
+/// bits: 4e-3) and [`recip_avx512`]; `e^(−x)` is held under 2^64, so no input gives NaN. For the gated MLP's SiLU epilogue, which runs between the AMX products: 13 vector
+/// operations per 16 values against 18 with [`exp_avx512`]. The reciprocal keeps its Newton
+/// step: the bare 14-bit estimate errs the same way on every row, and a sum of 64 such SiLU
+/// outputs drifted by 3% (the gated-product test caught it). The gated product of 512 tokens
+/// (`cargo bench --profile dev --bench roofline`, seven runs each, alternating): median
+/// 1,377 → 1,519 GFLOP/s (+10%); Qwen label scoring (`--bench models`) about 3–5%.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn sigmoid_bf16_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // `e^(−x)` at most 2^64: the Newton step would turn an infinite sum into NaN.
+    let t = _mm512_min_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(-std::f32::consts::LOG2_E)),
+        _mm512_set1_ps(64.0),
+    );
+    let n = _mm512_roundscale_ps::<0x08>(t);
+    let u = _mm512_sub_ps(t, n);
+    let ln2 = std::f32::consts::LN_2;
+    let mut p = _mm512_set1_ps(ln2 * ln2 * ln2 * ln2 / 24.0);
+    for c in [ln2 * ln2 * ln2 / 6.0, ln2 * ln2 / 2.0, ln2, 1.0] {
+        p = _mm512_fmadd_ps(p, u, _mm512_set1_ps(c));
+    }
+    let e = _mm512_scalef_ps(p, n);
+    recip_avx512(_mm512_add_ps(_mm512_set1_ps(1.0), e))
+}
+
 /// Rows per rayon task in [`masked_softmax`].
 const SOFTMAX_ROWS_PER_TASK: usize = 256;
 
@@ -379,6 +407,39 @@ mod tests {
         for (x, g) in [(0.0f32, 0.0f32), (1.0, 0.841_345), (-1.0, -0.158_655), (5.0, 5.0)] {
             assert!((gelu_erf(x) - g).abs() < 1e-5, "gelu({x}) = {}", gelu_erf(x));
         }
+    }
+
+    #[test]
+    fn the_bf16_sigmoid_is_within_a_ten_thousandth_and_stays_finite() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: no AVX-512");
+            return;
+        }
+        let mut inputs: Vec<f32> = (0..8000).map(|i| i as f32 / 400.0 - 10.0).collect();
+        inputs.extend([-200.0, -90.0, -88.5, 88.5, 90.0, 200.0, f32::MIN, f32::MAX]);
+        inputs.resize(inputs.len().next_multiple_of(16), 0.0);
+        let mut worst: f64 = 0.0;
+        for chunk in inputs.chunks_exact(16) {
+            let mut lanes = [0f32; 16];
+            // SAFETY: AVX-512F is present (checked above); both buffers hold 16 f32.
+            unsafe {
+                use std::arch::x86_64::*;
+                let got = sigmoid_bf16_avx512(_mm512_loadu_ps(chunk.as_ptr()));
+                _mm512_storeu_ps(lanes.as_mut_ptr(), got);
+            }
+            for (&x, &got) in chunk.iter().zip(&lanes) {
+                let want = 1.0 / (1.0 + (-(x as f64)).exp());
+                assert!(got.is_finite() && (0.0..=1.0001).contains(&got), "sigmoid({x}) = {got}");
+                // Below e^-44 the result is held at 2^-64: a SiLU of `x · 2^-64` is 0 in bf16
+                // sums all the same.
+                if want > 1e-19 {
+                    worst = worst.max((got as f64 - want).abs() / want);
+                } else {
+                    assert!(got <= 1e-19, "sigmoid({x}) = {got}");
+                }
+            }
+        }
+        assert!(worst < 1e-4, "worst relative error {worst}");
     }
 
     #[test]
