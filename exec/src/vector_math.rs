@@ -100,12 +100,13 @@ pub(crate) fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m
 
 /// `1 / (1 + e^(−x))` per lane, to the precision of a bf16 result: `e^(−x) = 2^n · 2^u` with a
 /// degree-4 Taylor polynomial of `2^u` on `|u| ≤ 0.5` (relative error under 1e-4, bf16 keeps 8
-/// bits: 4e-3) and [`recip_avx512`]; `e^(−x)` is held under 2^64, so no input gives NaN. For the gated MLP's SiLU epilogue, which runs between the AMX products: 13 vector
-/// operations per 16 values against 18 with [`exp_avx512`]. The reciprocal keeps its Newton
-/// step: the bare 14-bit estimate errs the same way on every row, and a sum of 64 such SiLU
-/// outputs drifted by 3% (the gated-product test caught it). The gated product of 512 tokens
-/// (`cargo bench --profile dev --bench roofline`, seven runs each, alternating): median
-/// 1,377 → 1,519 GFLOP/s (+10%); Qwen label scoring (`--bench models`) about 3–5%.
+/// bits: 4e-3) and [`recip_avx512`]; `e^(−x)` is held under 2^64, so no input gives NaN. For
+/// the gated MLP's SiLU epilogue, which runs between the AMX products: 13 vector operations per
+/// 16 values against 18 with [`exp_avx512`]. The reciprocal keeps its Newton step: the bare
+/// 14-bit estimate errs the same way on every row, and a sum of 64 such SiLU outputs drifted by
+/// 3% (the gated-product test caught it). The gated product of 512 tokens (`cargo bench
+/// --profile dev --bench roofline`, seven runs each, alternating): median 1,377 → 1,519
+/// GFLOP/s (+10%); Qwen label scoring (`--bench models`) about 3–5%.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub(crate) fn sigmoid_bf16_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
