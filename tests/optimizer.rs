@@ -470,6 +470,25 @@ const EXTRACT: &str =
     "SELECT id, ai_extract(text, '{\"mood\": \"text\"}')['mood'] AS mood FROM reviews ORDER BY id";
 
 #[tokio::test]
+async fn an_extraction_over_a_filters_few_rows_is_not_sampled_when_they_fit_a_sample() {
+    // The filter keeps the 100 upbeat rows of 200, in batches as its chunks finish: more than a
+    // sample's 64 rows, but all of them, so no sample of a smaller model can pay for itself.
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    let query = "SELECT id, ai_extract(text, '{\"mood\": \"text\"}')['mood'] AS mood \
+                 FROM reviews WHERE id <= 200 AND ai_filter(text, 'The review is upbeat') \
+                 ORDER BY id";
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {query}")).await;
+    let note =
+        format!("ai_extract: {REFERENCE} (input of 100 rows too small for a sample to pay off)");
+    assert!(plan.contains(&note), "{plan}");
+    assert_eq!(backend.rows(&format!("extract {CHEAP}")), 0, "{plan}");
+    assert_eq!(backend.rows(&format!("extract {REFERENCE}")), 100, "{plan}");
+}
+
+#[tokio::test]
 async fn ai_extract_runs_the_cheap_model_only_where_its_values_agree_often_enough() {
     let dir = tempfile::tempdir().unwrap();
     let backend = TwoModels::new(dir.path());
