@@ -16,8 +16,8 @@
 //!
 //! How the estimate is made: the call's input is run (a seeded uniform sample of `6·√n` of its
 //! `n` rows, between `murakkab.optimizer.sample_rows` and four times that; only the first rows,
-//! and one batch more, when another AI call sits below, so that call is not run over the whole
-//! input for a sample) and every candidate scores the sample. When an encoder is pulled, a proxy
+//! up to twice that least sample, when another AI call sits below, so that call is not run over
+//! the whole input for a sample) and every candidate scores the sample. When an encoder is pulled, a proxy
 //! model (logistic regression on the rows' embeddings, `proxy_training`) is trained first on the
 //! reference's answers and is a candidate too, its agreement measured out of fold. A smaller
 //! model scores its first 16 rows, and the rest only if, settling at best the share of those rows
@@ -541,11 +541,10 @@ impl ModelChooser {
             pass.session.create_physical_plan(&projection).await?;
         let mut stream = execute_stream(physical, pass.session.task_ctx())?;
         let mut sample = PrioritySample::new(most);
-        // With an AI call below, the sample is the first rows; one batch more tells whether the
-        // input ended with them (then the sample is complete, and whether sampling pays can be
-        // judged). That batch's AI work below goes through the result cache, so the query
-        // reuses it.
-        let mut filled = false;
+        // With an AI call below, the sample is the first rows, read up to twice the least
+        // sample: an input that ends before that is seen whole (the sample is complete, and
+        // whether sampling pays can be judged). The AI work below goes through the result cache,
+        // so the query reuses it.
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let priorities = row_priorities(&batch.columns()[1..])?;
@@ -556,12 +555,11 @@ impl ModelChooser {
                     sample.offer(priority, || column.value(i).to_string());
                 }
             }
-            if filled {
+            if ai_below && sample.len() >= 2 * least {
                 let input_rows = sample.seen();
                 let texts = sample.into_sorted();
                 return Ok(Sample { texts, input_rows, complete: false });
             }
-            filled = ai_below && sample.len() >= least;
         }
         let seen = sample.seen();
         let mut texts = sample.into_sorted();
