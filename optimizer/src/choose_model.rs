@@ -14,21 +14,21 @@
 //!                AS __ai_1; ai_classify: cascade(...) for balanced: est. rows=3000, ...
 //! ```
 //!
-//! How the estimate is made: the call's input is run (a seeded uniform sample of `6·√n` of its
-//! `n` rows, between `murakkab.optimizer.sample_rows` and four times that; only the first rows,
-//! up to twice that least sample, when another AI call sits below, so that call is not run over
-//! the whole input for a sample) and every candidate scores the sample. When an encoder is pulled, a proxy
+//! How the estimate is made: the call's input is run (a seeded uniform sample of `6·√n` of its `n`
+//! rows, between `murakkab.optimizer.sample_rows` and four times that; only the first rows, up to
+//! twice that least sample, when another AI call sits below, so that call is not run over the whole
+//! input for a sample) and every candidate scores the sample. When an encoder is pulled, a proxy
 //! model (logistic regression on the rows' embeddings, `proxy_training`) is trained first on the
-//! reference's answers and is a candidate too, its agreement measured out of fold. A smaller
-//! model scores its first 16 rows, and the rest only if, settling at best the share of those rows
-//! its most confident answers allow, it could save more than the rest of the sample costs on the
-//! rows the proxy would still leave to the reference (`worth_finishing`); when even agreeing on
-//! every row it could not, it scores none. The answers go through the result cache, so the
-//! sampled rows are not computed again when the query runs, and the figures persist under
-//! `MURAKKAB_HOME/stats`, keyed by the function, its condition or labels, the lineage of the
-//! column (the plan below the call) and the candidate models, so a repeated workload skips the
-//! sampling. Costs come from the device profile
-//! (`murakkab calibrate`, or defaults from model size) and the sample's token counts.
+//! reference's answers and is a candidate too, its agreement measured out of fold. A smaller model
+//! scores its first 16 rows, and the rest only if, settling at best the share of those rows its
+//! most confident answers allow, it could save more than the rest of the sample costs on the rows
+//! the proxy would still leave to the reference (`worth_finishing`); when even agreeing on every
+//! row it could not, it scores none. The answers go through the result cache, so the sampled rows
+//! are not computed again when the query runs, and the figures persist under `MURAKKAB_HOME/stats`,
+//! keyed by the function, its condition or labels, the lineage of the column (the plan below the
+//! call) and the candidate models, so a repeated workload skips the sampling. Costs come from the
+//! device profile (`murakkab calibrate`, or defaults from model size) and the sample's token
+//! counts.
 //!
 //! Does not apply: with `murakkab.optimizer.enabled = false`; to calls that name a model or a
 //! cascade; to per-row conditions or label lists. `ai_extract` calls at `auto` with a constant
