@@ -489,6 +489,22 @@ async fn an_extraction_over_a_filters_few_rows_is_not_sampled_when_they_fit_a_sa
 }
 
 #[tokio::test]
+async fn an_extraction_over_a_filters_many_rows_samples_as_many_as_a_whole_input_would() {
+    // The filter keeps 200 rows of 400: the extraction's sample is the first of them, of unknown
+    // total, and each candidate generates on it; it takes the least sample, not all it read.
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), true).await;
+    run(&db, REVIEWS).await;
+    let query = "SELECT id, ai_extract(text, '{\"mood\": \"text\"}')['mood'] AS mood \
+                 FROM reviews WHERE id <= 400 AND ai_filter(text, 'The review is upbeat') \
+                 ORDER BY id";
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {query}")).await;
+    assert!(plan.contains("64-row sample)"), "{plan}");
+    assert_eq!(backend.rows(&format!("extract {CHEAP}")), 64, "{plan}");
+}
+
+#[tokio::test]
 async fn ai_extract_runs_the_cheap_model_only_where_its_values_agree_often_enough() {
     let dir = tempfile::tempdir().unwrap();
     let backend = TwoModels::new(dir.path());

@@ -99,7 +99,7 @@ use crate::semantic_join::SemanticJoin;
 /// Rows per forward batch of the model runtime (the unit of the estimate's `calls`).
 pub(crate) const FORWARD_BATCH_ROWS: usize = 16;
 /// The largest sample, as a multiple of `murakkab.optimizer.sample_rows`.
-const MAX_SAMPLE_FACTOR: usize = 4;
+pub(crate) const MAX_SAMPLE_FACTOR: usize = 4;
 /// Fewest labelled sample rows a proxy is trained on.
 const PROXY_MIN_ROWS: usize = 24;
 /// Folds of the out-of-fold estimate of a proxy's agreement.

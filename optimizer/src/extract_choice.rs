@@ -10,7 +10,8 @@
 //!
 //! The call's input is sampled as for label-scoring calls (`choose_model`: the same seeded
 //! reservoir, so the sampled rows' answers land in the result cache and are not computed again
-//! when the query runs). Every pulled model that can generate extracts the sample; a row
+//! when the query runs; above another AI call, the first rows, no more of them than an input of
+//! that many rows would sample). Every pulled model that can generate extracts the sample; a row
 //! agrees when every field's value equals the reference's (the largest generating model):
 //! text compared trimmed and case-insensitively, numbers exactly. The chosen plan is the
 //! cheapest model by `murakkab.objective` (prompt tokens through a forward pass, the
@@ -35,8 +36,8 @@ use murakkab_catalog::{
 use murakkab_udfs::{AiBackend, FieldType, FieldValue, ModelPlan};
 
 use crate::choose_model::{
-    Choice, Decision, FORWARD_BATCH_ROWS, Instruction, ModelChooser, Pass, Site, considered,
-    extract_sample_size, load_of, sampling_pays,
+    Choice, Decision, FORWARD_BATCH_ROWS, Instruction, MAX_SAMPLE_FACTOR, ModelChooser, Pass, Site,
+    considered, extract_sample_size, load_of, sampling_pays,
 };
 use crate::cost_model::{Cost, generate_row_cost};
 use crate::quality::{wilson_lower_bound, z_for_families};
@@ -81,7 +82,15 @@ impl ModelChooser {
             return Ok(self.undecided(site, reference_plan, pass));
         }
         let started = std::time::Instant::now();
-        let sample = self.sample(site, pass, extract_sample_size).await?;
+        let mut sample = self.sample(site, pass, extract_sample_size).await?;
+        if !sample.complete {
+            // The first rows of an input above another AI call, of unknown total: every
+            // candidate generates on each sampled row, so no more of them than an input of
+            // that many rows would sample.
+            let (least, most) =
+                (pass.options.sample_rows, MAX_SAMPLE_FACTOR * pass.options.sample_rows);
+            sample.texts.truncate(extract_sample_size(sample.input_rows, least, most));
+        }
         if sample.texts.is_empty() {
             return Ok(Decision::plain(
                 reference_plan.clone(),
