@@ -469,18 +469,26 @@ async fn loading_a_model_makes_latency_and_energy_choose_different_plans() {
 const EXTRACT: &str =
     "SELECT id, ai_extract(text, '{\"mood\": \"text\"}')['mood'] AS mood FROM reviews ORDER BY id";
 
-#[tokio::test]
-async fn an_extraction_over_a_filters_few_rows_is_not_sampled_when_they_fit_a_sample() {
-    // The filter keeps the 100 upbeat rows of 200, in batches as its chunks finish: more than a
-    // sample's 64 rows, but all of them, so no sample of a smaller model can pay for itself.
+/// Extracts the mood of the upbeat reviews among the first `rows` (a filter keeps half, in
+/// batches as its chunks finish); the backend and the EXPLAIN ANALYZE plan.
+async fn extract_above_a_filter(rows: u32) -> (Arc<TwoModels>, String) {
     let dir = tempfile::tempdir().unwrap();
     let backend = TwoModels::new(dir.path());
     let db = session(&backend, dir.path(), true).await;
     run(&db, REVIEWS).await;
-    let query = "SELECT id, ai_extract(text, '{\"mood\": \"text\"}')['mood'] AS mood \
-                 FROM reviews WHERE id <= 200 AND ai_filter(text, 'The review is upbeat') \
-                 ORDER BY id";
+    let query = format!(
+        "SELECT id, ai_extract(text, '{{\"mood\": \"text\"}}')['mood'] AS mood FROM reviews \
+         WHERE id <= {rows} AND ai_filter(text, 'The review is upbeat') ORDER BY id"
+    );
     let plan = text_of(&db, &format!("EXPLAIN ANALYZE {query}")).await;
+    (backend, plan)
+}
+
+#[tokio::test]
+async fn an_extraction_over_a_filters_few_rows_is_not_sampled_when_they_fit_a_sample() {
+    // 100 kept rows: more than a sample's 64, but all of them, so no sample of a smaller model
+    // can pay for itself.
+    let (backend, plan) = extract_above_a_filter(200).await;
     let note =
         format!("ai_extract: {REFERENCE} (input of 100 rows too small for a sample to pay off)");
     assert!(plan.contains(&note), "{plan}");
@@ -490,16 +498,9 @@ async fn an_extraction_over_a_filters_few_rows_is_not_sampled_when_they_fit_a_sa
 
 #[tokio::test]
 async fn an_extraction_over_a_filters_many_rows_samples_as_many_as_a_whole_input_would() {
-    // The filter keeps 200 rows of 400: the extraction's sample is the first of them, of unknown
-    // total, and each candidate generates on it; it takes the least sample, not all it read.
-    let dir = tempfile::tempdir().unwrap();
-    let backend = TwoModels::new(dir.path());
-    let db = session(&backend, dir.path(), true).await;
-    run(&db, REVIEWS).await;
-    let query = "SELECT id, ai_extract(text, '{\"mood\": \"text\"}')['mood'] AS mood \
-                 FROM reviews WHERE id <= 400 AND ai_filter(text, 'The review is upbeat') \
-                 ORDER BY id";
-    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {query}")).await;
+    // 200 kept rows: the extraction's sample is the first of them, of unknown total, and each
+    // candidate generates on it; it takes the least sample, not all it read.
+    let (backend, plan) = extract_above_a_filter(400).await;
     assert!(plan.contains("64-row sample)"), "{plan}");
     assert_eq!(backend.rows(&format!("extract {CHEAP}")), 64, "{plan}");
 }

@@ -99,7 +99,7 @@ use crate::semantic_join::SemanticJoin;
 /// Rows per forward batch of the model runtime (the unit of the estimate's `calls`).
 pub(crate) const FORWARD_BATCH_ROWS: usize = 16;
 /// The largest sample, as a multiple of `murakkab.optimizer.sample_rows`.
-pub(crate) const MAX_SAMPLE_FACTOR: usize = 4;
+const MAX_SAMPLE_FACTOR: usize = 4;
 /// Fewest labelled sample rows a proxy is trained on.
 const PROXY_MIN_ROWS: usize = 24;
 /// Folds of the out-of-fold estimate of a proxy's agreement.
@@ -543,8 +543,10 @@ impl ModelChooser {
         let mut sample = PrioritySample::new(most);
         // With an AI call below, the sample is the first rows, read up to twice the least
         // sample: an input that ends before that is seen whole (the sample is complete, and
-        // whether sampling pays can be judged). The AI work below goes through the result cache,
-        // so the query reuses it.
+        // whether sampling pays can be judged); one that goes on is sampled as an input of the
+        // rows read would be. The AI work below goes through the result cache, so the query
+        // reuses it.
+        let mut complete = true;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             let priorities = row_priorities(&batch.columns()[1..])?;
@@ -556,16 +558,14 @@ impl ModelChooser {
                 }
             }
             if ai_below && sample.len() >= 2 * least {
-                let input_rows = sample.seen();
-                let texts = sample.into_sorted();
-                return Ok(Sample { texts, input_rows, complete: false });
+                complete = false;
+                break;
             }
         }
         let seen = sample.seen();
         let mut texts = sample.into_sorted();
-        let wanted = size(seen, least, most);
-        texts.truncate(wanted);
-        Ok(Sample { texts, input_rows: seen, complete: true })
+        texts.truncate(size(seen, least, most));
+        Ok(Sample { texts, input_rows: seen, complete })
     }
 
     /// Scores the sample with every candidate and compares each with the reference; trains a

@@ -36,8 +36,8 @@ use murakkab_catalog::{
 use murakkab_udfs::{AiBackend, FieldType, FieldValue, ModelPlan};
 
 use crate::choose_model::{
-    Choice, Decision, FORWARD_BATCH_ROWS, Instruction, MAX_SAMPLE_FACTOR, ModelChooser, Pass, Site,
-    considered, extract_sample_size, load_of, sampling_pays,
+    Choice, Decision, FORWARD_BATCH_ROWS, Instruction, ModelChooser, Pass, Site, considered,
+    extract_sample_size, load_of, sampling_pays,
 };
 use crate::cost_model::{Cost, generate_row_cost};
 use crate::quality::{wilson_lower_bound, z_for_families};
@@ -82,15 +82,7 @@ impl ModelChooser {
             return Ok(self.undecided(site, reference_plan, pass));
         }
         let started = std::time::Instant::now();
-        let mut sample = self.sample(site, pass, extract_sample_size).await?;
-        if !sample.complete {
-            // The first rows of an input above another AI call, of unknown total: every
-            // candidate generates on each sampled row, so no more of them than an input of
-            // that many rows would sample.
-            let (least, most) =
-                (pass.options.sample_rows, MAX_SAMPLE_FACTOR * pass.options.sample_rows);
-            sample.texts.truncate(extract_sample_size(sample.input_rows, least, most));
-        }
+        let sample = self.sample(site, pass, extract_sample_size).await?;
         if sample.texts.is_empty() {
             return Ok(Decision::plain(
                 reference_plan.clone(),
