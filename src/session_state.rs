@@ -15,10 +15,10 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use murakkab_catalog::MurakkabHome;
 use murakkab_compiler::{LiftAiCalls, MurakkabOptions};
-use murakkab_exec::{CachedBackend, ModelRuntime, MurakkabQueryPlanner};
+use murakkab_exec::{CachedBackend, KeyOrderStreams, ModelRuntime, MurakkabQueryPlanner};
 use murakkab_optimizer::{
     ChoosingQueryPlanner, ModelChooser, PredicateOrderer, ReuseAiColumns, SemanticJoin,
-    TopKBelowAiMap,
+    TopKBelowAiMap, TopKOverAiFilter,
 };
 use murakkab_udfs::{AiBackend, AiContext, AiWarnings, CheckedBackend};
 
@@ -94,10 +94,15 @@ pub(crate) fn new_context(
         // A call a map below already answered for the same rows is read from its column.
         .with_optimizer_rule(Arc::new(ReuseAiColumns))
         .with_optimizer_rule(Arc::new(TopKBelowAiMap))
+        // A top-k over an AI filter sorts first and stops the model at k passing rows.
+        .with_optimizer_rule(Arc::new(TopKOverAiFilter))
         // Physical planning starts with predicate ordering, semantic joins and model choice (which sample the data below an AI call,
         // so it cannot be a logical rule: those are synchronous and see no rows), then
         // DataFusion's physical planner plus the planner for Murakkab's nodes (AiMap ->
         // AiMapExec, which streams chunks to the model).
+        // After DataFusion's physical rules: the maps a top-k reads in key order keep one
+        // stream each, so the stop at the top reaches the maps below.
+        .with_physical_optimizer_rule(Arc::new(KeyOrderStreams))
         .with_query_planner(Arc::new(ChoosingQueryPlanner::new(
             Arc::new(MurakkabQueryPlanner),
             PredicateOrderer::new(&ai),

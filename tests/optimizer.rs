@@ -609,3 +609,27 @@ async fn a_filter_keeps_its_yes_rows_and_a_negated_one_its_no_rows() {
     let plan = text_of(&db, &format!("EXPLAIN ANALYZE {negated}")).await;
     assert!(plan.contains("sampled 'no'"), "{plan}");
 }
+
+#[tokio::test]
+async fn a_label_test_under_a_top_k_runs_the_reference_in_key_order_without_a_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TwoModels::new(dir.path());
+    let db = session(&backend, dir.path(), false).await;
+    run(&db, REVIEWS).await;
+    let top = "SELECT id FROM reviews WHERE ai_classify(text, ['positive', 'negative']) = \
+               'positive' ORDER BY id DESC LIMIT 10";
+    let plan = text_of(&db, &format!("EXPLAIN ANALYZE {top}")).await;
+    assert!(plan.contains("read in key order until enough rows pass a top-k: not sampled"));
+    assert!(plan.contains("in key order until 10 rows pass"), "{plan}");
+    // The upbeat (positive) reviews are the even ids: 1000 down to 982. The reference read
+    // them in chunks of 16 and 32 rows; the cheap model read none.
+    assert_eq!((backend.rows(CHEAP), backend.rows(REFERENCE)), (0, 48));
+    let ids: Vec<i64> = run(&db, top)
+        .await
+        .iter()
+        .flat_map(|b| {
+            b.column(0).as_primitive::<murakkab::arrow::datatypes::Int64Type>().values().to_vec()
+        })
+        .collect();
+    assert_eq!(ids, (0..10).map(|i| 1000 - 2 * i).collect::<Vec<i64>>());
+}

@@ -12,6 +12,17 @@ use std::sync::Arc;
 use datafusion::common::{DFSchema, DFSchemaRef, Result};
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, UserDefinedLogicalNodeCore};
 
+/// Where a map under a top-k stops reading: once `rows` of its output rows satisfy
+/// `predicate` (the filter right above it, over the map's output columns). Its input is read in
+/// the top-k's key order, so those rows include the top k that pass.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub struct StopAfter {
+    /// The condition the rows must satisfy.
+    pub predicate: Expr,
+    /// How many rows must satisfy it.
+    pub rows: usize,
+}
+
 /// Input rows plus one column per AI call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AiMap {
@@ -23,6 +34,12 @@ pub struct AiMap {
     pub notes: Vec<String>,
     /// The optimizer's estimate of the calls' model time, in milliseconds, where it made one.
     pub estimated_ms: Option<u64>,
+    /// Reads its input in the input's order, as one stream (a map in a chain under a top-k
+    /// whose keys sort the input below the chain: see `TopKOverAiFilter`).
+    pub in_key_order: bool,
+    /// Stops reading its input once enough of its rows pass the filter above (the top map of
+    /// such a chain).
+    pub stop_after: Option<StopAfter>,
     schema: DFSchemaRef,
 }
 
@@ -36,7 +53,33 @@ impl AiMap {
             fields.push((qualifier, field));
         }
         let schema = DFSchema::new_with_metadata(fields, input.schema().metadata().clone())?;
-        Ok(Self { input, calls, notes: Vec::new(), estimated_ms: None, schema: Arc::new(schema) })
+        Ok(Self {
+            input,
+            calls,
+            notes: Vec::new(),
+            estimated_ms: None,
+            in_key_order: false,
+            stop_after: None,
+            schema: Arc::new(schema),
+        })
+    }
+
+    /// This map's calls over `input` with the same notes, estimate and reading order: for rules
+    /// that rewrite a map's calls or input and must not drop what other rules decided.
+    pub fn rebuilt(&self, input: LogicalPlan, calls: Vec<Expr>) -> Result<Self> {
+        let mut map = Self::try_new(input, calls)?
+            .with_notes(self.notes.clone())
+            .with_estimate(self.estimated_ms);
+        map.in_key_order = self.in_key_order;
+        map.stop_after = self.stop_after.clone();
+        Ok(map)
+    }
+
+    /// This map reading its input in key order, stopping as `stop_after` says (if at all).
+    pub fn in_key_order(mut self, stop_after: Option<StopAfter>) -> Self {
+        self.in_key_order = true;
+        self.stop_after = stop_after;
+        self
     }
 
     /// This map with the optimizer's notes attached.
@@ -61,8 +104,15 @@ impl PartialOrd for AiMap {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         match self.input.partial_cmp(&other.input) {
             Some(Ordering::Equal) => match self.calls.partial_cmp(&other.calls) {
-                Some(Ordering::Equal) => (&self.notes, self.estimated_ms)
-                    .partial_cmp(&(&other.notes, other.estimated_ms)),
+                Some(Ordering::Equal) => {
+                    (&self.notes, self.estimated_ms, self.in_key_order, &self.stop_after)
+                        .partial_cmp(&(
+                            &other.notes,
+                            other.estimated_ms,
+                            other.in_key_order,
+                            &other.stop_after,
+                        ))
+                }
                 ordering => ordering,
             },
             ordering => ordering,
@@ -101,6 +151,11 @@ impl UserDefinedLogicalNodeCore for AiMap {
             }
             write!(f, "{call}")?;
         }
+        if let Some(stop) = &self.stop_after {
+            write!(f, "; in key order until {} rows pass {}", stop.rows, stop.predicate)?;
+        } else if self.in_key_order {
+            write!(f, "; in key order")?;
+        }
         for note in &self.notes {
             write!(f, "; {note}")?;
         }
@@ -115,8 +170,6 @@ impl UserDefinedLogicalNodeCore for AiMap {
         let input = inputs.pop().ok_or_else(|| {
             datafusion::common::DataFusionError::Internal("AiMap needs one input".into())
         })?;
-        Ok(Self::try_new(input, exprs)?
-            .with_notes(self.notes.clone())
-            .with_estimate(self.estimated_ms))
+        self.rebuilt(input, exprs)
     }
 }

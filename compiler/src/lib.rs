@@ -13,7 +13,7 @@ mod lift_ai_calls;
 mod named_arguments;
 mod options;
 
-pub use ai_map::AiMap;
+pub use ai_map::{AiMap, StopAfter};
 pub use carbon_series::CarbonSeries;
 pub use lift_ai_calls::{LiftAiCalls, MODEL_FUNCTIONS};
 pub use named_arguments::make_arguments_positional;

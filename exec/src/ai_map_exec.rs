@@ -15,22 +15,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use datafusion::arrow::array::{RecordBatch, new_null_array};
+use datafusion::arrow::array::{AsArray, RecordBatch, new_null_array};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_expr::{
+    EquivalenceProperties, LexOrdering, OrderingRequirements, PhysicalExpr, ScalarFunctionExpr,
+};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
-    SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties, SendableRecordBatchStream,
 };
 use futures::StreamExt;
 use murakkab_compiler::{MurakkabOptions, OnError, Priority};
@@ -81,6 +83,19 @@ pub struct AiMapExec {
     notes: Vec<String>,
     /// The optimizer's estimate of the calls' model time, ms.
     estimated_ms: Option<u64>,
+    /// Set under a top-k over an AI filter (`TopKOverAiFilter`): the input is read in this
+    /// order, as one stream.
+    key_order: Option<KeyOrder>,
+}
+
+/// How a map under a top-k reads its input.
+#[derive(Debug, Clone)]
+struct KeyOrder {
+    /// The order the input must arrive in (the top-k's keys, sorted below the map).
+    ordering: LexOrdering,
+    /// Stop pulling input once this many output rows satisfy the predicate (the filter over
+    /// the map): those rows include the top k that pass.
+    stop: Option<(Arc<dyn PhysicalExpr>, usize)>,
 }
 
 impl AiMapExec {
@@ -88,6 +103,34 @@ impl AiMapExec {
     pub fn with_notes(mut self, notes: Vec<String>, estimated_ms: Option<u64>) -> Self {
         self.notes = notes;
         self.estimated_ms = estimated_ms;
+        self
+    }
+
+    /// This operator reading its input in the order the input has now (the top-k's keys), as
+    /// one stream, and, with `stop`, ending once that many of its output rows satisfy the
+    /// predicate. An input with no order is read as before: nothing would guarantee that the
+    /// rows read first are the top ones, so nothing stops.
+    pub fn in_key_order(self, stop: Option<(Arc<dyn PhysicalExpr>, usize)>) -> Self {
+        let Some(ordering) = self.input.output_ordering().cloned() else { return self };
+        self.with_key_order(Some(KeyOrder { ordering, stop }))
+    }
+
+    /// Whether this operator reads its input in a top-k's key order (see [`Self::in_key_order`]).
+    pub fn reads_in_key_order(&self) -> bool {
+        self.key_order.is_some()
+    }
+
+    fn with_key_order(mut self, key_order: Option<KeyOrder>) -> Self {
+        if let Some(order) = &key_order {
+            // The rows keep the input's order; the appended columns do not change it.
+            let mut properties = self.properties.as_ref().clone();
+            properties.eq_properties = EquivalenceProperties::new_with_orderings(
+                Arc::clone(&self.schema),
+                self.input.output_ordering().cloned().into_iter().chain([order.ordering.clone()]),
+            );
+            self.properties = Arc::new(properties);
+        }
+        self.key_order = key_order;
         self
     }
 
@@ -126,6 +169,7 @@ impl AiMapExec {
             carbon_intensity: SharedF64::new(0.0),
             notes: Vec::new(),
             estimated_ms: None,
+            key_order: None,
         })
     }
 }
@@ -148,6 +192,13 @@ impl DisplayAs for AiMapExec {
             write!(f, "{expr} AS {name}")?;
         }
         write!(f, "]")?;
+        match self.key_order.as_ref().map(|o| &o.stop) {
+            Some(Some((predicate, rows))) => {
+                write!(f, ", in key order until {rows} rows pass {predicate}")?
+            }
+            Some(None) => write!(f, ", in key order")?,
+            None => {}
+        }
         for note in &self.notes {
             write!(f, "; {note}")?;
         }
@@ -418,8 +469,28 @@ impl ExecutionPlan for AiMapExec {
         };
         Ok(Arc::new(
             AiMapExec::try_new(input, self.calls.clone())?
-                .with_notes(self.notes.clone(), self.estimated_ms),
+                .with_notes(self.notes.clone(), self.estimated_ms)
+                .with_key_order(self.key_order.clone()),
         ))
+    }
+
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        vec![self.key_order.as_ref().map(|o| OrderingRequirements::from(o.ordering.clone()))]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        match self.key_order {
+            Some(_) => vec![Distribution::SinglePartition],
+            None => vec![Distribution::UnspecifiedDistribution],
+        }
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![self.key_order.is_some()]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![self.key_order.is_none()]
     }
 
     fn execute(
@@ -489,12 +560,56 @@ impl ExecutionPlan for AiMapExec {
                 }
             }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+        let stop = self.key_order.as_ref().and_then(|o| o.stop.clone());
+        Ok(match stop {
+            Some((predicate, rows)) => Box::pin(RecordBatchStreamAdapter::new(
+                out_schema,
+                until_passed(Box::pin(stream), predicate, rows),
+            )),
+            None => Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)),
+        })
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
+}
+
+/// `chunks` until `rows` of their rows satisfy `predicate`: the chunk that gets there is the
+/// last one pulled, so no model work starts past it.
+fn until_passed(
+    chunks: futures::stream::BoxStream<'static, Result<RecordBatch>>,
+    predicate: Arc<dyn PhysicalExpr>,
+    rows: usize,
+) -> impl futures::Stream<Item = Result<RecordBatch>> {
+    futures::stream::unfold((chunks, 0usize, false), move |(mut chunks, passed, done)| {
+        let predicate = Arc::clone(&predicate);
+        async move {
+            if done {
+                return None;
+            }
+            let chunk = match chunks.next().await? {
+                Ok(chunk) => chunk,
+                Err(e) => return Some((Err(e), (chunks, passed, true))),
+            };
+            match passing_rows(&chunk, predicate.as_ref()) {
+                Ok(n) => {
+                    let passed = passed + n;
+                    Some((Ok(chunk), (chunks, passed, passed >= rows)))
+                }
+                Err(e) => Some((Err(e), (chunks, passed, true))),
+            }
+        }
+    })
+}
+
+/// Rows of `chunk` for which `predicate` is true (NULL counts as false, as in a filter).
+fn passing_rows(chunk: &RecordBatch, predicate: &dyn PhysicalExpr) -> Result<usize> {
+    let values = predicate.evaluate(chunk)?.into_array(chunk.num_rows())?;
+    let Some(values) = values.as_boolean_opt() else {
+        return exec_err!("AiMapExec: the stop predicate {predicate} is not boolean");
+    };
+    Ok(values.true_count())
 }
 
 /// `input`'s rows in chunks of `sizes`: small input batches (a join's, a selective filter's)

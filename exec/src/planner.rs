@@ -48,8 +48,29 @@ impl ExtensionPlanner for AiExtensionPlanner {
             )?;
             calls.push((physical, name));
         }
-        let exec = AiMapExec::try_new(Arc::clone(input), calls)?
+        let mut exec = AiMapExec::try_new(Arc::clone(input), calls)?
             .with_notes(map.notes.clone(), map.estimated_ms);
+        if map.in_key_order {
+            // The filter's predicate over the map's output. Should a rule after
+            // `TopKOverAiFilter` have moved a column it reads, the map reads every row (no
+            // early stop) and the result is still the filter's.
+            let stop = map.stop_after.as_ref().and_then(|stop| {
+                let predicate = planner.create_physical_expr(
+                    &stop.predicate,
+                    node.schema(),
+                    session,
+                    planning_ctx,
+                );
+                match predicate {
+                    Ok(predicate) => Some((predicate, stop.rows)),
+                    Err(e) => {
+                        tracing::debug!("AiMap stops at no row count: {e}");
+                        None
+                    }
+                }
+            });
+            exec = exec.in_key_order(stop);
+        }
         Ok(Some(Arc::new(exec)))
     }
 }

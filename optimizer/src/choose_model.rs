@@ -158,6 +158,9 @@ pub(crate) struct Site {
     input: LogicalPlan,
     /// At most this many rows will be pulled through the call (a LIMIT above it).
     pub(crate) limit: Option<usize>,
+    /// The call's map reads in a top-k's key order until enough rows pass
+    /// (`TopKOverAiFilter`): how many rows it reads is not known before it runs.
+    pub(crate) in_key_order: bool,
     /// The one label an `ai_classify` answer is only compared with (`compared_label`): its
     /// cascades and agreement are about that label or not.
     pub(crate) compared_label: Option<String>,
@@ -171,6 +174,19 @@ impl Site {
     /// The index of [`Site::compared_label`] among the call's labels.
     fn target_index(&self) -> Option<usize> {
         self.compared_label.as_ref().and(self.kept_answer)
+    }
+
+    /// Why the call's rows do not pay for a sample, when what reads them says so before it
+    /// runs: a small LIMIT, or a top-k that reads until enough rows pass.
+    pub(crate) fn not_worth_a_sample(&self, sample_rows: usize) -> Option<String> {
+        if let Some(limit) = self.limit.filter(|&l| l < 2 * sample_rows) {
+            return Some(format!("LIMIT {limit}: too few rows for a sample to pay off"));
+        }
+        self.in_key_order.then(|| {
+            "read in key order until enough rows pass a top-k: not sampled, as a sample of the \
+             whole input would mostly be rows the query does not read"
+                .to_string()
+        })
     }
 
     /// The label [`Site::kept_answer`] names.
@@ -352,11 +368,8 @@ impl ModelChooser {
             );
             return Ok(Decision::plain(reference, note));
         }
-        if let Some(limit) = site.limit.filter(|&l| l < 2 * pass.options.sample_rows) {
-            let note = format!(
-                "{}: {reference} (LIMIT {limit}: too few rows for a sample to pay off)",
-                site.function
-            );
+        if let Some(why) = site.not_worth_a_sample(pass.options.sample_rows) {
+            let note = format!("{}: {reference} ({why})", site.function);
             return Ok(Decision::plain(reference, note));
         }
         if !pass.may_sample {
@@ -1359,9 +1372,11 @@ fn collect_sites(
 ) -> Result<()> {
     if let Some(map) = as_ai_map(node) {
         found.extend(
-            map.calls
-                .iter()
-                .filter_map(|c| site_of(c, &map.input, keys).map(|site| Site { limit, ..site })),
+            map.calls.iter().filter_map(|c| site_of(c, &map.input, keys)).map(|site| Site {
+                limit,
+                in_key_order: map.in_key_order,
+                ..site
+            }),
         );
     }
     let limit = match node {
@@ -1492,7 +1507,17 @@ fn site_of(call: &Expr, input: &LogicalPlan, keys: &KeyContext) -> Option<Site> 
         key.push_str(&format!("\ncompared with {label}"));
     }
     let input = input.clone();
-    Some(Site { key, function, text, instruction, input, limit: None, compared_label, kept_answer })
+    Some(Site {
+        key,
+        function,
+        text,
+        instruction,
+        input,
+        limit: None,
+        in_key_order: false,
+        compared_label,
+        kept_answer,
+    })
 }
 
 /// `Some(value)` for a string literal (`Some(None)` for a NULL one), `None` for anything else.
@@ -1565,7 +1590,8 @@ fn rewrite(
             if !changed {
                 return Ok(Transformed::no(node));
             }
-            let map = AiMap::try_new(map.input.clone(), calls)?
+            let map = map
+                .rebuilt(map.input.clone(), calls)?
                 .with_notes(notes)
                 .with_estimate(estimated_ms);
             Ok(Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(map) })))

@@ -72,10 +72,8 @@ impl ModelChooser {
                 format!("{function}: {reference_plan} (the only pulled model that can generate)");
             return Ok(Decision::plain(reference_plan, note));
         }
-        if let Some(limit) = site.limit.filter(|&l| l < 2 * pass.options.sample_rows) {
-            let note = format!(
-                "{function}: {reference_plan} (LIMIT {limit}: too few rows for a sample to pay off)"
-            );
+        if let Some(why) = site.not_worth_a_sample(pass.options.sample_rows) {
+            let note = format!("{function}: {reference_plan} ({why})");
             return Ok(Decision::plain(reference_plan, note));
         }
         if !pass.may_sample {

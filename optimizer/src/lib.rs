@@ -20,9 +20,11 @@ mod reuse_ai_columns;
 mod sampling;
 mod semantic_join;
 mod top_k_below_ai_map;
+mod top_k_over_ai_filter;
 
 pub use choose_model::{ChoosingQueryPlanner, ModelChooser};
 pub use order_predicates::PredicateOrderer;
 pub use reuse_ai_columns::ReuseAiColumns;
 pub use semantic_join::SemanticJoin;
 pub use top_k_below_ai_map::TopKBelowAiMap;
+pub use top_k_over_ai_filter::TopKOverAiFilter;

@@ -63,7 +63,7 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execute_stream;
 use futures::StreamExt;
 use murakkab_catalog::{DeviceProfile, ModelCard, PredicateStats, StatsStore, Task};
-use murakkab_compiler::{AiMap, MurakkabOptions};
+use murakkab_compiler::{AiMap, MurakkabOptions, StopAfter};
 use murakkab_udfs::{AiBackend, AiContext, ModelPlan};
 
 use crate::choose_model::{
@@ -94,6 +94,9 @@ struct Link {
     predicate: Expr,
     calls: Vec<Expr>,
     notes: Vec<String>,
+    /// Its map reads in a top-k's key order (`TopKOverAiFilter`), stopping at this many
+    /// passing rows if it is the chain's top map.
+    key_order: Option<Option<usize>>,
 }
 
 /// Stacked filters over AI maps with a plain input: `Filter(AiMap(Filter(AiMap(base))))`.
@@ -105,6 +108,10 @@ struct Chain {
     base: LogicalPlan,
     /// The columns the chain's top filter produced (the rebuilt chain restores them).
     top_schema: DFSchemaRef,
+    /// Under a top-k over the chain (`TopKOverAiFilter`): every map reads in key order and
+    /// the top one stops once this many rows pass. The rebuilt chain keeps that, the stop
+    /// moving to its new top.
+    top_k: Option<usize>,
 }
 
 /// The order decided for a chain.
@@ -172,6 +179,9 @@ impl PredicateOrderer {
             return Ok(Some(ordering_from(&stats, pass, "recorded")));
         }
         let n = chain.links.len();
+        if let Some(rows) = chain.top_k {
+            return Ok(Some(ordering_without_sample(chain, Unsampled::TopK(rows))));
+        }
         if !pass.may_sample {
             // The order a small input runs in (which plain EXPLAIN cannot tell from a large one
             // without reading it), so the plan shown is the one such a query runs.
@@ -489,6 +499,10 @@ fn ordering_without_sample(chain: &Chain, why: Unsampled) -> Ordering {
             format!(" (input of {rows} rows too small for a sample to pay off)")
         }
         Unsampled::NotYet => "; ordered from a sample when the query runs".to_string(),
+        Unsampled::TopK(rows) => format!(
+            " (under a top-k, read until {rows} rows pass: a sample of the whole input would \
+             cost more than the rows read)"
+        ),
     };
     // Without a share for each, or when all are alike, nothing argues against the writer.
     let shares = shares.filter(|s| s.iter().any(|(share, _)| *share != s[0].0));
@@ -514,6 +528,8 @@ enum Unsampled {
     TooSmall(u64),
     /// Plain EXPLAIN: nothing is run, so the input's size is not known.
     NotYet,
+    /// The chain is read in a top-k's key order until this many rows pass.
+    TopK(usize),
 }
 
 /// The share of its possible answers `link`'s predicate passes, and how that reads, when the
@@ -564,8 +580,12 @@ fn chain_key(chain: &Chain) -> String {
 fn link_at(node: &LogicalPlan) -> Option<(Link, &LogicalPlan)> {
     let LogicalPlan::Filter(f) = node else { return None };
     let map = as_ai_map(skip_column_projections(&f.input))?;
-    let link =
-        Link { predicate: f.predicate.clone(), calls: map.calls.clone(), notes: map.notes.clone() };
+    let link = Link {
+        predicate: f.predicate.clone(),
+        calls: map.calls.clone(),
+        notes: map.notes.clone(),
+        key_order: map.in_key_order.then(|| map.stop_after.as_ref().map(|s| s.rows)),
+    };
     Some((link, &map.input))
 }
 
@@ -579,10 +599,16 @@ impl Chain {
             below = skip_column_projections(input);
         }
         links.reverse();
+        // Under a top-k every map reads in key order and the top one stops.
+        let top_k = match links.last().and_then(|l| l.key_order) {
+            Some(Some(rows)) if links.iter().all(|l| l.key_order.is_some()) => Some(rows),
+            _ => None,
+        };
         (links.len() >= 2).then(|| Chain {
             links,
             base: below.clone(),
             top_schema: Arc::clone(node.schema()),
+            top_k,
         })
     }
 
@@ -609,11 +635,16 @@ impl Chain {
     /// The chain over `base` with its links in `ordering`, producing the columns it did.
     fn rebuild(&self, base: LogicalPlan, ordering: &Ordering) -> Result<LogicalPlan> {
         let mut plan = base;
-        for &i in &ordering.order {
+        for (position, &i) in ordering.order.iter().enumerate() {
             let link = &self.links[i];
             let mut notes = link.notes.clone();
             notes.push(ordering.notes[i].clone());
-            let map = AiMap::try_new(plan, link.calls.clone())?.with_notes(notes);
+            let mut map = AiMap::try_new(plan, link.calls.clone())?.with_notes(notes);
+            if let Some(rows) = self.top_k {
+                let top = position + 1 == ordering.order.len();
+                let stop = top.then(|| StopAfter { predicate: link.predicate.clone(), rows });
+                map = map.in_key_order(stop);
+            }
             let map = LogicalPlan::Extension(Extension { node: Arc::new(map) });
             plan = LogicalPlan::Filter(Filter::try_new(link.predicate.clone(), Arc::new(map))?);
         }

@@ -50,7 +50,7 @@ use datafusion::logical_expr::{
     Expr, Extension, LogicalPlan, Projection, UserDefinedLogicalNodeCore, Volatility,
 };
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
-use murakkab_compiler::{AiMap, MODEL_FUNCTIONS, MurakkabOptions};
+use murakkab_compiler::{MODEL_FUNCTIONS, MurakkabOptions};
 
 use crate::choose_model::as_ai_map;
 use crate::top_k_below_ai_map::through_projection;
@@ -169,9 +169,7 @@ impl OptimizerRule for ReuseAiColumns {
         let below = if kept.is_empty() {
             input
         } else {
-            let map = AiMap::try_new(input, kept)?
-                .with_notes(map.notes.clone())
-                .with_estimate(map.estimated_ms);
+            let map = map.rebuilt(input, kept)?;
             LogicalPlan::Extension(Extension { node: Arc::new(map) })
         };
         // The map's own output: its input's columns, then one per call, in order.
