@@ -78,3 +78,29 @@ async fn a_chain_of_ai_filters_stops_at_the_top_and_keeps_its_order_rule() {
     let physical = &plan[plan.find("physical_plan").unwrap()..];
     assert!(physical.contains("in key order until 5 rows pass"), "{physical}");
 }
+
+#[tokio::test]
+async fn a_top_k_by_similarity_embeds_every_row_and_asks_the_filter_in_that_order() {
+    let home = tempfile::tempdir().unwrap();
+    // The notes most like 'note 0' are the lowest numbers (see `Keywords::embed`).
+    let query = "SELECT id FROM notes WHERE ai_filter(text, 'It mentions rain') \
+                 ORDER BY ai_similarity(text, 'note 0') DESC LIMIT 5";
+
+    let backend = Keywords::new(home.path());
+    let naive = session(&backend, home.path(), false).await;
+    assert_eq!(ids(&run(&naive, query).await), rain_ids(false, 0, 5));
+    // The naive plan asks the filter about every note and embeds the 100 that pass.
+    assert_eq!(backend.rows("rain"), 1000);
+
+    let backend = Keywords::new(home.path());
+    let db = session(&backend, home.path(), true).await;
+    assert_eq!(ids(&run(&db, query).await), rain_ids(false, 0, 5));
+    // Every note is embedded (the sort needs all of them); the filter reads 16 + 32 notes.
+    assert_eq!(backend.rows("rain"), 48);
+    assert!(backend.rows("embed") >= 1000, "embedded {} texts", backend.rows("embed"));
+
+    let plan = plan_text(&db, &format!("EXPLAIN {query}")).await;
+    let filter_at = plan.find("in key order until 5 rows pass").unwrap();
+    let similarity_at = plan.rfind("ai_similarity").unwrap();
+    assert!(filter_at < similarity_at, "the similarity map must sit below the filter:\n{plan}");
+}

@@ -1,8 +1,8 @@
 //! A backend whose answers are known, shared by the optimizer's integration tests:
-//! `ai_filter` passes a row when the row's text contains the condition's last word, and every
-//! scoring call is counted, so a test can say how many rows reached the model. Its sessions
-//! read a view of 1,000 notes: every one names a city, one in ten (ids ending in 3) mentions
-//! rain.
+//! `ai_filter` passes a row when the row's text contains the condition's last word, embeddings
+//! order the notes by their number, and every call is counted, so a test can say how many rows
+//! reached the model. Its sessions read a view of 1,000 notes: every one names a city, one in
+//! ten (ids ending in 3) mentions rain.
 
 #![allow(dead_code)] // each test file uses its own part of it
 
@@ -15,12 +15,14 @@ use murakkab::{
 };
 
 const MODEL: &str = "smollm2-135m-instruct";
+const ENCODER: &str = "all-minilm-l6-v2";
 
 /// One model that always knows: a row passes when it contains the condition's last word.
 #[derive(Debug)]
 pub struct Keywords {
     home: MurakkabHome,
-    /// (condition's keyword, rows) of every scoring call.
+    /// (condition's keyword, rows) of every scoring call; ("embed", rows) of every embedding
+    /// call.
     calls: Mutex<Vec<(String, usize)>>,
 }
 
@@ -44,12 +46,33 @@ fn keyword(shared: &str) -> String {
 }
 
 impl AiBackend for Keywords {
-    fn resolve_model(&self, _requested: Option<&str>, _task: Task) -> Result<ModelCard, String> {
-        builtin_models().into_iter().find(|c| c.id == MODEL).ok_or("no model".into())
+    fn resolve_model(&self, _requested: Option<&str>, task: Task) -> Result<ModelCard, String> {
+        let id = if task == Task::Embed { ENCODER } else { MODEL };
+        builtin_models().into_iter().find(|c| c.id == id).ok_or("no model".into())
     }
 
-    fn embed(&self, _model: &str, _texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
-        Err("no embeddings here".into())
+    /// `[1, v / 100, 0, ...]` scaled to unit length for a text that holds `note v`, `[1, 0]` for any
+    /// other: the similarity to `'note 0'` falls as the note's number grows.
+    fn embed(&self, _model: &str, texts: &[&str]) -> Result<BatchOutput<Vec<f32>>, String> {
+        self.calls.lock().unwrap().push(("embed".to_string(), texts.len()));
+        let number = |t: &str| {
+            let v = t.split("note ").nth(1)?.split_whitespace().next()?.parse::<f32>().ok()?;
+            Some(v / 100.0)
+        };
+        // As wide as the encoder's card says (the backend checks it), zeros after two.
+        let width = self.resolve_model(None, Task::Embed)?.embedding_dim.unwrap_or(2);
+        let rows = texts
+            .iter()
+            .map(|t| {
+                let f = number(t).unwrap_or(0.0);
+                let norm = (1.0 + f * f).sqrt();
+                let mut v = vec![0.0; width.max(2)];
+                v[0] = 1.0 / norm;
+                v[1] = f / norm;
+                Ok(v)
+            })
+            .collect();
+        Ok(BatchOutput { rows, truncated: 0 })
     }
 
     fn score_labels(
