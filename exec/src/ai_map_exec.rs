@@ -121,12 +121,13 @@ impl AiMapExec {
     }
 
     fn with_key_order(mut self, key_order: Option<KeyOrder>) -> Self {
-        if let Some(order) = &key_order {
-            // The rows keep the input's order; the appended columns do not change it.
+        if key_order.is_some() {
+            // The rows keep the input's order (which the requirement below makes the keys'); the
+            // appended columns do not change it.
             let mut properties = self.properties.as_ref().clone();
             properties.eq_properties = EquivalenceProperties::new_with_orderings(
                 Arc::clone(&self.schema),
-                self.input.output_ordering().cloned().into_iter().chain([order.ordering.clone()]),
+                self.input.output_ordering().cloned(),
             );
             self.properties = Arc::new(properties);
         }

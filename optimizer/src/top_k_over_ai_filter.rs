@@ -233,7 +233,7 @@ fn rebuild(steps: &[Step<'_>], input: LogicalPlan, rows: usize) -> Result<Logica
             Step::Projection(p) => {
                 let mut exprs = p.expr.clone();
                 for name in &key_columns {
-                    if !exprs.iter().any(|e| e.schema_name().to_string() == *name) {
+                    if !p.schema.fields().iter().any(|f| f.name() == name) {
                         exprs.push(Expr::Column(Column::from_name(name)));
                     }
                 }
@@ -306,7 +306,11 @@ impl OptimizerRule for TopKOverAiFilter {
                 LogicalPlan::Extension(Extension { node: Arc::new(map.rebuilt(below, calls)?) });
         }
         let sorted = LogicalPlan::Sort(Sort { expr: keys, input: Arc::new(below), fetch: None });
-        let input = rebuild(&steps, sorted, fetch)?;
+        // A plan this rule cannot rebuild is left as it was: the rule saves work, it must not
+        // fail a query.
+        let Ok(input) = rebuild(&steps, sorted, fetch) else {
+            return Ok(Transformed::no(plan));
+        };
         Ok(Transformed::yes(LogicalPlan::Sort(Sort {
             expr: sort.expr.clone(),
             input: Arc::new(input),
