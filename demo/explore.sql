@@ -29,6 +29,15 @@ ORDER BY source;
 SELECT id, source, text, round(score, 3) AS score
 FROM ai_search('sentences', 'text', 'the battery does not last', 5);
 
+-- A top-k over an AI filter: the sentences are sorted by length first and the model reads
+-- them longest first until 3 pass (EXPLAIN ANALYZE shows the rows it read), not all 3,000.
+-- The human label (0 = negative) shows how well the model judged them.
+SELECT id, source, label, length(text) AS chars, substr(text, 1, 60) AS opening
+FROM sentences
+WHERE ai_classify(text, ['positive', 'negative']) = 'negative'
+ORDER BY chars DESC, id
+LIMIT 3;
+
 -- Typed fields out of free text, generated under a JSON constraint.
 SELECT ai_extract('The Acme X2 phone costs $199.99 and is in stock.',
                   '{"product": "text", "price": "float", "in_stock": "bool"}') AS extracted;
