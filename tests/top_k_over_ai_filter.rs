@@ -34,8 +34,12 @@ async fn the_model_reads_rows_in_key_order_until_k_pass_and_the_rows_are_the_sam
     // Rows 1000 down to 953 hold the five; chunks of 16 and 32 rows read exactly those 48.
     assert_eq!(backend.rows("rain"), 48);
 
+    // Plain EXPLAIN shows the plan and runs no model.
+    let backend = Keywords::new(home.path());
+    let db = session(&backend, home.path(), true).await;
     let plan = plan_text(&db, &format!("EXPLAIN {query}")).await;
     assert!(plan.contains("in key order until 5 rows pass __ai_0"), "{plan}");
+    assert_eq!(backend.rows("rain"), 0);
 }
 
 #[tokio::test]
