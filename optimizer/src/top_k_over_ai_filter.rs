@@ -129,7 +129,8 @@ fn chain_below(input: &LogicalPlan) -> Option<(Vec<Step<'_>>, &LogicalPlan)> {
     let between_are_projections = steps[first_filter + 1..first_map]
         .iter()
         .all(|s| matches!(s, Step::Projection(_) | Step::Alias(_)));
-    (first_filter < first_map && between_are_projections).then_some((steps, node))
+    // A `Step::Map` is only taken after a filter, so `first_filter < first_map` holds.
+    between_are_projections.then_some((steps, node))
 }
 
 /// `expr` over an alias's columns rewritten to its input's (the same columns, in order).
