@@ -12,8 +12,9 @@
 //! - **numbered**: the same question as item 1 of a numbered list, "Answer as the question's
 //!   number, then the answer.", labels scored as "1. <label>" (the wording the fusion bench's
 //!   fused prompt uses; it answered topics better there);
-//! - **calibrated** (filters only): the plain wording with `ai_classify`'s contextual
-//!   calibration (each row's probabilities divided by an empty text's).
+//! - **yes-no** (filters only): `ai_filter`'s wording until 2026-12-05, "Classify the text as
+//!   one of: yes (<condition>), no (otherwise).", the words `yes` and `no` scored, uncalibrated
+//!   (plain is now the condition and its negation scored as statements, calibrated).
 //! - **unclosed**: the plain wording without the `</text>` after each row (the chat turn's end
 //!   closes the block), 3 tokens fewer per row.
 //!
@@ -39,6 +40,19 @@
 //! smollm2's agreement with qwen on UCI fell from 0.905 to 0.850. Qwen would read 13% fewer
 //! tokens per UCI row at no loss, but the smaller model, which the optimizer weighs as a
 //! cheaper plan, loses 4–9 points; the functions keep the closing tag.
+
+//! 2026-12-05, 160 rows each, filters, plain (statements) against yes-no, accuracy smollm2 /
+//! qwen (AUC of the first label's score, smollm2 / qwen): UCI 'The review is negative' 0.731 /
+//! 0.844 (0.897 / 0.944) against 0.344 / 0.506 (0.278 / 0.071: both ranked the positive
+//! reviews above the negative ones); 'The review is positive' 0.844 / 0.812 (0.948 / 0.957)
+//! against 0.675 / 0.762 (0.734 / 0.962); BBC headlines 'The headline is about sport' 0.744 /
+//! 0.750 (0.687 / 0.614) against 0.394 / 0.744 (0.409 / 0.691), both wordings answering "no" to
+//! nearly every headline with qwen; spam subjects 0.575 / 0.456 (0.633 / 0.421) against 0.494
+//! / 0.700 (0.488 / 0.728, qwen "no" to every subject). Statements cost 1.3–2.5x the yes-no
+//! scoring time (the labels are 4–6 tokens). Other instructions before the statements, tried
+//! on the same rows: "What kind of text is this, and what is it about? Answer in one
+//! sentence." sport AUC 0.769 / 0.772 but UCI 'negative' 0.700 / 0.662; none, UCI 0.694 / 0.544.
+//! The functions use plain.
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -70,7 +84,7 @@ impl Question {
     fn labels(&self) -> Vec<String> {
         match self {
             Self::Labels(l) => l.clone(),
-            Self::Condition(_) => prompts::FILTER_LABELS.map(String::from).to_vec(),
+            Self::Condition(c) => prompts::filter_labels(c),
         }
     }
 
@@ -78,16 +92,25 @@ impl Question {
     fn plain(&self, texts: &[&str]) -> ChatBatch {
         match self {
             Self::Labels(l) => prompts::classify(texts, l),
-            Self::Condition(c) => prompts::filter(texts, c),
+            Self::Condition(_) => prompts::filter(texts),
         }
     }
 
-    /// `ai_filter`'s wording with contextual calibration (as `ai_classify` has): each row's
-    /// yes / no probabilities divided by those of an empty text. `None` for a label question,
-    /// which is calibrated already.
-    fn calibrated(&self, texts: &[&str]) -> Option<ChatBatch> {
-        let Self::Condition(_) = self else { return None };
-        Some(ChatBatch { calibration_row: Some("\n</text>".into()), ..self.plain(texts) })
+    /// `ai_filter`'s wording before the statements (v3): "Classify the text as one of: yes
+    /// (<condition>), no (otherwise).", the words `yes` and `no` scored, uncalibrated. `None` for
+    /// a label question.
+    fn yes_no(&self, texts: &[&str]) -> Option<ChatBatch> {
+        let Self::Condition(c) = self else { return None };
+        Some(ChatBatch {
+            shared: format!(
+                "Classify the text as one of: yes ({}), no (otherwise). Answer with one word.\n\n{}",
+                prompts::fence(c),
+                prompts::BLOCK_OPEN
+            ),
+            rows: texts.iter().map(|t| format!("{}\n</text>", prompts::fence(t))).collect(),
+            calibration_row: None,
+            whole_labels: false,
+        })
     }
 
     /// The plain wording without the closing tag after each row's text (the chat turn's end
@@ -148,15 +171,33 @@ fn datasets(n: usize) -> Vec<Dataset> {
     vec![
         Dataset {
             name: "uci sentiment",
-            texts: uci_t,
-            truth: uci_y,
+            texts: uci_t.clone(),
+            truth: uci_y.clone(),
             question: Question::Labels(vec!["positive".into(), "negative".into()]),
         },
         Dataset {
             name: "bbc headline topics",
-            texts: bbc_t,
-            truth: bbc_y,
+            texts: bbc_t.clone(),
+            truth: bbc_y.clone(),
             question: Question::Labels(topics),
+        },
+        Dataset {
+            name: "uci negative filter",
+            texts: uci_t.clone(),
+            truth: uci_y.iter().map(|&y| 1 - y).collect(),
+            question: Question::Condition("The review is negative".into()),
+        },
+        Dataset {
+            name: "uci positive filter",
+            texts: uci_t,
+            truth: uci_y,
+            question: Question::Condition("The review is positive".into()),
+        },
+        Dataset {
+            name: "bbc sport filter",
+            texts: bbc_t.clone(),
+            truth: bbc_y.iter().map(|&y| usize::from(y != 3)).collect(),
+            question: Question::Condition("The headline is about sport".into()),
         },
         Dataset {
             name: "spam subjects",
@@ -207,21 +248,47 @@ fn restaurant_pairs(n: usize) -> Vec<(String, usize)> {
     pairs
 }
 
+/// How often a row whose right answer is the first label scores the first label higher than a
+/// row whose right answer is the second (ties count half): whether the scores rank the rows
+/// right even where the 0.5 threshold cuts them wrong.
+fn ranking_auc(first: &[f32], truth: &[usize]) -> f64 {
+    let (mut above, mut pairs) = (0.0, 0.0);
+    for (a, _) in first.iter().zip(truth).filter(|(_, t)| **t == 0) {
+        for (b, _) in first.iter().zip(truth).filter(|(_, t)| **t == 1) {
+            pairs += 1.0;
+            above += if a > b {
+                1.0
+            } else if a == b {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    if pairs == 0.0 { f64::NAN } else { above / pairs }
+}
+
 fn main() {
     let n = std::env::var("MURAKKAB_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
     let runtime = ModelRuntime::new(MurakkabHome::from_env());
-    for data in datasets(n) {
+    let only = std::env::var("MURAKKAB_BENCH_ONLY").unwrap_or_default();
+    let wanted = std::env::var("MURAKKAB_BENCH_WORDINGS").unwrap_or_default();
+    for data in datasets(n).into_iter().filter(|d| only.is_empty() || only.contains(d.name)) {
         let texts: Vec<&str> = data.texts.iter().map(String::as_str).collect();
         let labels = data.question.labels();
         let numbered: Vec<String> = labels.iter().map(|l| format!("1. {l}")).collect();
+        let yes_no: Vec<String> = vec!["yes".into(), "no".into()];
         let wordings = [
             Some(("plain", data.question.plain(&texts), &labels)),
             Some(("numbered", data.question.numbered(&texts), &numbered)),
             Some(("unclosed", data.question.unclosed(&texts), &labels)),
-            data.question.calibrated(&texts).map(|b| ("calibrated", b, &labels)),
+            data.question.yes_no(&texts).map(|b| ("yes-no", b, &yes_no)),
         ];
         let mut plain_answers: Vec<Vec<Option<usize>>> = Vec::new();
-        for (wording, batch, scored) in wordings.into_iter().flatten() {
+        let wordings = wordings.into_iter().flatten().filter(|(w, _, _)| {
+            *w == "plain" || wanted.is_empty() || wanted.split(',').any(|x| x == *w)
+        });
+        for (wording, batch, scored) in wordings {
             let mut answers = Vec::new();
             let mut line = format!("{} ({} rows), {wording}:", data.name, texts.len());
             for model in MODELS {
@@ -235,6 +302,15 @@ fn main() {
                     " {model} accuracy {:.3} ({seconds:.1} s",
                     right.count() as f64 / texts.len().max(1) as f64
                 ));
+                if scored.len() == 2 {
+                    let first: Vec<f32> =
+                        out.rows.iter().map(|r| r.as_ref().map_or(0.5, |p| p[0])).collect();
+                    let yes = picked.iter().filter(|p| **p == Some(0)).count();
+                    line.push_str(&format!(
+                        ", AUC {:.3}, first label {yes}",
+                        ranking_auc(&first, &data.truth)
+                    ));
+                }
                 if let Some(plain) = plain_answers.get(answers.len()) {
                     let same = plain.iter().zip(&picked).filter(|(a, b)| a == b).count();
                     let share = same as f64 / texts.len().max(1) as f64;

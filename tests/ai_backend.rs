@@ -99,6 +99,7 @@ impl AiBackend for Scripted {
             shared: String::new(),
             rows: texts.iter().map(|t| t.to_string()).collect(),
             calibration_row: None,
+            whole_labels: false,
         };
         Ok(self.answer(&batch, |t| {
             let mut v = vec![0.0; 384];

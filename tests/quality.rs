@@ -30,15 +30,17 @@ async fn scalar(db: &Session, sql: &str) -> f64 {
     batches[0].column(0).as_primitive::<Float64Type>().value(0)
 }
 
-/// The floor for `measure` with `model`. Measured (2026-11-29, these samples): smollm2 0.900 /
-/// 0.740 / 0.307 / 0.664; qwen2.5-coder-0.5b 0.933 / 0.793 / 0.545 / 0.500 (it gives every
-/// email the same ai_filter answer, so it gets no spam floor).
+/// The floor for `measure` with `model`. Measured (2026-12-05, these samples), uci classify /
+/// uci filter 'positive' / uci filter 'negative' / bbc classify / spam filter: smollm2 0.900 /
+/// 0.900 / 0.693 / 0.317 / 0.443; qwen2.5-coder-0.5b 0.947 / 0.880 / 0.893 / 0.535 / 0.511.
+/// No spam floor: neither model tells spam from an email's subject and start (with the
+/// earlier yes/no filter smollm2 scored 0.664 there, but 0.344 on 'The review is negative' in
+/// `benches/prompt_wording.rs`: its answer followed the wording more than the text).
 fn floor(measure: &str, model: &str) -> f64 {
     match (measure, model) {
         ("uci ai_classify accuracy", _) => 0.8,
-        ("uci ai_filter accuracy", _) => 0.6,
+        ("uci ai_filter accuracy" | "uci ai_filter negative accuracy", _) => 0.6,
         ("bbc ai_classify accuracy", _) => 0.25,
-        ("spam ai_filter balanced accuracy", "smollm2-135m-instruct") => 0.55,
         _ => 0.0,
     }
 }
@@ -93,6 +95,12 @@ async fn accuracy_on_labeled_data() {
                 "uci ai_filter accuracy",
                 format!(
                     "SELECT avg(CASE WHEN ai_filter(text, 'the review is positive', {m}) = positive THEN 1.0 ELSE 0.0 END) FROM uci"
+                ),
+            ),
+            (
+                "uci ai_filter negative accuracy",
+                format!(
+                    "SELECT avg(CASE WHEN ai_filter(text, 'the review is negative', {m}) = NOT positive THEN 1.0 ELSE 0.0 END) FROM uci"
                 ),
             ),
             (

@@ -14,7 +14,7 @@ use crate::batcher::{Batcher, Role, RowResult};
 use crate::error::ModelError;
 use crate::gguf_decoder::SeqCache;
 use crate::gguf_decoder::WeightMode;
-use crate::language_model::{GenerateOptions, LanguageModel, Sampling};
+use crate::language_model::{GenerateOptions, LanguageModel, Sampling, distinguishing_prefixes};
 use crate::model_memory::{ModelMemory, decoder_batch_bytes, decoder_weight_bytes};
 use crate::registry::{ModelRegistry, file_bytes, weight_mode};
 
@@ -361,6 +361,8 @@ impl AiBackend for ModelRuntime {
             .iter()
             .map(|l| lm.encode(l).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
+        // The tokens scored, cut here so the batch and prior keys below hold them.
+        let labels = if batch.whole_labels { labels } else { distinguishing_prefixes(&labels) };
         let longest_label = labels.iter().map(Vec::len).max().unwrap_or(1);
         let budget = Self::context_of(&lm, &card)
             .checked_sub(prefix.len() + longest_label)
@@ -377,7 +379,7 @@ impl AiBackend for ModelRuntime {
                     let part: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].clone()).collect();
                     let tokens = prefix.len() + longest(&part) + longest_label;
                     let _memory = self.reserve_batch(&lm, part.len(), tokens)?;
-                    lm.score_labels(cache, &part, &labels)
+                    lm.score_whole_labels(cache, &part, &labels)
                 })
             })
         });
@@ -388,6 +390,7 @@ impl AiBackend for ModelRuntime {
                 shared: batch.shared.clone(),
                 rows: vec![content_free.clone()],
                 calibration_row: None,
+                whole_labels: batch.whole_labels,
             };
             let (_, mut free) = self.tokenize(&lm, &card, &free, "")?;
             let free = free.pop().unwrap_or_default();
@@ -401,7 +404,7 @@ impl AiBackend for ModelRuntime {
                     let _device = crate::scheduler::device_turn();
                     let cache = self.prefix_cache(&lm, &prefix)?;
                     let prior = lm
-                        .score_labels(&cache, std::slice::from_ref(&free), &labels)
+                        .score_whole_labels(&cache, std::slice::from_ref(&free), &labels)
                         .map_err(|e| e.to_string())?
                         .pop()
                         .unwrap_or_default();
@@ -592,6 +595,7 @@ mod tests {
             shared: "Classify the text.\n".into(),
             rows: (0..rows).map(|i| format!("the cat sat on the mat {i}")).collect(),
             calibration_row: None,
+            whole_labels: false,
         }
     }
 

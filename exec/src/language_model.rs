@@ -219,7 +219,34 @@ impl LanguageModel {
                 reason: "every label needs at least one token".into(),
             });
         }
-        let labels = distinguishing_prefixes(labels);
+        self.score_whole_labels(prefix, rows, &distinguishing_prefixes(labels))
+    }
+
+    /// As [`Self::score_labels`], but every token of each label is scored: for labels that
+    /// are statements, whose meaning can lie after the token that tells them apart (a
+    /// statement and its negation differ first at "not"). Labels must be non-empty.
+    pub fn score_whole_labels(
+        &self,
+        prefix: &SeqCache,
+        rows: &[Vec<u32>],
+        labels: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if labels.is_empty() || labels.iter().any(|l| l.is_empty()) {
+            return Err(ModelError::Unsupported {
+                id: self.id.clone(),
+                reason: "every label needs at least one token".into(),
+            });
+        }
+        // The tokens every label starts with add the same log-probability to each, which the
+        // softmax cancels: they join each row's prompt (its one batched pass) instead of being
+        // run again per label ("The review is" of "The review is (not) negative").
+        let shared = shared_start(labels);
+        let rows: Vec<Vec<u32>> = if shared == 0 {
+            rows.to_vec()
+        } else {
+            rows.iter().map(|r| [r.as_slice(), &labels[0][..shared]].concat()).collect()
+        };
+        let labels: Vec<Vec<u32>> = labels.iter().map(|l| l[shared..].to_vec()).collect();
         in_padded_length_order(
             rows.len(),
             ROW_BATCH,
@@ -441,8 +468,16 @@ fn repetition_loop(tokens: &[u32]) -> Option<usize> {
         .map(|len| n - len)
 }
 
+/// How many leading tokens all labels share, leaving each at least one token of its own.
+fn shared_start(labels: &[Vec<u32>]) -> usize {
+    let shortest = labels.iter().map(Vec::len).min().unwrap_or(0);
+    let first = &labels[0];
+    let common = (0..shortest).take_while(|&i| labels.iter().all(|l| l[i] == first[i])).count();
+    common.min(shortest.saturating_sub(1))
+}
+
 /// Each label cut after its first token that no other label shares at the same position.
-fn distinguishing_prefixes(labels: &[Vec<u32>]) -> Vec<Vec<u32>> {
+pub(crate) fn distinguishing_prefixes(labels: &[Vec<u32>]) -> Vec<Vec<u32>> {
     labels
         .iter()
         .enumerate()
@@ -518,6 +553,14 @@ mod tests {
         tokens.extend(block);
         assert_eq!(repetition_loop(&tokens), Some(10));
         assert_eq!(repetition_loop(&[4, 4, 4, 4, 4]), None, "short runs are not loops");
+    }
+
+    #[test]
+    fn the_start_all_labels_share_leaves_each_a_token() {
+        assert_eq!(shared_start(&[vec![1, 2, 3], vec![1, 2, 4, 5]]), 2);
+        assert_eq!(shared_start(&[vec![1, 2], vec![1, 2, 4]]), 1);
+        assert_eq!(shared_start(&[vec![7], vec![1, 2]]), 0);
+        assert_eq!(shared_start(&[vec![1, 2, 3]]), 2);
     }
 
     #[test]

@@ -257,6 +257,7 @@ impl CachedBackend {
             shared: batch.shared.clone(),
             rows: which.iter().map(|&i| batch.rows[i].clone()).collect(),
             calibration_row: batch.calibration_row.clone(),
+            whole_labels: false,
         };
         let out = compute(&sub)?;
         for (&i, value) in which.iter().zip(out.rows) {
@@ -270,8 +271,10 @@ impl CachedBackend {
 }
 
 /// The key parameters of a label-scoring request: its labels.
-fn label_parameters(labels: &[String]) -> String {
-    serde_json::to_string(labels).unwrap_or_default()
+fn label_parameters(labels: &[String], batch: &ChatBatch) -> String {
+    let labels = serde_json::to_string(labels).unwrap_or_default();
+    // Whole labels score other tokens than their distinguishing starts: another answer.
+    if batch.whole_labels { format!("{labels} whole") } else { labels }
 }
 
 /// `FieldValue` as stored in the cache.
@@ -337,6 +340,7 @@ impl AiBackend for CachedBackend {
             shared: String::new(),
             rows: texts.iter().map(|t| t.to_string()).collect(),
             calibration_row: None,
+            whole_labels: false,
         };
         self.through(model, "embed", "", &batch, |b| {
             let texts: Vec<&str> = b.rows.iter().map(String::as_str).collect();
@@ -350,7 +354,7 @@ impl AiBackend for CachedBackend {
         batch: &ChatBatch,
         labels: &[String],
     ) -> Result<BatchOutput<Vec<f32>>, String> {
-        self.through(model, "score_labels", &label_parameters(labels), batch, |b| {
+        self.through(model, "score_labels", &label_parameters(labels, batch), batch, |b| {
             self.inner.score_labels(model, b, labels)
         })
     }
@@ -361,12 +365,12 @@ impl AiBackend for CachedBackend {
         batch: &ChatBatch,
         labels: &[String],
     ) -> Vec<Option<Vec<f32>>> {
-        self.known(model, "score_labels", &label_parameters(labels), batch)
+        self.known(model, "score_labels", &label_parameters(labels, batch), batch)
     }
 
     fn known_label_rows(&self, model: &str, batch: &ChatBatch, labels: &[String]) -> usize {
         let found: Vec<Option<Vec<f32>>> =
-            self.lookup(model, "score_labels", &label_parameters(labels), batch);
+            self.lookup(model, "score_labels", &label_parameters(labels, batch), batch);
         found.iter().flatten().count()
     }
 
@@ -518,6 +522,7 @@ mod tests {
             shared: "which? ".into(),
             rows: vec!["x".into(), "yy".into()],
             calibration_row: None,
+            whole_labels: false,
         };
         let unseen = ChatBatch { rows: vec!["zzz".into()], ..batch.clone() };
         cache.score_labels("m", &batch, &labels).unwrap();

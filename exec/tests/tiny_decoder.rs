@@ -116,6 +116,45 @@ fn label_scores_are_exact_probabilities_in_any_batch() {
 }
 
 #[test]
+fn whole_labels_score_every_token_of_statements_that_share_a_start() {
+    let (_dir, m) = load("llama", GgmlDType::F32, WeightMode::Dequantized);
+    let prefix = m.prefix_cache(&m.encode("Describe it. ").unwrap()).unwrap();
+    let rows: Vec<Vec<u32>> =
+        ["the cat", "a thin man"].iter().map(|t| m.encode(t).unwrap()).collect();
+    // A statement and its negation: the same start, then "good" against "not good".
+    let labels: Vec<Vec<u32>> =
+        [" it is good", " it is not good"].iter().map(|t| m.encode(t).unwrap()).collect();
+    assert_eq!(labels[0][0], labels[1][0]);
+    let batched = m.score_whole_labels(&prefix, &rows, &labels).unwrap();
+    let d = m.decoder();
+    let empty = d.empty_cache().unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let prompt: Vec<u32> =
+            m.encode("Describe it. ").unwrap().into_iter().chain(row.clone()).collect();
+        // By brute force: every token of each label, the shared ones included.
+        let logp: Vec<f32> = labels
+            .iter()
+            .map(|label| {
+                let mut context = prompt.clone();
+                let mut total = 0.0f32;
+                for &tok in label {
+                    let (last, _, _) = d.forward(&[&context], &[&empty], false).unwrap();
+                    total += d.log_probs(&last).unwrap().to_vec2::<f32>().unwrap()[0][tok as usize];
+                    context.push(tok);
+                }
+                total
+            })
+            .collect();
+        let expected = 1.0 / (1.0 + (logp[1] - logp[0]).exp());
+        assert!(
+            (batched[i][0] - expected).abs() < 1e-4,
+            "row {i}: {} vs {expected}",
+            batched[i][0]
+        );
+    }
+}
+
+#[test]
 fn generation_is_the_same_batched_and_alone() {
     let (_dir, m) = load("qwen2", GgmlDType::F32, WeightMode::Dequantized);
     let prefix = m.prefix_cache(&[]).unwrap();

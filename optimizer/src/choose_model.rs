@@ -130,7 +130,7 @@ impl Instruction {
     /// The labels a label-scoring call scores (none for an extraction).
     fn labels(&self) -> Vec<String> {
         match self {
-            Self::Condition(_) => prompts::FILTER_LABELS.iter().map(|l| l.to_string()).collect(),
+            Self::Condition(c) => prompts::filter_labels(c),
             Self::Labels(l) => l.clone(),
             Self::Schema(_) => Vec::new(),
         }
@@ -141,7 +141,7 @@ impl Instruction {
     pub(crate) fn prompt(&self, texts: &[String]) -> murakkab_udfs::ChatBatch {
         let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         match self {
-            Self::Condition(c) => prompts::filter(&texts, c),
+            Self::Condition(_) => prompts::filter(&texts),
             Self::Labels(l) => prompts::classify(&texts, l),
             Self::Schema(fields) => prompts::extract(&texts, fields),
         }
@@ -189,9 +189,13 @@ impl Site {
         })
     }
 
-    /// The label [`Site::kept_answer`] names.
+    /// The label [`Site::kept_answer`] names ('yes' or 'no' for a filter, whose labels are
+    /// the condition and its negation).
     fn kept_answer_label(&self) -> Option<String> {
-        self.instruction.labels().get(self.kept_answer?).cloned()
+        match self.instruction {
+            Instruction::Condition(_) => Some(["yes", "no"].get(self.kept_answer?)?.to_string()),
+            _ => self.instruction.labels().get(self.kept_answer?).cloned(),
+        }
     }
 }
 
@@ -1491,9 +1495,8 @@ fn site_of(call: &Expr, input: &LogicalPlan, keys: &KeyContext) -> Option<Site> 
     };
     let labels = instruction.labels();
     let kept_answer = match &instruction {
-        Instruction::Condition(_) => {
-            Some(compared.and_then(|c| labels.iter().position(|l| l == c)).unwrap_or(0))
-        }
+        // The filter's first label is the condition holding, read as 'yes' (`compared_label`).
+        Instruction::Condition(_) => Some(usize::from(compared.is_some_and(|c| c == "no"))),
         Instruction::Labels(_) => {
             compared_label.as_ref().and_then(|c| labels.iter().position(|l| l == c))
         }

@@ -37,10 +37,10 @@ impl Keywords {
     }
 }
 
-/// The last word of the condition in a filter prompt's instruction.
-fn keyword(shared: &str) -> String {
-    let condition = shared.split("yes (").nth(1).unwrap_or_default();
-    let condition = condition.split(')').next().unwrap_or_default();
+/// The last word of a filter's condition: its first label, the statement that it holds (a
+/// classify, whose labels are not statements, gets "", which every row holds).
+fn keyword(batch: &ChatBatch, labels: &[String]) -> String {
+    let condition = if batch.whole_labels { labels.first().map_or("", String::as_str) } else { "" };
     let word = condition.split_whitespace().last().unwrap_or_default();
     word.trim_matches(|c: char| !c.is_alphanumeric()).to_string()
 }
@@ -81,7 +81,7 @@ impl AiBackend for Keywords {
         batch: &ChatBatch,
         labels: &[String],
     ) -> Result<BatchOutput<Vec<f32>>, String> {
-        let word = keyword(&batch.shared);
+        let word = keyword(batch, labels);
         self.calls.lock().unwrap().push((word.clone(), batch.rows.len()));
         // The first label when the row holds the word (any row, for a classify), else the last.
         let n = labels.len().max(2);

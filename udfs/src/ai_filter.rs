@@ -1,7 +1,8 @@
 //! `ai_filter(text, condition [, model])`: does the condition hold for the text.
 //!
-//! Scored, never parsed: the model's probabilities of answering `yes` and `no` are compared, so
-//! the answer is always a boolean and never depends on free text the model might produce.
+//! Scored, never parsed: the model's probabilities of describing the text by the condition and
+//! by its negation are compared (`prompts::filter`), so the answer is always a boolean and never
+//! depends on free text the model might produce.
 
 use std::sync::{Arc, LazyLock};
 
@@ -26,8 +27,10 @@ const PARAMS: &[Param] = &[
 
 static DOC: LazyLock<Documentation> = LazyLock::new(|| {
     ai_doc(
-        "True when the condition holds for the text, judged by a language model that scores the \
-         answers yes and no (it never parses free text). NULL text or condition: NULL.",
+        "True when the condition holds for the text, judged by a language model that weighs the \
+         condition against its negation as a description of the text (it never parses free \
+         text). Word the condition as a statement: 'the review is negative', 'the email asks for \
+         money'. NULL text or condition: NULL.",
         "ai_filter(text, condition [, model => 'auto'])",
         "> SELECT ai_filter('I love this phone, it is great.', 'the review is positive') AS ok;\n\
          +------+\n\
@@ -37,7 +40,10 @@ static DOC: LazyLock<Documentation> = LazyLock::new(|| {
          +------+",
         &[
             ("text", "The text to judge."),
-            ("condition", "A statement about the text, e.g. 'the review is positive'."),
+            (
+                "condition",
+                "A statement about the text, e.g. 'the review is positive'; negated by rule ('is' → 'is not', 'mentions' → 'does not mention').",
+            ),
             (
                 "model",
                 "'auto' (default: the optimizer chooses), a model id that can score labels (see \\models), or 'cascade(cheap_model, reference_model, threshold)'.",
@@ -98,9 +104,8 @@ impl ScalarUDFImpl for AiFilter {
                     .then(|| (texts.value(i), conditions.value(i)))
             })
             .collect();
-        let labels: Vec<String> = prompts::FILTER_LABELS.iter().map(|l| l.to_string()).collect();
         let values = args::run_distinct(NAME, &self.context, &call.config_options, keys, |reps| {
-            // The condition is part of the shared instruction: one scoring call per condition.
+            // The condition is in the labels: one scoring call per condition.
             args::score_in_groups(
                 reps,
                 |r| conditions.value(r),
@@ -110,10 +115,11 @@ impl ScalarUDFImpl for AiFilter {
                         texts: rows.iter().map(|&r| texts.value(r)).collect(),
                         prompt: |subset: &[usize]| {
                             let batch: Vec<&str> = subset.iter().map(|&r| texts.value(r)).collect();
-                            prompts::filter(&batch, condition)
+                            prompts::filter(&batch)
                         },
                     };
                     let config = &call.config_options;
+                    let labels = prompts::filter_labels(condition);
                     model_plan::score_with_plan(&self.context, config, &plan, &scoring, &labels)
                 },
                 |_, p| p[0] >= p[1],

@@ -25,6 +25,10 @@ pub struct ChatBatch {
     /// Zhao et al. 2021), so a label the model prefers whatever the text says does not win
     /// by default.
     pub calibration_row: Option<String>,
+    /// For label scoring: score every token of each label. Otherwise each label is scored up to
+    /// its first token that no other label shares, which tells single words apart at less cost
+    /// but would drop the words after "not" in a statement and its negation (`ai_filter`).
+    pub whole_labels: bool,
 }
 
 /// What a backend returns for a batch: one outcome per row, in row order.

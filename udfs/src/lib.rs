@@ -22,6 +22,7 @@ mod embedding_store;
 mod function_stats;
 mod model_plan;
 pub mod prompts;
+mod statement;
 mod summary_accumulators;
 pub mod vector_math;
 mod warnings;

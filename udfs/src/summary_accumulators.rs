@@ -159,6 +159,7 @@ fn generate(
             shared: prompts.first().map(|b| b.shared.clone()).unwrap_or_default(),
             rows: prompts.into_iter().flat_map(|b| b.rows).collect(),
             calibration_row: None,
+            whole_labels: false,
         };
         let expected = merged.rows.len();
         let out = backend.complete(&plan.model, &merged, &options)?;
