@@ -136,6 +136,17 @@ impl Instruction {
         }
     }
 
+    /// The instruction in a statistics key, with its prompt's version: answers recorded
+    /// under another wording say nothing about this one's.
+    fn key(&self) -> String {
+        let version = match self {
+            Self::Condition(_) => prompts::FILTER.version,
+            Self::Labels(_) => prompts::CLASSIFY.version,
+            Self::Schema(_) => prompts::EXTRACT.version,
+        };
+        format!("{self:?} prompt v{version}")
+    }
+
     /// The prompts the call's function builds for `texts` (so sampled answers are the ones the
     /// query would compute, and land in the result cache under the same keys).
     pub(crate) fn prompt(&self, texts: &[String]) -> murakkab_udfs::ChatBatch {
@@ -1503,8 +1514,11 @@ fn site_of(call: &Expr, input: &LogicalPlan, keys: &KeyContext) -> Option<Site> 
         Instruction::Schema(_) => None,
     };
     let models = &keys.models;
-    let mut key =
-        format!("label-call v1\n{function}\n{instruction:?}\n{text}\n{models}\n{}", lineage(input));
+    let mut key = format!(
+        "label-call v1\n{function}\n{}\n{text}\n{models}\n{}",
+        instruction.key(),
+        lineage(input)
+    );
     if let Some(label) = &compared_label {
         // Agreement on "the label or not" is not agreement on the label itself.
         key.push_str(&format!("\ncompared with {label}"));

@@ -563,7 +563,8 @@ fn link_key(chain: &Chain, i: usize, models: &str) -> String {
     let link = &chain.links[i];
     let calls: Vec<String> = link.calls.iter().map(ToString::to_string).collect();
     format!(
-        "predicate v1\n{}\n{}\n{models}\n{}",
+        "predicate v1 ({})\n{}\n{}\n{models}\n{}",
+        murakkab_udfs::prompts::label_wordings(),
         link.predicate,
         calls.join("\n"),
         lineage(&chain.base)

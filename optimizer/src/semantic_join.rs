@@ -413,7 +413,8 @@ async fn count_rows(plan: &LogicalPlan, session: &dyn Session) -> Result<u64> {
 /// The key of a site's statistics: the call, the predicate, both inputs and the models.
 fn site_key(site: &Site, models: &str) -> String {
     format!(
-        "semantic join v1\n{}\n{}\n{models}\n{}\n--\n{}",
+        "semantic join v1 ({})\n{}\n{}\n{models}\n{}\n--\n{}",
+        murakkab_udfs::prompts::label_wordings(),
         site.call,
         site.predicate,
         lineage(&site.left),

@@ -110,6 +110,11 @@ impl ScalarUDFImpl for AiFilter {
                 reps,
                 |r| conditions.value(r),
                 |condition, rows| {
+                    if condition.trim().is_empty() {
+                        return Err("the condition is empty: expected a statement about the \
+                                    text, e.g. 'the review is positive'"
+                            .into());
+                    }
                     let scoring = ScoringRows {
                         rows,
                         texts: rows.iter().map(|&r| texts.value(r)).collect(),

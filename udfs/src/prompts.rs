@@ -24,6 +24,12 @@ pub struct PromptVersion {
 pub const FILTER: PromptVersion = PromptVersion { function: "ai_filter", version: 4 };
 /// `ai_classify`: the most likely of the given labels.
 pub const CLASSIFY: PromptVersion = PromptVersion { function: "ai_classify", version: 4 };
+/// The label-scoring wordings, for a statistics key whose answers came from either:
+/// answers recorded under another wording say nothing about this one's.
+pub fn label_wordings() -> String {
+    format!("{} v{}, {} v{}", FILTER.function, FILTER.version, CLASSIFY.function, CLASSIFY.version)
+}
+
 /// `ai_extract`: typed fields as JSON.
 pub const EXTRACT: PromptVersion = PromptVersion { function: "ai_extract", version: 2 };
 /// `ai_summarize_agg`: a summary of several texts.
