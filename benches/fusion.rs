@@ -68,7 +68,7 @@ fn fused(texts: &[&str], topics: &[String], tones: &[String]) -> ChatBatch {
         ),
         rows: separate.rows,
         calibration_row: separate.calibration_row,
-        whole_labels: false,
+        whole_labels: separate.whole_labels,
     }
 }
 
@@ -85,7 +85,7 @@ fn numbered_single(texts: &[&str], labels: &[String]) -> ChatBatch {
         ),
         rows: separate.rows,
         calibration_row: separate.calibration_row,
-        whole_labels: false,
+        whole_labels: separate.whole_labels,
     }
 }
 

@@ -257,7 +257,7 @@ impl CachedBackend {
             shared: batch.shared.clone(),
             rows: which.iter().map(|&i| batch.rows[i].clone()).collect(),
             calibration_row: batch.calibration_row.clone(),
-            whole_labels: false,
+            whole_labels: batch.whole_labels,
         };
         let out = compute(&sub)?;
         for (&i, value) in which.iter().zip(out.rows) {
@@ -450,8 +450,10 @@ mod tests {
             _: &[String],
         ) -> Result<BatchOutput<Vec<f32>>, String> {
             self.asked.fetch_add(batch.rows.len() as u64, Ordering::SeqCst);
+            // Whole labels score other tokens: 100 more, so a test sees which was asked.
+            let whole = if batch.whole_labels { 100.0 } else { 0.0 };
             Ok(BatchOutput {
-                rows: batch.rows.iter().map(|r| Ok(vec![r.len() as f32])).collect(),
+                rows: batch.rows.iter().map(|r| Ok(vec![r.len() as f32 + whole])).collect(),
                 truncated: 0,
             })
         }
@@ -533,6 +535,26 @@ mod tests {
         assert_eq!(known, vec![Some(vec![1.0]), Some(vec![2.0])]);
         assert_eq!(cache.stats().hits.load(Ordering::SeqCst), 2);
         assert_eq!(inner.asked.load(Ordering::SeqCst), 2, "nothing computed twice");
+    }
+
+    #[test]
+    fn whole_labels_reach_the_model_and_are_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(dir.path());
+        let inner = Arc::new(Counting { home: home.clone(), asked: AtomicU64::new(0) });
+        let cache = CachedBackend::new(Arc::clone(&inner) as Arc<dyn AiBackend>, &home);
+        let labels = vec!["It is so".to_string(), "It is not so".to_string()];
+        let cut = ChatBatch {
+            shared: "describe ".into(),
+            rows: vec!["x".into()],
+            calibration_row: None,
+            whole_labels: false,
+        };
+        let whole = ChatBatch { whole_labels: true, ..cut.clone() };
+        assert_eq!(cache.score_labels("m", &cut, &labels).unwrap().rows[0], Ok(vec![1.0]));
+        // Not the cut labels' cached answer, and the row sent on keeps the flag.
+        assert_eq!(cache.score_labels("m", &whole, &labels).unwrap().rows[0], Ok(vec![101.0]));
+        assert_eq!(inner.asked.load(Ordering::SeqCst), 2);
     }
 
     #[test]
