@@ -8,7 +8,7 @@
 
 mod keyword_backend;
 
-use keyword_backend::{Keywords, ids, plan_text, run, session};
+use keyword_backend::{Keywords, ids, plan_text, run, session, session_with};
 
 /// Written broad first: the city condition passes every row, the rain one a tenth.
 const QUERY: &str = "SELECT id FROM notes WHERE ai_filter(text, 'It names a city') \
@@ -112,4 +112,21 @@ async fn small_inputs_run_the_label_test_passing_fewer_answers_first() {
     written.sort();
     assert_eq!(optimized, written);
     assert!(!optimized.is_empty());
+}
+
+#[tokio::test]
+async fn through_the_result_cache_a_filter_asks_the_same_question() {
+    // The cache hands the backend a batch of the rows it lacks: that batch must still ask for
+    // the condition's statements scored whole (it once lost the flag, and batched filters
+    // scored the statements cut at "not").
+    let home = tempfile::tempdir().unwrap();
+    let backend = Keywords::new(home.path());
+    let db = session_with(&backend, home.path(), false, true).await;
+    let rain = "SELECT id FROM notes WHERE ai_filter(text, 'It mentions rain') ORDER BY id";
+    let expected: Vec<i64> = (1..=1000).filter(|v| v % 10 == 3).collect();
+    assert_eq!(ids(&run(&db, rain).await), expected);
+    assert_eq!(backend.rows("rain"), 1000);
+    // Again: every answer from the cache.
+    assert_eq!(ids(&run(&db, rain).await), expected);
+    assert_eq!(backend.rows("rain"), 1000);
 }

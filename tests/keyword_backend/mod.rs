@@ -130,12 +130,23 @@ impl AiBackend for Keywords {
 }
 
 pub async fn session(backend: &Arc<Keywords>, home: &std::path::Path, optimizer: bool) -> Session {
+    session_with(backend, home, optimizer, false).await
+}
+
+/// [`session`], with the result cache (under `home`) between the functions and the backend when
+/// `result_cache` is set.
+pub async fn session_with(
+    backend: &Arc<Keywords>,
+    home: &std::path::Path,
+    optimizer: bool,
+    result_cache: bool,
+) -> Session {
     let backend: Arc<dyn AiBackend> = Arc::clone(backend) as Arc<dyn AiBackend>;
     let db = Session::builder()
         .home(home)
         .threads(2)
         .ai_backend(backend)
-        .result_cache(false)
+        .result_cache(result_cache)
         .build()
         .await
         .unwrap();
