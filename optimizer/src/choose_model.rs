@@ -136,6 +136,15 @@ impl Instruction {
         }
     }
 
+    /// The answer at `index` as a note or warning names it: the label, or 'yes' / 'no' for a
+    /// filter (whose labels are the condition and its negation, as statements).
+    fn answer_name(&self, index: usize) -> Option<String> {
+        match self {
+            Self::Condition(_) => ["yes", "no"].get(index).map(|a| a.to_string()),
+            _ => self.labels().get(index).cloned(),
+        }
+    }
+
     /// The instruction in a statistics key, with its prompt's version: answers recorded
     /// under another wording say nothing about this one's.
     fn key(&self) -> String {
@@ -200,13 +209,9 @@ impl Site {
         })
     }
 
-    /// The label [`Site::kept_answer`] names ('yes' or 'no' for a filter, whose labels are
-    /// the condition and its negation).
+    /// The label [`Site::kept_answer`] names.
     fn kept_answer_label(&self) -> Option<String> {
-        match self.instruction {
-            Instruction::Condition(_) => Some(["yes", "no"].get(self.kept_answer?)?.to_string()),
-            _ => self.instruction.labels().get(self.kept_answer?).cloned(),
-        }
+        self.instruction.answer_name(self.kept_answer?)
     }
 }
 
@@ -472,8 +477,7 @@ impl ModelChooser {
     /// for a proxy.
     fn notice_one_answer(&self, site: &Site, stats: &LabelCallStats, decision: &mut Decision) {
         let Some(label) = stats.one_answer(ONE_ANSWER_MIN_ROWS) else { return };
-        let labels = site.instruction.labels();
-        let Some(answer) = labels.get(label) else { return };
+        let Some(answer) = site.instruction.answer_name(label) else { return };
         let rows = stats.reference_rows;
         let message = format!(
             "the reference model, {}, answered '{answer}' on all {rows} sampled rows; check the \
