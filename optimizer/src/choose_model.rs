@@ -1013,9 +1013,13 @@ fn mean_tokens(
     instruction: &Instruction,
 ) -> f64 {
     let batch = instruction.prompt(texts);
-    let total: usize =
-        batch.rows.iter().map(|r| backend.count_tokens(model, r).unwrap_or(r.len() / 4)).sum();
-    total as f64 / batch.rows.len().max(1) as f64
+    let count = |t: &str| backend.count_tokens(model, t).unwrap_or(t.len() / 4);
+    let total: usize = batch.rows.iter().map(|r| count(r)).sum();
+    // Labels scored whole (a filter's two statements) run through the model on every row too:
+    // on short texts they are most of the work (spam subjects: about 2.3x a yes/no answer).
+    let labels: usize =
+        if batch.whole_labels { instruction.labels().iter().map(|l| count(l)).sum() } else { 0 };
+    total as f64 / batch.rows.len().max(1) as f64 + labels as f64
 }
 
 /// The cheapest plan meeting the target, with its note.
