@@ -213,12 +213,7 @@ impl LanguageModel {
         rows: &[Vec<u32>],
         labels: &[Vec<u32>],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        if labels.is_empty() || labels.iter().any(|l| l.is_empty()) {
-            return Err(ModelError::Unsupported {
-                id: self.id.clone(),
-                reason: "every label needs at least one token".into(),
-            });
-        }
+        // An empty label stays empty when cut, so the check below rejects it.
         self.score_whole_labels(prefix, rows, &distinguishing_prefixes(labels))
     }
 

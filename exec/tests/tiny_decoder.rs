@@ -76,6 +76,21 @@ fn a_shared_prefix_gives_the_same_result_as_the_whole_prompt() {
     }
 }
 
+/// By brute force, one whole pass per token: the log-probability of `tokens` following
+/// `prompt`.
+fn log_prob_after(m: &LanguageModel, prompt: &[u32], tokens: &[u32]) -> f32 {
+    let d = m.decoder();
+    let empty = d.empty_cache().unwrap();
+    let mut context = prompt.to_vec();
+    let mut total = 0.0f32;
+    for &tok in tokens {
+        let (last, _, _) = d.forward(&[&context], &[&empty], false).unwrap();
+        total += d.log_probs(&last).unwrap().to_vec2::<f32>().unwrap()[0][tok as usize];
+        context.push(tok);
+    }
+    total
+}
+
 #[test]
 fn label_scores_are_exact_probabilities_in_any_batch() {
     let (_dir, m) = load("llama", GgmlDType::F32, WeightMode::Dequantized);
@@ -96,21 +111,9 @@ fn label_scores_are_exact_probabilities_in_any_batch() {
     }
     // Check one score by brute force: sum of next-token log-probs along prompt + label, up to
     // and including the first token where the labels differ.
-    let d = m.decoder();
-    let empty = d.empty_cache().unwrap();
     let prompt: Vec<u32> =
         m.encode("Is it good? ").unwrap().into_iter().chain(rows[0].clone()).collect();
-    let mut logp = Vec::new();
-    for label in &labels {
-        let mut total = 0.0f32;
-        let mut context = prompt.clone();
-        for &tok in &label[..2] {
-            let (last, _, _) = d.forward(&[&context], &[&empty], false).unwrap();
-            total += d.log_probs(&last).unwrap().to_vec2::<f32>().unwrap()[0][tok as usize];
-            context.push(tok);
-        }
-        logp.push(total);
-    }
+    let logp: Vec<f32> = labels.iter().map(|l| log_prob_after(&m, &prompt, &l[..2])).collect();
     let expected_yes = 1.0 / (1.0 + (logp[1] - logp[0]).exp());
     assert!((batched[0][0] - expected_yes).abs() < 1e-4, "{} vs {expected_yes}", batched[0][0]);
 }
@@ -126,25 +129,11 @@ fn whole_labels_score_every_token_of_statements_that_share_a_start() {
         [" it is good", " it is not good"].iter().map(|t| m.encode(t).unwrap()).collect();
     assert_eq!(labels[0][0], labels[1][0]);
     let batched = m.score_whole_labels(&prefix, &rows, &labels).unwrap();
-    let d = m.decoder();
-    let empty = d.empty_cache().unwrap();
     for (i, row) in rows.iter().enumerate() {
         let prompt: Vec<u32> =
             m.encode("Describe it. ").unwrap().into_iter().chain(row.clone()).collect();
         // By brute force: every token of each label, the shared ones included.
-        let logp: Vec<f32> = labels
-            .iter()
-            .map(|label| {
-                let mut context = prompt.clone();
-                let mut total = 0.0f32;
-                for &tok in label {
-                    let (last, _, _) = d.forward(&[&context], &[&empty], false).unwrap();
-                    total += d.log_probs(&last).unwrap().to_vec2::<f32>().unwrap()[0][tok as usize];
-                    context.push(tok);
-                }
-                total
-            })
-            .collect();
+        let logp: Vec<f32> = labels.iter().map(|l| log_prob_after(&m, &prompt, l)).collect();
         let expected = 1.0 / (1.0 + (logp[1] - logp[0]).exp());
         assert!(
             (batched[i][0] - expected).abs() < 1e-4,

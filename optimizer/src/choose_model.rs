@@ -126,6 +126,10 @@ pub(crate) enum Instruction {
     Schema(Vec<(String, FieldType)>),
 }
 
+/// A filter's answers as `compared_label` reads them and notes name them, in the order of its
+/// labels (the condition holding, then its negation).
+const FILTER_ANSWERS: [&str; 2] = ["yes", "no"];
+
 impl Instruction {
     /// The labels a label-scoring call scores (none for an extraction).
     fn labels(&self) -> Vec<String> {
@@ -140,7 +144,7 @@ impl Instruction {
     /// filter (whose labels are the condition and its negation, as statements).
     fn answer_name(&self, index: usize) -> Option<String> {
         match self {
-            Self::Condition(_) => ["yes", "no"].get(index).map(|a| a.to_string()),
+            Self::Condition(_) => FILTER_ANSWERS.get(index).map(|a| a.to_string()),
             _ => self.labels().get(index).cloned(),
         }
     }
@@ -1514,8 +1518,9 @@ fn site_of(call: &Expr, input: &LogicalPlan, keys: &KeyContext) -> Option<Site> 
     };
     let labels = instruction.labels();
     let kept_answer = match &instruction {
-        // The filter's first label is the condition holding, read as 'yes' (`compared_label`).
-        Instruction::Condition(_) => Some(usize::from(compared.is_some_and(|c| c == "no"))),
+        Instruction::Condition(_) => {
+            Some(compared.and_then(|c| FILTER_ANSWERS.iter().position(|a| a == c)).unwrap_or(0))
+        }
         Instruction::Labels(_) => {
             compared_label.as_ref().and_then(|c| labels.iter().position(|l| l == c))
         }

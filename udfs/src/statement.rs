@@ -31,7 +31,6 @@ const DETERMINERS: &[&str] = &[
 /// The statement that the condition holds and the one that it does not, in that order.
 pub fn statements(condition: &str) -> [String; 2] {
     let words: Vec<&str> = condition.split_whitespace().collect();
-    let bare = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
     let starts_with_auxiliary = words.first().is_some_and(|w| AUXILIARIES.contains(&&*bare(w)));
     let words: Vec<String> = if starts_with_auxiliary {
         ["The", "text"].into_iter().chain(words).map(String::from).collect()
@@ -44,7 +43,6 @@ pub fn statements(condition: &str) -> [String; 2] {
 
 /// `words` negated by an auxiliary's `not` or by `does not`, if either applies.
 fn negated(words: &[String]) -> Option<String> {
-    let bare = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase();
     if let Some(at) = words.iter().position(|w| AUXILIARIES.contains(&&*bare(w))) {
         let mut out = words.to_vec();
         if words.get(at + 1).is_some_and(|w| bare(w) == "not") {
@@ -55,7 +53,8 @@ fn negated(words: &[String]) -> Option<String> {
         return Some(out.join(" "));
     }
     let verb = (0..words.len()).find(|&i| {
-        let w = bare(&words[i]);
+        let word = trimmed(&words[i]);
+        let w = word.to_lowercase();
         let after_determiner = i > 0 && DETERMINERS.contains(&&*bare(&words[i - 1]));
         let subject_before = i > 0 || words.len() > 1;
         w.len() > 3
@@ -65,14 +64,21 @@ fn negated(words: &[String]) -> Option<String> {
             && !w.ends_with("is")
             && !after_determiner
             && subject_before
-            && words[i]
-                .trim_matches(|c: char| !c.is_alphanumeric())
-                .chars()
-                .all(|c| c.is_ascii_lowercase())
+            && word.chars().all(|c| c.is_ascii_lowercase())
     })?;
     let mut out = words.to_vec();
     out[verb] = format!("does not {}", base_form(&out[verb]));
     Some(out.join(" "))
+}
+
+/// `w` without the punctuation around it.
+fn trimmed(w: &str) -> &str {
+    w.trim_matches(|c: char| !c.is_alphanumeric())
+}
+
+/// `w` without its punctuation, in lower case: how it is looked up in the word lists.
+fn bare(w: &str) -> String {
+    trimmed(w).to_lowercase()
 }
 
 /// A third-person verb's base form: "carries" → "carry", "watches" → "watch", "asks" → "ask".
