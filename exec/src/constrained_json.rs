@@ -348,7 +348,7 @@ pub(crate) fn extract_batch(
     let prompts: Vec<Vec<u32>> = rows.iter().map(|r| [*r, opening.as_slice()].concat()).collect();
     let prompt_refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let decoder = lm.decoder();
-    let (mut last, caches) = lm.prefill(prefix, &prompt_refs)?;
+    let (mut last, caches) = lm.prefill(prefix, &prompt_refs, true)?;
     let mut batch =
         decoder.batch_cache(&caches.iter().collect::<Vec<_>>(), tokens_needed(fields))?;
     drop(caches);

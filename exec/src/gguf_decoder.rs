@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
+use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
@@ -20,7 +21,7 @@ use crate::amx_gemm::{AmxMatrix, TiledActivations};
 use crate::error::ModelError;
 pub use crate::kv_cache::SeqCache;
 use crate::kv_cache::{BatchCache, stack_padded};
-use crate::vector_math::additive_masked_softmax;
+use crate::vector_math::{additive_masked_softmax, log_sum_exp};
 use crate::vnni_gemv::VnniMatrix;
 use rayon::prelude::*;
 
@@ -334,6 +335,11 @@ pub struct GgufDecoder {
     /// The output projection as an f32 `[vocab, dim]` matrix where one is held (the tied
     /// embedding, or the f32 copy of `output.weight`), for [`GgufDecoder::token_scores`].
     output_rows: Option<Tensor>,
+    /// `output_rows` in bf16 AMX tiles, packed on the first [`GgufDecoder::log_probs`] (only
+    /// whole-label scoring needs the full vocabulary at many positions, so a model that never
+    /// does pays neither the packing nor the memory; the blocks' f32 copies this process does
+    /// not hold leave room for it within [`crate::model_memory::decoder_weight_bytes`]).
+    output_tiles: OnceLock<Option<AmxMatrix>>,
     cos: Tensor,
     sin: Tensor,
     device: Device,
@@ -555,6 +561,7 @@ impl GgufDecoder {
             norm,
             output,
             output_rows,
+            output_tiles: OnceLock::new(),
             cos,
             sin,
             device: device.clone(),
@@ -601,7 +608,19 @@ impl GgufDecoder {
         caches: &[&SeqCache],
         all_positions: bool,
     ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
-        self.pass(tokens, caches, all_positions, Pass::Prompt)
+        self.pass(tokens, caches, all_positions, true, Pass::Prompt)
+    }
+
+    /// [`Self::forward`] without the extended caches: for tokens no later pass continues from
+    /// (label scoring), where building them copied every sequence's whole cache per layer.
+    pub fn forward_uncached(
+        &self,
+        tokens: &[&[u32]],
+        caches: &[&SeqCache],
+        all_positions: bool,
+    ) -> Result<(Tensor, Option<Tensor>), ModelError> {
+        let (last, all, _) = self.pass(tokens, caches, all_positions, false, Pass::Prompt)?;
+        Ok((last, all))
     }
 
     /// One generation step: one new token per sequence. Same contract as [`Self::forward`]; in
@@ -611,7 +630,7 @@ impl GgufDecoder {
         tokens: &[&[u32]],
         caches: &[&SeqCache],
     ) -> Result<(Tensor, Vec<SeqCache>), ModelError> {
-        let (last, _, caches) = self.pass(tokens, caches, false, Pass::Decode)?;
+        let (last, _, caches) = self.pass(tokens, caches, false, true, Pass::Decode)?;
         Ok((last, caches))
     }
 
@@ -620,12 +639,14 @@ impl GgufDecoder {
         tokens: &[&[u32]],
         caches: &[&SeqCache],
         all_positions: bool,
+        keep_caches: bool,
         pass: Pass,
     ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
         // Inside candle's own thread pool, whose workers stay warm across the many short
         // parallel sections of a pass: label scoring over 64 UCI rows took 3.9 s instead of
         // 6.3 s on 2 cores (1.6 cores busy instead of 1.0) in the global rayon pool.
-        self.device.with_context(|| self.pass_in_pool(tokens, caches, all_positions, pass))
+        self.device
+            .with_context(|| self.pass_in_pool(tokens, caches, all_positions, keep_caches, pass))
     }
 
     fn pass_in_pool(
@@ -633,6 +654,7 @@ impl GgufDecoder {
         tokens: &[&[u32]],
         caches: &[&SeqCache],
         all_positions: bool,
+        keep_caches: bool,
         pass: Pass,
     ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
         let b = tokens.len();
@@ -662,10 +684,10 @@ impl GgufDecoder {
             let (past_k, past_v) = stack_padded(caches, layer, p)?;
             let keys = Tensor::cat(&[&past_k, k], 2)?;
             let values = Tensor::cat(&[&past_v, v], 2)?;
-            if b == 1 {
+            if b == 1 && keep_caches {
                 // One sequence: the concatenation above is exactly its new cache.
                 new_caches[0].push((keys.squeeze(0)?, values.squeeze(0)?));
-            } else {
+            } else if keep_caches {
                 for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
                     let (ck, cv) = &cache.layers[layer];
                     let nk = k.i(s)?.narrow(1, 0, seq.len())?;
@@ -680,6 +702,9 @@ impl GgufDecoder {
         let last = x
             .reshape((b * t, c.dim))?
             .index_select(&Tensor::new(last_index.as_slice(), &self.device)?, 0)?;
+        if !keep_caches {
+            return Ok((last, all_positions.then_some(x), Vec::new()));
+        }
         let caches = new_caches
             .into_iter()
             .zip(tokens.iter().zip(caches))
@@ -844,6 +869,57 @@ impl GgufDecoder {
             let logits = self.output.forward(hidden, Pass::Prompt)?;
             Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
         })
+    }
+
+    /// `log p(tokens[i])` after each hidden state `hidden[i]` (`[N, dim]`, `N = tokens.len()`).
+    ///
+    /// What scoring a label's later tokens needs: a token's logit and the log-sum-exp over the
+    /// vocabulary, without writing the other log-probabilities. Where the blocks run on AMX
+    /// tiles ([`WeightMode::Both`]), so does this product: a 16-row chunk of filter statements
+    /// scores 80 positions, and with candle's f32 product and log-softmax over qwen2.5-0.5b's
+    /// 151,936 tokens that took as long as the chunk's whole prompt pass (300 ms against 330).
+    pub fn token_log_probs(&self, hidden: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let vocab = self.config.vocab;
+        if tokens.iter().any(|&t| t as usize >= vocab) {
+            return Err(ModelError::Unsupported {
+                id: self.config.architecture.clone(),
+                reason: format!("a token id is outside the vocabulary of {vocab}"),
+            });
+        }
+        let Some(tiles) = self.output_tiles() else {
+            let all = self.log_probs(hidden)?.to_vec2::<f32>()?;
+            return Ok(all.iter().zip(tokens).map(|(row, &t)| row[t as usize]).collect());
+        };
+        self.device.with_context(|| {
+            let n = hidden.elem_count() / tiles.cols();
+            if n != tokens.len() {
+                return Err(ModelError::Unsupported {
+                    id: self.config.architecture.clone(),
+                    reason: format!("{n} hidden states for {} tokens", tokens.len()),
+                });
+            }
+            let logits = with_f32_values(hidden, |h| tiles.matmul(h, n))?;
+            Ok(logits
+                .par_chunks(vocab)
+                .zip(tokens)
+                .map(|(row, &t)| row[t as usize] - log_sum_exp(row))
+                .collect())
+        })
+    }
+
+    /// The output matrix in AMX tiles, packed on first use; `None` unless the blocks are in
+    /// tiles and an f32 copy of the output matrix is held.
+    fn output_tiles(&self) -> Option<&AmxMatrix> {
+        if !self.has_tiles() {
+            return None;
+        }
+        self.output_tiles
+            .get_or_init(|| {
+                let rows = self.output_rows.as_ref()?;
+                let (vocab, dim) = rows.dims2().ok()?;
+                with_f32_values(rows, |w| AmxMatrix::from_f32(w, vocab, dim)).ok().flatten()
+            })
+            .as_ref()
     }
 
     /// Next-token scores of `tokens` only, from hidden states `[N, dim]`: `[N, tokens.len()]`,

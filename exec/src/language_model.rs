@@ -269,12 +269,13 @@ impl LanguageModel {
                 reason: "a row prompt must have at least one token".into(),
             });
         }
-        let (last, row_caches) = self.prefill(prefix, rows)?;
+        let multi: Vec<usize> = (0..labels.len()).filter(|&k| labels[k].len() > 1).collect();
+        // The rows' caches are needed only to run labels' later tokens after them.
+        let (last, row_caches) = self.prefill(prefix, rows, !multi.is_empty())?;
         // log p(label) = log p(first token) + sum of later tokens' log-probs. The first tokens'
         // scores lack the row's log-sum-exp, a constant the softmax over labels cancels.
         let first_tokens: Vec<u32> = labels.iter().map(|l| l[0]).collect();
         let mut scores = self.decoder.token_scores(&last, &first_tokens)?.to_vec2::<f32>()?;
-        let multi: Vec<usize> = (0..labels.len()).filter(|&k| labels[k].len() > 1).collect();
         if !multi.is_empty() {
             let mut seqs: Vec<&[u32]> = Vec::new();
             let mut seq_caches: Vec<&SeqCache> = Vec::new();
@@ -287,7 +288,7 @@ impl LanguageModel {
                     owners.push((r, k));
                 }
             }
-            let (_, all, _) = self.decoder.forward(&seqs, &seq_caches, true)?;
+            let (_, all) = self.decoder.forward_uncached(&seqs, &seq_caches, true)?;
             let all = all.ok_or_else(|| ModelError::Unsupported {
                 id: self.id.clone(),
                 reason: "no hidden states".into(),
@@ -298,12 +299,14 @@ impl LanguageModel {
                 .enumerate()
                 .map(|(n, &(_, k))| all.i(n)?.narrow(0, 0, labels[k].len() - 1))
                 .collect::<candle_core::Result<_>>()?;
-            let lp = self.decoder.log_probs(&Tensor::cat(&hidden, 0)?)?.to_vec2::<f32>()?;
+            let tokens: Vec<u32> =
+                owners.iter().flat_map(|&(_, k)| labels[k][1..].iter().copied()).collect();
+            let lp = self.decoder.token_log_probs(&Tensor::cat(&hidden, 0)?, &tokens)?;
             let mut position = lp.iter();
             for &(r, k) in &owners {
-                for &token in &labels[k][1..] {
-                    if let Some(row) = position.next() {
-                        scores[r][k] += row[token as usize];
+                for _ in &labels[k][1..] {
+                    if let Some(p) = position.next() {
+                        scores[r][k] += p;
                     }
                 }
             }
@@ -357,8 +360,8 @@ impl LanguageModel {
     }
 
     /// The prompts' forward pass after `prefix` (label scoring's rows, generation's and
-    /// extraction's prompts): the last position's hidden state of each (`[N, dim]`) and each
-    /// one's cache. Consecutive prompts share a forward while their padded size (rows × longest)
+    /// extraction's prompts): the last position's hidden state of each (`[N, dim]`) and, with
+    /// `keep_caches`, each one's cache (else none). Consecutive prompts share a forward while their padded size (rows × longest)
     /// stays within [`PREFILL_TOKENS`], so short prompts still fill a matrix product and long
     /// ones are not padded to their longest neighbour (a prompt is already a matrix of its
     /// tokens; padding only adds work, quadratic in attention).
@@ -366,6 +369,7 @@ impl LanguageModel {
         &self,
         prefix: &SeqCache,
         prompts: &[&[u32]],
+        keep_caches: bool,
     ) -> Result<(Tensor, Vec<SeqCache>), ModelError> {
         let mut lasts = Vec::new();
         let mut caches = Vec::with_capacity(prompts.len());
@@ -382,10 +386,14 @@ impl LanguageModel {
                 end += 1;
             }
             let part = &prompts[start..end];
-            let (last, _, part_caches) =
-                self.decoder.forward(part, &vec![prefix; part.len()], false)?;
-            lasts.push(last);
-            caches.extend(part_caches);
+            let part_prefixes = vec![prefix; part.len()];
+            if keep_caches {
+                let (last, _, part_caches) = self.decoder.forward(part, &part_prefixes, false)?;
+                lasts.push(last);
+                caches.extend(part_caches);
+            } else {
+                lasts.push(self.decoder.forward_uncached(part, &part_prefixes, false)?.0);
+            }
             start = end;
         }
         Ok((Tensor::cat(&lasts, 0)?, caches))
@@ -401,7 +409,7 @@ impl LanguageModel {
         if options.max_tokens == 0 {
             return Ok(outputs);
         }
-        let (mut last, caches) = self.prefill(prefix, prompts)?;
+        let (mut last, caches) = self.prefill(prefix, prompts, true)?;
         // Decode steps write into one preallocated batch cache (see `kv_cache`).
         let mut batch =
             self.decoder.batch_cache(&caches.iter().collect::<Vec<_>>(), options.max_tokens)?;

@@ -349,11 +349,88 @@ unsafe fn additive_softmax_row_avx512(
     }
 }
 
+/// `ln Σ e^x` over `row` (−∞ for an empty row), the normaliser of a log-softmax: scoring a
+/// label's later tokens needs it over the whole vocabulary at every position, and only it, so
+/// the log-probabilities of the other 150,000 tokens are never written.
+pub(crate) fn log_sum_exp(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present (checked just above).
+        return unsafe { log_sum_exp_avx512(row) };
+    }
+    log_sum_exp_scalar(row)
+}
+
+/// [`log_sum_exp`] one value at a time.
+fn log_sum_exp_scalar(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY || max.is_nan() {
+        return max;
+    }
+    max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+/// [`log_sum_exp`] 16 lanes at a time: the maximum, then the sum of `e^(x − max)`.
+///
+/// # Safety
+/// AVX-512F present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn log_sum_exp_avx512(row: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    let lanes_at = |at: usize| -> __mmask16 {
+        let lanes = (n - at).min(16);
+        if lanes == 16 { u16::MAX } else { (1u16 << lanes) - 1 }
+    };
+    let mut maxes = _mm512_set1_ps(f32::NEG_INFINITY);
+    // SAFETY (both loops): the masked loads touch only the lanes below `n` from `at`.
+    for at in (0..n).step_by(16) {
+        let valid = lanes_at(at);
+        let x = unsafe { _mm512_maskz_loadu_ps(valid, row.as_ptr().add(at)) };
+        maxes = _mm512_mask_max_ps(maxes, valid, maxes, x);
+    }
+    let max = _mm512_reduce_max_ps(maxes);
+    if max == f32::NEG_INFINITY || max.is_nan() {
+        return max;
+    }
+    let mut sums = _mm512_setzero_ps();
+    for at in (0..n).step_by(16) {
+        let valid = lanes_at(at);
+        let x = unsafe { _mm512_maskz_loadu_ps(valid, row.as_ptr().add(at)) };
+        let e = _mm512_maskz_mov_ps(valid, exp_avx512(_mm512_sub_ps(x, _mm512_set1_ps(max))));
+        sums = _mm512_add_ps(sums, e);
+    }
+    max + _mm512_reduce_add_ps(sums).ln()
+}
+
 #[cfg(test)]
 // A test skipped on a CPU without the instructions says so.
 #[allow(clippy::print_stderr)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_sum_exp_matches_the_f64_sum_with_and_without_lanes() {
+        for n in [0usize, 1, 5, 16, 17, 151_937] {
+            let row: Vec<f32> =
+                (0..n).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 30.0).collect();
+            let reference = if n == 0 {
+                f64::NEG_INFINITY
+            } else {
+                row.iter().map(|&x| f64::from(x).exp()).sum::<f64>().ln()
+            };
+            for got in [log_sum_exp(&row), log_sum_exp_scalar(&row)] {
+                if n == 0 {
+                    assert_eq!(got, f32::NEG_INFINITY);
+                } else {
+                    assert!((f64::from(got) - reference).abs() < 1e-3, "{n}: {got} vs {reference}");
+                }
+            }
+        }
+        let huge = [1000.0f32, 1000.0];
+        assert!((log_sum_exp(&huge) - (1000.0 + 2f32.ln())).abs() < 1e-3);
+    }
 
     /// erf by its Taylor series in f64 (exact enough on |x| ≤ 3) and 1 − erfc's asymptotic
     /// tail beyond.

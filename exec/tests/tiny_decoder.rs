@@ -466,3 +466,34 @@ fn prompt_passes_in_both_weight_modes_match_the_f32_weights() {
         }
     }
 }
+
+#[test]
+fn token_log_probs_are_the_log_softmax_at_each_position() {
+    // A label's later tokens are scored by `token_log_probs` after a pass that keeps no caches:
+    // both must be what the full log-softmax after a caching pass gives. Exact where prompt
+    // passes run on f32 or candle's quantized weights; within bf16 rounding where `Both` runs
+    // them, the output product included, on AMX tiles.
+    for (arch, dtype, mode) in variants() {
+        let (_dir, m) = load(arch, dtype, mode);
+        let d = m.decoder();
+        let empty = d.empty_cache().unwrap();
+        let seqs: Vec<Vec<u32>> =
+            ["the cat sat on the mat", "a thin"].iter().map(|t| m.encode(t).unwrap()).collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let (_, kept, _) = d.forward(&refs, &[&empty, &empty], true).unwrap();
+        let (_, all) = d.forward_uncached(&refs, &[&empty, &empty], true).unwrap();
+        let (kept, all) = (kept.unwrap(), all.unwrap());
+        let flat = |x: &candle_core::Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&kept), flat(&all), "{arch} {dtype:?}: the uncached pass differs");
+        let hidden = all.reshape(((), d.config().dim)).unwrap();
+        let vocab = d.config().vocab as u32;
+        let tokens: Vec<u32> = (0..hidden.dim(0).unwrap() as u32).map(|i| i * 13 % vocab).collect();
+        let got = d.token_log_probs(&hidden, &tokens).unwrap();
+        let full = d.log_probs(&hidden).unwrap().to_vec2::<f32>().unwrap();
+        let want: Vec<f32> = full.iter().zip(&tokens).map(|(row, &t)| row[t as usize]).collect();
+        let tolerance = if matches!(mode, WeightMode::Both) { 0.05 } else { 1e-4 };
+        let diff = max_diff(&got, &want);
+        assert!(diff <= tolerance, "{arch} {dtype:?} {mode:?}: differs by {diff}");
+        assert!(d.token_log_probs(&hidden.narrow(0, 0, 1).unwrap(), &[vocab]).is_err());
+    }
+}
