@@ -335,10 +335,11 @@ pub struct GgufDecoder {
     /// The output projection as an f32 `[vocab, dim]` matrix where one is held (the tied
     /// embedding, or the f32 copy of `output.weight`), for [`GgufDecoder::token_scores`].
     output_rows: Option<Tensor>,
-    /// `output_rows` in bf16 AMX tiles, packed on the first [`GgufDecoder::log_probs`] (only
-    /// whole-label scoring needs the full vocabulary at many positions, so a model that never
-    /// does pays neither the packing nor the memory; the blocks' f32 copies this process does
-    /// not hold leave room for it within [`crate::model_memory::decoder_weight_bytes`]).
+    /// `output_rows` in bf16 AMX tiles, packed on the first [`GgufDecoder::token_log_probs`]
+    /// (only labels of several tokens need the whole vocabulary's product at many positions,
+    /// so a model that never scores them pays neither the packing nor the memory; the blocks'
+    /// f32 copies this process does not hold leave room for it within
+    /// [`crate::model_memory::decoder_weight_bytes`]).
     output_tiles: OnceLock<Option<AmxMatrix>>,
     cos: Tensor,
     sin: Tensor,
@@ -880,10 +881,15 @@ impl GgufDecoder {
     /// 151,936 tokens that took as long as the chunk's whole prompt pass (300 ms against 330).
     pub fn token_log_probs(&self, hidden: &Tensor, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
         let vocab = self.config.vocab;
-        if tokens.iter().any(|&t| t as usize >= vocab) {
+        let (n, _) = hidden.dims2()?;
+        if n != tokens.len() || tokens.iter().any(|&t| t as usize >= vocab) {
             return Err(ModelError::Unsupported {
                 id: self.config.architecture.clone(),
-                reason: format!("a token id is outside the vocabulary of {vocab}"),
+                reason: format!(
+                    "token log-probabilities need one token below the vocabulary of {vocab} \
+                     per hidden state ({n} hidden states, {} tokens)",
+                    tokens.len()
+                ),
             });
         }
         let Some(tiles) = self.output_tiles() else {
@@ -891,13 +897,6 @@ impl GgufDecoder {
             return Ok(all.iter().zip(tokens).map(|(row, &t)| row[t as usize]).collect());
         };
         self.device.with_context(|| {
-            let n = hidden.elem_count() / tiles.cols();
-            if n != tokens.len() {
-                return Err(ModelError::Unsupported {
-                    id: self.config.architecture.clone(),
-                    reason: format!("{n} hidden states for {} tokens", tokens.len()),
-                });
-            }
             let logits = with_f32_values(hidden, |h| tiles.matmul(h, n))?;
             Ok(logits
                 .par_chunks(vocab)

@@ -361,10 +361,11 @@ impl LanguageModel {
 
     /// The prompts' forward pass after `prefix` (label scoring's rows, generation's and
     /// extraction's prompts): the last position's hidden state of each (`[N, dim]`) and, with
-    /// `keep_caches`, each one's cache (else none). Consecutive prompts share a forward while their padded size (rows × longest)
-    /// stays within [`PREFILL_TOKENS`], so short prompts still fill a matrix product and long
-    /// ones are not padded to their longest neighbour (a prompt is already a matrix of its
-    /// tokens; padding only adds work, quadratic in attention).
+    /// `keep_caches`, each one's cache (else none). Consecutive prompts share a forward while
+    /// their padded size (rows × longest) stays within [`PREFILL_TOKENS`], so short prompts
+    /// still fill a matrix product and long ones are not padded to their longest neighbour (a
+    /// prompt is already a matrix of its tokens; padding only adds work, quadratic in
+    /// attention).
     pub(crate) fn prefill(
         &self,
         prefix: &SeqCache,

@@ -494,6 +494,8 @@ fn token_log_probs_are_the_log_softmax_at_each_position() {
         let tolerance = if matches!(mode, WeightMode::Both) { 0.05 } else { 1e-4 };
         let diff = max_diff(&got, &want);
         assert!(diff <= tolerance, "{arch} {dtype:?} {mode:?}: differs by {diff}");
-        assert!(d.token_log_probs(&hidden.narrow(0, 0, 1).unwrap(), &[vocab]).is_err());
+        let one = hidden.narrow(0, 0, 1).unwrap();
+        assert!(d.token_log_probs(&one, &[vocab]).is_err(), "a token outside the vocabulary");
+        assert!(d.token_log_probs(&one, &[1, 2]).is_err(), "two tokens for one hidden state");
     }
 }
