@@ -1,12 +1,13 @@
 //! Model runtime throughput on the real models: MiniLM embeddings/s, decoder prefill and decode
 //! tokens/s at batch 1 and 16 (and after a 1,500-token prompt), and label-scoring rows/s with a
-//! shared instruction prefix.
+//! shared instruction prefix (one-word labels, and `ai_filter`'s statements scored whole).
 //!
 //! `cargo bench --bench models` (models must be pulled; missing ones are skipped, and
 //! `RAYON_NUM_THREADS` sets the thread count). Each figure is the median of several runs.
 //! The peer comparison with llama.cpp is `scripts/bench-llama-cpp.sh`, run on the same prompts.
 //! `MURAKKAB_BENCH_ONLY=decode,labels` runs only those parts (`embed`, `prefill`, `decode`,
-//! `stored`: decode with the weights as stored beside it, `steps`: decode steps alone, `labels`).
+//! `stored`: decode with the weights as stored beside it, `steps`: decode steps alone, `labels`,
+//! `statements`: a filter's two statements scored whole).
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -170,6 +171,9 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
     if runs("labels") {
         bench_label_scoring(&model, id, texts);
     }
+    if runs("statements") {
+        bench_statement_scoring(&model, id, texts);
+    }
     let (rss, peak) = memory_mb();
     println!("{id}: after its runs: process {rss:.0} MB, peak {peak:.0} MB");
 }
@@ -195,6 +199,34 @@ fn bench_label_scoring(model: &LanguageModel, id: &str, texts: &[String]) {
         rows.len() as f64 / s,
         rows.len(),
         prefix_tokens.len()
+    );
+}
+
+/// Statement scoring, as `ai_filter` does it: each row's text after an instruction to describe
+/// it, then a condition and its negation scored whole (every token after the start they share,
+/// so most positions need the log-sum-exp over the whole vocabulary).
+fn bench_statement_scoring(model: &LanguageModel, id: &str, texts: &[String]) {
+    let prefix_tokens =
+        model.encode("<|im_start|>user\nDescribe the text in one sentence.\n\n").unwrap();
+    let rows: Vec<Vec<u32>> = texts
+        .iter()
+        .take(64)
+        .map(|t| model.encode(&format!("{t}\n<|im_end|>\n<|im_start|>assistant\n")).unwrap())
+        .collect();
+    let labels: Vec<Vec<u32>> = ["The review is negative", "The review is not negative"]
+        .iter()
+        .map(|l| model.encode(l).unwrap())
+        .collect();
+    let s = median_secs(3, || {
+        let prefix = model.prefix_cache(&prefix_tokens).unwrap();
+        model.score_whole_labels(&prefix, &rows, &labels).unwrap();
+    });
+    println!(
+        "{id}: statement scoring: {:>8.1} rows/s ({} rows, labels of {} and {} tokens)",
+        rows.len() as f64 / s,
+        rows.len(),
+        labels[0].len(),
+        labels[1].len()
     );
 }
 
