@@ -371,6 +371,14 @@ impl AiBackend for ModelRuntime {
                 format!("the instruction and labels leave no room for the text in model '{model}'")
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
+        if labels.iter().any(|l| l.len() > 1) {
+            // Later label tokens are scored on the output matrix's tiles, packed on first use
+            // (over-reserved where the labels' extra tokens are all a shared start).
+            let tiles = || lm.decoder().output_tiles_bytes();
+            self.memory
+                .hold_weights(&format!("{model} output tiles"), tiles)
+                .map_err(|e| e.to_string())?;
+        }
         record_prompt(lm.id(), &prefix, &rows);
         let key = (lm.id().to_string(), prefix.clone(), labels.clone());
         let (mut rows, role) = self.label_batches.submit(key, rows, |all| {
@@ -630,5 +638,34 @@ mod tests {
         let out = runtime.score_labels("tiny-llama", &batch(16), &labels).unwrap();
         assert_eq!(out.rows.len(), 16);
         assert!(out.rows.iter().all(Result::is_ok), "{:?}", out.rows);
+    }
+
+    #[test]
+    fn statements_reserve_the_output_tiles_beside_the_weights() {
+        // Whole statements are scored on the output matrix's tiles, packed on first use (where
+        // the CPU has AMX and the model keeps an f32 copy; elsewhere the figure is 0): the
+        // session's account holds them with the weights once the first such call ran.
+        let tmp = tempfile::tempdir().unwrap();
+        let home = MurakkabHome::at(tmp.path());
+        crate::tiny_models::install_tiny_models(&home).unwrap();
+        // A card that states its size, so the model loads as real small models do (weights in
+        // tiles where the CPU has AMX).
+        let card_path = home.model_dir("tiny-llama").join(murakkab_catalog::CARD_FILE);
+        let text = std::fs::read_to_string(&card_path).unwrap();
+        std::fs::write(&card_path, text.replacen('{', r#"{"parameters": 100000, "#, 1)).unwrap();
+        let card = find_model(&home, "tiny-llama").unwrap();
+        assert_eq!(weight_mode(&card), WeightMode::Both);
+        let weights = decoder_weight_bytes(file_bytes(&home, &card), card.parameters, true);
+        let pool = Arc::new(GreedyMemoryPool::new(usize::MAX / 2));
+        let runtime = ModelRuntime::new(home.clone()).with_memory_pool(Arc::clone(&pool) as _);
+        let statements = ["the cat sat on the mat".to_string(), "the cat did not sit".to_string()];
+        let whole = ChatBatch { whole_labels: true, ..batch(3) };
+        let out = runtime.score_labels("tiny-llama", &whole, &statements).unwrap();
+        assert!(out.rows.iter().all(Result::is_ok), "{:?}", out.rows);
+        let lm = ModelRegistry::global().language_model(&home, "tiny-llama").unwrap();
+        let reserved = datafusion::execution::memory_pool::MemoryPool::reserved(pool.as_ref());
+        let tiles = lm.decoder().output_tiles_bytes();
+        assert_eq!(reserved, weights + tiles);
+        assert!(tiles > 0 || !crate::amx_gemm::available(), "no tiles with AMX present");
     }
 }

@@ -337,9 +337,9 @@ pub struct GgufDecoder {
     output_rows: Option<Tensor>,
     /// `output_rows` in bf16 AMX tiles, packed on the first [`GgufDecoder::token_log_probs`]
     /// (only labels of several tokens need the whole vocabulary's product at many positions,
-    /// so a model that never scores them pays neither the packing nor the memory; the blocks'
-    /// f32 copies this process does not hold leave room for it within
-    /// [`crate::model_memory::decoder_weight_bytes`]).
+    /// so a model that never scores them pays neither the packing nor the memory, which the
+    /// runtime reserves beside the weights when it first scores such labels:
+    /// [`GgufDecoder::output_tiles_bytes`]).
     output_tiles: OnceLock<Option<AmxMatrix>>,
     cos: Tensor,
     sin: Tensor,
@@ -904,6 +904,17 @@ impl GgufDecoder {
                 .map(|(row, &t)| row[t as usize] - log_sum_exp(row))
                 .collect())
         })
+    }
+
+    /// Bytes the first [`Self::token_log_probs`] adds where it packs the output matrix into
+    /// tiles (bf16, rows and columns padded to 32), else 0: for the session's memory account.
+    pub fn output_tiles_bytes(&self) -> usize {
+        match (&self.output_rows, self.has_tiles()) {
+            (Some(rows), true) => {
+                rows.dims().iter().map(|d| d.next_multiple_of(32)).product::<usize>() * 2
+            }
+            _ => 0,
+        }
     }
 
     /// The output matrix in AMX tiles, packed on first use; `None` unless the blocks are in
