@@ -169,62 +169,70 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
         bench_steps(&model, id, &empty);
     }
     if runs("labels") {
-        bench_label_scoring(&model, id, texts);
+        bench_scoring(&model, id, texts, &LABELS);
     }
     if runs("statements") {
-        bench_statement_scoring(&model, id, texts);
+        bench_scoring(&model, id, texts, &STATEMENTS);
     }
     let (rss, peak) = memory_mb();
     println!("{id}: after its runs: process {rss:.0} MB, peak {peak:.0} MB");
 }
 
-/// Label scoring: a shared instruction, then each row's text; two labels.
-fn bench_label_scoring(model: &LanguageModel, id: &str, texts: &[String]) {
-    let prefix_tokens = model
-        .encode("<|im_start|>user\nIs the sentiment of this review positive or negative? Answer with one word.\n\nReview:\n")
-        .unwrap();
-    let rows: Vec<Vec<u32>> = texts
-        .iter()
-        .take(64)
-        .map(|t| model.encode(&format!("{t}<|im_end|>\n<|im_start|>assistant\n")).unwrap())
-        .collect();
-    let labels: Vec<Vec<u32>> =
-        ["positive", "negative"].iter().map(|l| model.encode(l).unwrap()).collect();
-    let s = median_secs(3, || {
-        let prefix = model.prefix_cache(&prefix_tokens).unwrap();
-        model.score_labels(&prefix, &rows, &labels).unwrap();
-    });
-    println!(
-        "{id}: label scoring: {:>8.1} rows/s ({} rows, prefix {} tokens)",
-        rows.len() as f64 / s,
-        rows.len(),
-        prefix_tokens.len()
-    );
+/// One label-scoring case of [`bench_scoring`].
+struct Scoring {
+    name: &'static str,
+    instruction: &'static str,
+    /// What follows each row's text, up to the answer.
+    row_end: &'static str,
+    labels: [&'static str; 2],
+    /// Every token of each label scored (`ai_filter`'s statements), or up to the token that
+    /// tells them apart (`ai_classify`).
+    whole: bool,
 }
 
-/// Statement scoring, as `ai_filter` does it: each row's text after an instruction to describe
-/// it, then a condition and its negation scored whole (every token after the start they share,
-/// so most positions need the log-sum-exp over the whole vocabulary).
-fn bench_statement_scoring(model: &LanguageModel, id: &str, texts: &[String]) {
-    let prefix_tokens =
-        model.encode("<|im_start|>user\nDescribe the text in one sentence.\n\n").unwrap();
+/// `ai_classify`'s case: one-word labels after a question.
+const LABELS: Scoring = Scoring {
+    name: "label scoring",
+    instruction: "Is the sentiment of this review positive or negative? Answer with one word.\n\nReview:\n",
+    row_end: "<|im_end|>\n<|im_start|>assistant\n",
+    labels: ["positive", "negative"],
+    whole: false,
+};
+
+/// `ai_filter`'s case: the text described, then a condition and its negation scored whole
+/// (every token after the start they share, so most positions need the log-sum-exp over the
+/// whole vocabulary).
+const STATEMENTS: Scoring = Scoring {
+    name: "statement scoring",
+    instruction: "Describe the text in one sentence.\n\n",
+    row_end: "\n<|im_end|>\n<|im_start|>assistant\n",
+    labels: ["The review is negative", "The review is not negative"],
+    whole: true,
+};
+
+/// Label scoring: a shared instruction, then each of 64 rows' text, two labels.
+fn bench_scoring(model: &LanguageModel, id: &str, texts: &[String], case: &Scoring) {
+    let prefix_tokens = model.encode(&format!("<|im_start|>user\n{}", case.instruction)).unwrap();
     let rows: Vec<Vec<u32>> = texts
         .iter()
         .take(64)
-        .map(|t| model.encode(&format!("{t}\n<|im_end|>\n<|im_start|>assistant\n")).unwrap())
+        .map(|t| model.encode(&format!("{t}{}", case.row_end)).unwrap())
         .collect();
-    let labels: Vec<Vec<u32>> = ["The review is negative", "The review is not negative"]
-        .iter()
-        .map(|l| model.encode(l).unwrap())
-        .collect();
+    let labels: Vec<Vec<u32>> = case.labels.iter().map(|l| model.encode(l).unwrap()).collect();
     let s = median_secs(3, || {
         let prefix = model.prefix_cache(&prefix_tokens).unwrap();
-        model.score_whole_labels(&prefix, &rows, &labels).unwrap();
+        if case.whole {
+            model.score_whole_labels(&prefix, &rows, &labels).unwrap();
+        } else {
+            model.score_labels(&prefix, &rows, &labels).unwrap();
+        }
     });
     println!(
-        "{id}: statement scoring: {:>8.1} rows/s ({} rows, labels of {} and {} tokens)",
+        "{id}: {}: {:>8.1} rows/s ({} rows, prefix {} tokens, labels of {} and {} tokens)",
+        case.name,
         rows.len() as f64 / s,
         rows.len(),
+        prefix_tokens.len(),
         labels[0].len(),
         labels[1].len()
     );

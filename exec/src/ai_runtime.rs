@@ -14,7 +14,9 @@ use crate::batcher::{Batcher, Role, RowResult};
 use crate::error::ModelError;
 use crate::gguf_decoder::SeqCache;
 use crate::gguf_decoder::WeightMode;
-use crate::language_model::{GenerateOptions, LanguageModel, Sampling, distinguishing_prefixes};
+use crate::language_model::{
+    GenerateOptions, LanguageModel, Sampling, distinguishing_prefixes, scores_later_tokens,
+};
 use crate::model_memory::{ModelMemory, decoder_batch_bytes, decoder_weight_bytes};
 use crate::registry::{ModelRegistry, file_bytes, weight_mode};
 
@@ -371,9 +373,8 @@ impl AiBackend for ModelRuntime {
                 format!("the instruction and labels leave no room for the text in model '{model}'")
             })?;
         let truncated = Self::fit(&lm, &mut rows, budget);
-        if labels.iter().any(|l| l.len() > 1) {
-            // Later label tokens are scored on the output matrix's tiles, packed on first use
-            // (over-reserved where the labels' extra tokens are all a shared start).
+        if scores_later_tokens(&labels) {
+            // Later label tokens are scored on the output matrix's tiles, packed on first use.
             let tiles = || lm.decoder().output_tiles_bytes();
             self.memory
                 .hold_weights(&format!("{model} output tiles"), tiles)

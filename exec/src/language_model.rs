@@ -472,6 +472,14 @@ fn repetition_loop(tokens: &[u32]) -> Option<usize> {
         .map(|len| n - len)
 }
 
+/// Whether [`LanguageModel::score_whole_labels`] scores tokens after the rows' prompt pass for
+/// `labels` (some label runs past the start all share plus one token): each of those is scored
+/// against the whole vocabulary (`GgufDecoder::token_log_probs`).
+pub(crate) fn scores_later_tokens(labels: &[Vec<u32>]) -> bool {
+    let shared = shared_start(labels);
+    labels.iter().any(|l| l.len() > shared + 1)
+}
+
 /// How many leading tokens all labels share, leaving each at least one token of its own.
 fn shared_start(labels: &[Vec<u32>]) -> usize {
     let shortest = labels.iter().map(Vec::len).min().unwrap_or(0);

@@ -484,12 +484,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn repeats_come_from_disk_and_a_corrupt_entry_is_recomputed() {
+    /// A cache in a fresh home over a backend that counts the rows it is asked (the directory
+    /// lives as long as the returned guard).
+    fn counting_cache() -> (tempfile::TempDir, Arc<Counting>, CachedBackend) {
         let dir = tempfile::tempdir().unwrap();
         let home = MurakkabHome::at(dir.path());
         let inner = Arc::new(Counting { home: home.clone(), asked: AtomicU64::new(0) });
         let cache = CachedBackend::new(Arc::clone(&inner) as Arc<dyn AiBackend>, &home);
+        (dir, inner, cache)
+    }
+
+    #[test]
+    fn repeats_come_from_disk_and_a_corrupt_entry_is_recomputed() {
+        let (_dir, inner, cache) = counting_cache();
         let first = cache.embed("m", &["a", "bb"]).unwrap();
         assert_eq!(inner.asked.load(Ordering::SeqCst), 2);
         let again = cache.embed("m", &["bb", "a"]).unwrap();
@@ -499,7 +506,7 @@ mod tests {
         assert_eq!(inner.asked.load(Ordering::SeqCst), 3, "another model is another key");
 
         // Flip a byte in every stored entry: each fails its checksum and is recomputed.
-        for shard in std::fs::read_dir(home.cache_dir().join("results")).unwrap() {
+        for shard in std::fs::read_dir(inner.home.cache_dir().join("results")).unwrap() {
             for entry in std::fs::read_dir(shard.unwrap().path()).unwrap() {
                 let path = entry.unwrap().path();
                 let mut bytes = std::fs::read(&path).unwrap();
@@ -515,10 +522,7 @@ mod tests {
 
     #[test]
     fn known_answers_count_as_hits_only_when_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = MurakkabHome::at(dir.path());
-        let inner = Arc::new(Counting { home: home.clone(), asked: AtomicU64::new(0) });
-        let cache = CachedBackend::new(Arc::clone(&inner) as Arc<dyn AiBackend>, &home);
+        let (_dir, inner, cache) = counting_cache();
         let labels = vec!["a".to_string(), "b".to_string()];
         let batch = ChatBatch {
             shared: "which? ".into(),
@@ -539,10 +543,7 @@ mod tests {
 
     #[test]
     fn whole_labels_reach_the_model_and_are_another_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = MurakkabHome::at(dir.path());
-        let inner = Arc::new(Counting { home: home.clone(), asked: AtomicU64::new(0) });
-        let cache = CachedBackend::new(Arc::clone(&inner) as Arc<dyn AiBackend>, &home);
+        let (_dir, inner, cache) = counting_cache();
         let labels = vec!["It is so".to_string(), "It is not so".to_string()];
         let cut = ChatBatch {
             shared: "describe ".into(),
@@ -559,10 +560,8 @@ mod tests {
 
     #[test]
     fn concurrent_identical_requests_are_computed_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = MurakkabHome::at(dir.path());
-        let inner = Arc::new(Counting { home: home.clone(), asked: AtomicU64::new(0) });
-        let cache = Arc::new(CachedBackend::new(Arc::clone(&inner) as Arc<dyn AiBackend>, &home));
+        let (_dir, inner, cache) = counting_cache();
+        let cache = Arc::new(cache);
         let texts: Vec<String> = (0..50).map(|i| format!("text {i}")).collect();
         let answers: Vec<_> = (0..4)
             .map(|_| {
