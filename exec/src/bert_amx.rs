@@ -2,23 +2,31 @@
 //! where the CPU has AMX; elsewhere the encoder runs candle-transformers' `BertModel`.
 //!
 //! The same network as `BertModel` (Hugging Face's `modeling_bert`, absolute positions, token
-//! type 0): embeddings and LayerNorm, then per layer self-attention with the padding mask,
-//! output projection, residual and LayerNorm, intermediate projection with GELU, output
-//! projection, residual and LayerNorm. What differs is where the time goes: query, key and
-//! value are one product, weights are bf16 tiles packed at load (sums stay f32), and the
-//! intermediate projection adds its bias and applies GELU in the kernel's epilogue
-//! ([`AmxMatrix::bias_gelu`], AVX-512 lanes instead of libm's scalar `erff`), writing the tiles
-//! the output projection reads.
-//! Embeddings stay within 2e-5 in cosine of the f32 path (bf16 rounding; 222 BBC leads, 221
-//! keeping the same nearest neighbour), far below what separates neighbours in a search.
+//! type 0): embeddings and LayerNorm, then per layer self-attention, output projection,
+//! residual and LayerNorm, intermediate projection with GELU, output projection, residual and
+//! LayerNorm. What differs is where the time goes:
+//! - a batch's texts are packed, token after token, with no padding: every product runs on real
+//!   tokens only, and attention ([`crate::packed_attention`]) keeps each text to itself;
+//! - query, key and value are one product, weights are bf16 tiles packed at load (sums stay
+//!   f32), and the intermediate projection adds its bias and applies GELU in the kernel's
+//!   epilogue ([`AmxMatrix::bias_gelu`], AVX-512 lanes instead of libm's scalar `erff`),
+//!   writing the tiles the output projection reads;
+//! - each projection's bias, the residual and the LayerNorm are one pass over a row
+//!   ([`Norm::add_and_normalize`]), on plain vectors rather than a chain of candle tensors.
+//!
+//! Embeddings stay within 2.2e-5 in cosine of the f32 path (bf16 rounding; 222 BBC leads, 221
+//! keeping the same nearest neighbour, as before packing), far below what separates neighbours
+//! in a search. Batch-64 embeddings of UCI sentences (`MURAKKAB_BENCH_ONLY=embed cargo bench
+//! --profile dev --bench models`, three interleaved runs, medians): 468.6 texts/s padded with
+//! candle's attention and norms, 1186.7 packed (2.53x).
 
-use candle_core::{DType, Tensor};
-use candle_nn::{Embedding, LayerNorm, Module, VarBuilder, embedding, layer_norm};
+use candle_core::Tensor;
+use candle_nn::{Embedding, Module, VarBuilder, embedding};
 use candle_transformers::models::bert::{Config, HiddenAct};
+use rayon::prelude::*;
 
 use crate::amx_gemm::{AmxMatrix, TiledActivations};
-use crate::gguf_decoder::with_f32_values;
-use crate::vector_math::masked_softmax;
+use crate::packed_attention::packed_attention;
 
 /// A projection's weights in tiles and its bias.
 struct Projection {
@@ -46,31 +54,61 @@ impl Projection {
         };
         Ok(Some(Self { matrix, bias }))
     }
+}
 
-    /// `x [m, inputs]` projected, the bias added: `[m, outputs]` row-major.
-    fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
-        self.forward_tiled(&TiledActivations::from_f32(x, m, self.matrix.cols()))
+/// A LayerNorm's scale and shift.
+struct Norm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(vb: VarBuilder, width: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get(width, "weight")?.to_vec1::<f32>()?,
+            bias: vb.get(width, "bias")?.to_vec1::<f32>()?,
+            eps: eps as f32,
+        })
     }
 
-    /// [`Self::forward`] on activations already in tiles.
-    fn forward_tiled(&self, x: &TiledActivations) -> Vec<f32> {
-        let mut y = self.matrix.matmul_tiled(x);
-        for row in y.chunks_exact_mut(self.bias.len()) {
-            for (v, b) in row.iter_mut().zip(&self.bias) {
-                *v += b;
+    /// Each row of `y` (`[rows, width]`) becomes `LayerNorm(y + bias + residual)`: the residual
+    /// connection, the projection's bias and the norm in one pass over the row.
+    fn add_and_normalize(&self, y: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>) {
+        let width = self.weight.len();
+        let rows_per_task = NORM_ROWS_PER_TASK * width;
+        let task = |(t, rows): (usize, &mut [f32])| {
+            for (r, row) in rows.chunks_exact_mut(width).enumerate() {
+                let at = (t * NORM_ROWS_PER_TASK + r) * width;
+                if let Some(bias) = bias {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+                if let Some(residual) = residual {
+                    row.iter_mut().zip(&residual[at..at + width]).for_each(|(v, r)| *v += r);
+                }
+                let mean = row.iter().sum::<f32>() / width as f32;
+                let variance =
+                    row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+                let inverse = 1.0 / (variance + self.eps).sqrt();
+                for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                    *v = (*v - mean) * inverse * w + b;
+                }
             }
-        }
-        y
+        };
+        y.par_chunks_mut(rows_per_task).enumerate().for_each(task);
     }
 }
+
+/// Rows per rayon task of [`Norm::add_and_normalize`].
+const NORM_ROWS_PER_TASK: usize = 64;
 
 struct Layer {
     qkv: Projection,
     attention_out: Projection,
-    attention_norm: LayerNorm,
+    attention_norm: Norm,
     intermediate: Projection,
     output: Projection,
-    output_norm: LayerNorm,
+    output_norm: Norm,
 }
 
 /// A BERT encoder whose projections run on AMX.
@@ -78,7 +116,7 @@ pub(crate) struct AmxBert {
     word_embeddings: Embedding,
     position_embeddings: Tensor,
     token_type_zero: Tensor,
-    embedding_norm: LayerNorm,
+    embedding_norm: Norm,
     layers: Vec<Layer>,
     heads: usize,
     hidden: usize,
@@ -103,7 +141,7 @@ impl AmxBert {
             emb.pp("position_embeddings").get((config.max_position_embeddings, h), "weight")?;
         let token_type_zero =
             emb.pp("token_type_embeddings").get((config.type_vocab_size, h), "weight")?.get(0)?;
-        let embedding_norm = layer_norm(h, eps, emb.pp("LayerNorm"))?;
+        let embedding_norm = Norm::load(emb.pp("LayerNorm"), h, eps)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let l = vb.pp(format!("encoder.layer.{i}"));
@@ -121,10 +159,10 @@ impl AmxBert {
             layers.push(Layer {
                 qkv,
                 attention_out,
-                attention_norm: layer_norm(h, eps, attention.pp("output").pp("LayerNorm"))?,
+                attention_norm: Norm::load(attention.pp("output").pp("LayerNorm"), h, eps)?,
                 intermediate,
                 output,
-                output_norm: layer_norm(h, eps, l.pp("output").pp("LayerNorm"))?,
+                output_norm: Norm::load(l.pp("output").pp("LayerNorm"), h, eps)?,
             });
         }
         Ok(Some(Self {
@@ -138,43 +176,59 @@ impl AmxBert {
         }))
     }
 
-    /// The last layer's hidden states `[batch, len, hidden]` for token ids `[batch, len]` with
-    /// their attention mask (1 = real token).
-    pub(crate) fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (batch, len) = ids.dims2()?;
+    /// The last layer's hidden states of each token sequence, packed: rows `offsets[s]..
+    /// offsets[s + 1]` of the result (`[tokens, hidden]` row-major) are sequence `s`'s, where
+    /// `offsets` (returned beside) starts at 0. No padding is computed: every product runs on
+    /// the batch's real tokens, and attention stays within each sequence.
+    pub(crate) fn forward_packed(
+        &self,
+        sequences: &[&[u32]],
+    ) -> candle_core::Result<(Vec<f32>, Vec<usize>)> {
         let (h, heads) = (self.hidden, self.heads);
-        let (m, head_dim) = (batch * len, h / heads);
-        let device = ids.device();
-        let positions = self.position_embeddings.narrow(0, 0, len)?;
+        let head_dim = h / heads;
+        let device = self.position_embeddings.device();
+        let mut offsets = Vec::with_capacity(sequences.len() + 1);
+        offsets.push(0);
+        let (mut ids, mut positions) = (Vec::new(), Vec::new());
+        for sequence in sequences {
+            ids.extend_from_slice(sequence);
+            positions.extend(0..sequence.len() as u32);
+            offsets.push(ids.len());
+        }
+        let m = ids.len();
+        if m == 0 {
+            return Ok((Vec::new(), offsets));
+        }
+        let positions = Tensor::from_vec(positions, m, device)?;
         let embedded = self
             .word_embeddings
-            .forward(ids)?
+            .forward(&Tensor::from_vec(ids, m, device)?)?
             .broadcast_add(&self.token_type_zero)?
-            .broadcast_add(&positions)?;
-        let mut x = self.embedding_norm.forward(&embedded)?.reshape((m, h))?;
-        let keep = mask.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+            .add(&self.position_embeddings.index_select(&positions, 0)?)?;
+        let mut x = embedded.flatten_all()?.to_vec1::<f32>()?;
+        self.embedding_norm.add_and_normalize(&mut x, None, None);
         let scale = 1.0 / (head_dim as f32).sqrt();
         for layer in &self.layers {
-            let qkv = with_f32_values(&x, |v| layer.qkv.forward(v, m))?;
-            let qkv = Tensor::from_vec(qkv, (batch, len, 3, heads, head_dim), device)?;
-            let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous();
-            let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-            let scores = q.matmul(&k.t()?)?;
-            let probs = with_f32_values(&scores, |s| masked_softmax(s, &keep, batch, len, scale))?;
-            let probs = Tensor::from_vec(probs, (batch, heads, len, len), device)?;
-            let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((m, h))?;
-            let attended = with_f32_values(&context, |c| layer.attention_out.forward(c, m))?;
-            let attended = (Tensor::from_vec(attended, (m, h), device)? + &x)?;
-            let attended = layer.attention_norm.forward(&attended)?;
-            let inter = with_f32_values(&attended, |a| {
-                let acts = TiledActivations::from_f32(a, m, h);
-                layer.intermediate.matrix.bias_gelu(&acts, &layer.intermediate.bias)
-            })?;
-            let out = layer.output.forward_tiled(&inter);
-            let out = (Tensor::from_vec(out, (m, h), device)? + &attended)?;
-            x = layer.output_norm.forward(&out)?;
+            let mut qkv = layer.qkv.matrix.matmul(&x, m);
+            let bias = &layer.qkv.bias;
+            qkv.par_chunks_mut(bias.len() * NORM_ROWS_PER_TASK).for_each(|rows| {
+                for row in rows.chunks_exact_mut(bias.len()) {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                }
+            });
+            let context = packed_attention(&qkv, &offsets, heads, head_dim, scale);
+            drop(qkv);
+            let mut attended = layer.attention_out.matrix.matmul(&context, m);
+            let norm = &layer.attention_norm;
+            norm.add_and_normalize(&mut attended, Some(&layer.attention_out.bias), Some(&x));
+            let acts = TiledActivations::from_f32(&attended, m, h);
+            let inter = layer.intermediate.matrix.bias_gelu(&acts, &layer.intermediate.bias);
+            drop(acts);
+            x = layer.output.matrix.matmul_tiled(&inter);
+            let norm = &layer.output_norm;
+            norm.add_and_normalize(&mut x, Some(&layer.output.bias), Some(&attended));
         }
-        x.reshape((batch, len, h))
+        Ok((x, offsets))
     }
 }
 
@@ -182,7 +236,7 @@ impl AmxBert {
 // A test skipped on a CPU without the instructions says so.
 #[allow(clippy::print_stderr)]
 mod tests {
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use candle_transformers::models::bert::BertModel;
 
     use super::*;
@@ -200,6 +254,14 @@ mod tests {
         (VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), config)
     }
 
+    /// Sequence `s`'s rows of a packed forward.
+    fn rows(hidden: &[f32], offsets: &[usize], s: usize, width: usize) -> Vec<Vec<f32>> {
+        hidden[offsets[s] * width..offsets[s + 1] * width]
+            .chunks_exact(width)
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
     #[test]
     fn the_amx_forward_matches_candles_bert_with_padding() {
         let (vb, config) = tiny_bert();
@@ -209,21 +271,22 @@ mod tests {
             return;
         };
         let candle = BertModel::load(vb, &config).unwrap();
-        // Two rows, the second padded after five tokens.
+        // Two rows, the second padded after five tokens (for candle; ours packs them).
         let ids: Vec<u32> = vec![2, 5, 9, 11, 7, 6, 8, 3, 2, 4, 10, 12, 3, 0, 0, 0];
         let mask: Vec<u32> = vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0];
+        let (hidden, offsets) = amx.forward_packed(&[&ids[..8], &ids[8..13]]).unwrap();
+        assert_eq!(offsets, vec![0, 8, 13]);
         let ids = Tensor::from_vec(ids, (2, 8), &device).unwrap();
         let mask = Tensor::from_vec(mask, (2, 8), &device).unwrap();
-        let ours = amx.forward(&ids, &mask).unwrap().to_vec3::<f32>().unwrap();
         let theirs = candle
             .forward(&ids, &ids.zeros_like().unwrap(), Some(&mask))
             .unwrap()
             .to_vec3::<f32>()
             .unwrap();
-        for (row, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        for (row, b) in theirs.iter().enumerate() {
+            let a = rows(&hidden, &offsets, row, config.hidden_size);
             // Padded positions are never pooled; every real token's state must agree.
-            let real = if row == 0 { 8 } else { 5 };
-            for t in 0..real {
+            for t in 0..a.len() {
                 let dot: f32 = a[t].iter().zip(&b[t]).map(|(x, y)| x * y).sum();
                 let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 let cosine = dot / (norm(&a[t]) * norm(&b[t]));
@@ -233,35 +296,20 @@ mod tests {
     }
 
     #[test]
-    fn a_text_gets_the_same_states_alone_and_padded_in_a_batch() {
+    fn a_text_gets_the_same_states_alone_and_in_a_batch() {
         let (vb, config) = tiny_bert();
-        let device = Device::Cpu;
         let Some(amx) = AmxBert::load(vb, &config).unwrap() else {
             eprintln!("skipped: no AMX");
             return;
         };
         let short: Vec<u32> = vec![2, 5, 9, 11, 3];
         let long: Vec<u32> = vec![2, 4, 10, 12, 6, 8, 7, 5, 9, 11, 4, 10, 3];
-        let alone = amx
-            .forward(
-                &Tensor::new(&short[..], &device).unwrap().unsqueeze(0).unwrap(),
-                &Tensor::ones((1, 5), DType::U32, &device).unwrap(),
-            )
-            .unwrap()
-            .to_vec3::<f32>()
-            .unwrap();
-        let mut ids = long.clone();
-        ids.extend(short.iter().copied().chain(std::iter::repeat_n(0, 8)));
-        let mask: Vec<u32> = [vec![1; 13], vec![1; 5], vec![0; 8]].concat();
-        let batched = amx
-            .forward(
-                &Tensor::from_vec(ids, (2, 13), &device).unwrap(),
-                &Tensor::from_vec(mask, (2, 13), &device).unwrap(),
-            )
-            .unwrap()
-            .to_vec3::<f32>()
-            .unwrap();
-        // Bit for bit: padding and neighbours must not move a text's embedding.
-        assert_eq!(&batched[1][..5], &alone[0][..]);
+        let (alone, at) = amx.forward_packed(&[&short]).unwrap();
+        let (batched, offsets) = amx.forward_packed(&[&long, &short, &long]).unwrap();
+        // Bit for bit: neighbours must not move a text's embedding.
+        let width = config.hidden_size;
+        assert_eq!(rows(&batched, &offsets, 1, width), rows(&alone, &at, 0, width));
+        assert_eq!(rows(&batched, &offsets, 0, width), rows(&batched, &offsets, 2, width));
+        assert_eq!(amx.forward_packed(&[]).unwrap(), (Vec::new(), vec![0]));
     }
 }

@@ -158,14 +158,32 @@ impl BertEncoder {
             mask.extend_from_slice(&e.get_attention_mask()[..len]);
         }
         let tokens = mask.iter().filter(|&&m| m == 1).count();
+        let model = match &self.network {
+            Network::Candle(model) => model,
+            Network::Amx(amx) => {
+                // Each text's real tokens (padding is at the end), packed without padding.
+                let sequences: Vec<&[u32]> = ids
+                    .chunks_exact(len.max(1))
+                    .zip(mask.chunks_exact(len.max(1)))
+                    .map(|(ids, mask)| &ids[..mask.iter().filter(|&&m| m == 1).count()])
+                    .collect();
+                let (hidden, offsets) =
+                    self.device.with_context(|| amx.forward_packed(&sequences))?;
+                let vectors = offsets
+                    .windows(2)
+                    .map(|pair| {
+                        mean_normalized(&hidden[pair[0] * self.dim..pair[1] * self.dim], self.dim)
+                    })
+                    .collect();
+                return Ok((vectors, truncated, tokens));
+            }
+        };
         let shape = (texts.len(), len);
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         // In candle's warm thread pool (see the decoder's forward pass).
-        let hidden = self.device.with_context(|| match &self.network {
-            Network::Amx(amx) => amx.forward(&ids, &mask),
-            Network::Candle(model) => model.forward(&ids, &ids.zeros_like()?, Some(&mask)),
-        })?;
+        let hidden =
+            self.device.with_context(|| model.forward(&ids, &ids.zeros_like()?, Some(&mask)))?;
         // Mean over real tokens only: padding must not move the embedding.
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -175,6 +193,20 @@ impl BertEncoder {
         let normalized = mean.broadcast_div(&norms)?;
         Ok((normalized.to_vec2::<f32>()?, truncated, tokens))
     }
+}
+
+/// The mean of `rows` (`dim` wide, row-major), scaled to unit length: sentence-transformers'
+/// mean pooling and normalisation, on one text's packed states.
+fn mean_normalized(rows: &[f32], dim: usize) -> Vec<f32> {
+    let mut mean = vec![0f32; dim];
+    for row in rows.chunks_exact(dim) {
+        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+    }
+    let count = (rows.len() / dim.max(1)).max(1) as f32;
+    mean.iter_mut().for_each(|m| *m /= count);
+    let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    mean.iter_mut().for_each(|m| *m /= norm);
+    mean
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ mod key_order_streams;
 mod kv_cache;
 mod language_model;
 pub mod model_memory;
+mod packed_attention;
 mod planner;
 mod registry;
 mod result_cache;

@@ -127,44 +127,17 @@ pub(crate) fn sigmoid_bf16_avx512(x: std::arch::x86_64::__m512) -> std::arch::x8
     recip_avx512(_mm512_add_ps(_mm512_set1_ps(1.0), e))
 }
 
-/// Rows per rayon task in [`masked_softmax`].
+/// Rows per rayon task in [`additive_masked_softmax`].
 const SOFTMAX_ROWS_PER_TASK: usize = 256;
 
-/// Attention probabilities from raw scores `[batch, heads, len, len]` (row-major): each row
-/// `softmax(scale · scores)` over the keys its sequence's `mask` (`[batch, len]`, 1 = real
-/// token) keeps; masked keys get exactly 0, as with Hugging Face's additive `f32::MIN` mask.
+/// `out = softmax(scale · row)` over the keys `keep` marks (1 = real token); the others get
+/// exactly 0, as with Hugging Face's additive `f32::MIN` mask.
 ///
 /// A kept key's probability does not depend on how much padding follows: every value goes
 /// through the same lanes' `exp` (the tail under a lane mask) and the sum runs in key order,
 /// where padding adds exact zeros at the end. (candle's softmax sums in vector lanes with a
 /// scalar tail whose split moves with the row length.)
-pub(crate) fn masked_softmax(
-    scores: &[f32],
-    mask: &[u32],
-    batch: usize,
-    len: usize,
-    scale: f32,
-) -> Vec<f32> {
-    let mut probs = vec![0f32; scores.len()];
-    if len == 0 || batch == 0 {
-        return probs;
-    }
-    let rows_per_sequence = scores.len() / (batch * len);
-    let chunk = SOFTMAX_ROWS_PER_TASK * len;
-    probs.par_chunks_mut(chunk).zip(scores.par_chunks(chunk)).enumerate().for_each(
-        |(task, (out, input))| {
-            let first = task * SOFTMAX_ROWS_PER_TASK;
-            let rows = out.chunks_exact_mut(len).zip(input.chunks_exact(len));
-            for (i, (out, row)) in rows.enumerate() {
-                let sequence = (first + i) / rows_per_sequence;
-                softmax_row(row, &mask[sequence * len..(sequence + 1) * len], scale, out);
-            }
-        },
-    );
-    probs
-}
-
-fn softmax_row(row: &[f32], keep: &[u32], scale: f32, out: &mut [f32]) {
+pub(crate) fn softmax_row(row: &[f32], keep: &[u32], scale: f32, out: &mut [f32]) {
     let max = row
         .iter()
         .zip(keep)
@@ -591,10 +564,28 @@ mod tests {
         }
     }
 
+    /// Rows `[batch, heads, len, len]` through [`softmax_row`], each under its sequence's mask.
+    fn masked_softmax(
+        scores: &[f32],
+        mask: &[u32],
+        batch: usize,
+        len: usize,
+        scale: f32,
+    ) -> Vec<f32> {
+        let mut probs = vec![0f32; scores.len()];
+        let rows_per_sequence = scores.len() / (batch * len);
+        for (r, (out, row)) in probs.chunks_exact_mut(len).zip(scores.chunks_exact(len)).enumerate()
+        {
+            let sequence = r / rows_per_sequence;
+            softmax_row(row, &mask[sequence * len..(sequence + 1) * len], scale, out);
+        }
+        probs
+    }
+
     #[test]
     fn masked_softmax_matches_the_reference_and_zeroes_padding() {
-        // 3 sequences × 2 heads × 37 queries × 37 keys (two lanes and a tail per row), more
-        // rows than one rayon task; sequence s has 37 − 10·s real tokens.
+        // 3 sequences × 2 heads × 37 queries × 37 keys (two lanes and a tail per row); sequence
+        // s has 37 − 10·s real tokens.
         let (batch, heads, len, scale) = (3, 2, 37, 0.125f32);
         let scores: Vec<f32> = (0..batch * heads * len * len)
             .map(|i| ((i * 7919) % 997) as f32 / 20.0 - 25.0)
