@@ -65,12 +65,14 @@ impl ModelSpeed {
     /// counts it: label scoring at 3,327 tokens/s for SmolLM2-135M and 2,015 for Qwen2.5-0.5B,
     /// against 1,008 and 441 with `MURAKKAB_AMX=0`), which `1534 · (10⁹ / p)^0.386` fits: a
     /// 1.65x gap for 3.7x the parameters, since the narrow model's passes spend more of their
-    /// time outside the products. Decode and
-    /// embeddings do not use the matrix units and keep [`Self::default_for`]'s figures.
+    /// time outside the products. An encoder's projections run on the matrix units too: its
+    /// embeddings at [`AMX_EMBED_SCALE`] parameter-embeddings per second. Decode does not use
+    /// them and keeps [`Self::default_for`]'s figure.
     pub fn default_with_matrix_units(parameters: u64) -> Self {
         let p = parameters.max(1) as f64;
         Self {
             prefill_tokens_per_s: AMX_SCALE * (1e9 / p).powf(AMX_EXPONENT),
+            embeddings_per_s: AMX_EMBED_SCALE / p,
             ..Self::default_for(parameters)
         }
     }
@@ -90,6 +92,12 @@ pub const DEFAULT_LOAD_BYTES_PER_S: f64 = 0.5e9;
 const AMX_SCALE: f64 = 1534.0;
 /// How fast that speed falls with size.
 const AMX_EXPONENT: f64 = 0.386;
+/// An encoder's parameter-embeddings per second on matrix units: `murakkab calibrate` on this
+/// project's 2-core Sapphire Rapids machine (2026-12-05, 1aad3de, texts packed without
+/// padding; two runs) measured MiniLM-L6 (22.7M parameters) at 1,485 and 1,438 embeddings/s,
+/// and at 1,158 and 1,150 before packing. The f32 default (410/s) had priced a proxy's
+/// embeddings at three times their cost.
+const AMX_EMBED_SCALE: f64 = 3.3e10;
 
 /// The speeds of the models on this machine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -151,11 +159,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn matrix_units_change_only_the_prefill_default() {
+    fn matrix_units_change_the_prefill_and_embedding_defaults() {
         let (small, large) = (135_000_000, 494_000_000);
         let amx = |p| ModelSpeed::default_with_matrix_units(p);
         assert!((amx(small).prefill_tokens_per_s - 3327.0).abs() < 35.0, "calibrated 3,327");
         assert!((amx(large).prefill_tokens_per_s - 2015.0).abs() < 20.0, "calibrated 2,015");
+        let minilm = amx(22_700_000).embeddings_per_s;
+        assert!((minilm - 1461.0).abs() < 30.0, "{minilm}: calibrated 1,485 and 1,438");
         assert_eq!(
             amx(large).decode_tokens_per_s,
             ModelSpeed::default_for(large).decode_tokens_per_s
