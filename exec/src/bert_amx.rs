@@ -190,7 +190,14 @@ impl AmxBert {
         let mut offsets = Vec::with_capacity(sequences.len() + 1);
         offsets.push(0);
         let (mut ids, mut positions) = (Vec::new(), Vec::new());
+        let longest = self.position_embeddings.dim(0)?;
         for sequence in sequences {
+            if sequence.len() > longest {
+                candle_core::bail!(
+                    "a text of {} tokens is longer than the encoder's {longest} positions",
+                    sequence.len()
+                );
+            }
             ids.extend_from_slice(sequence);
             positions.extend(0..sequence.len() as u32);
             offsets.push(ids.len());
@@ -311,5 +318,8 @@ mod tests {
         assert_eq!(rows(&batched, &offsets, 1, width), rows(&alone, &at, 0, width));
         assert_eq!(rows(&batched, &offsets, 0, width), rows(&batched, &offsets, 2, width));
         assert_eq!(amx.forward_packed(&[]).unwrap(), (Vec::new(), vec![0]));
+        let too_long = vec![2u32; config.max_position_embeddings + 1];
+        let error = amx.forward_packed(&[&too_long]).unwrap_err().to_string();
+        assert!(error.contains("longer than the encoder's"), "{error}");
     }
 }
