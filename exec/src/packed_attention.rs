@@ -32,6 +32,9 @@ pub(crate) fn packed_attention(
     let stride = 3 * hidden;
     let tokens = offsets.last().copied().unwrap_or(0);
     debug_assert_eq!(qkv.len(), tokens * stride, "one stacked projection row per token");
+    if tokens == 0 || head_dim == 0 {
+        return vec![0f32; tokens * hidden];
+    }
     // Head-major first (`[heads, tokens, head_dim]`), so each (head, sequence) writes one
     // contiguous block and they all run in parallel: a lone text's heads too, where one task
     // per text left a core idle (one text per call, as the naive plan embeds).
@@ -191,5 +194,6 @@ mod tests {
         let batched = packed_attention(&qkv, &[0, 17, 40], heads, head_dim, scale);
         let alone = packed_attention(&qkv[17 * stride..], &[0, 23], heads, head_dim, scale);
         assert_eq!(&batched[17 * heads * head_dim..], &alone[..]);
+        assert!(packed_attention(&[], &[0], heads, head_dim, scale).is_empty());
     }
 }
