@@ -76,10 +76,10 @@ impl Norm {
     /// connection, the projection's bias and the norm in one pass over the row.
     fn add_and_normalize(&self, y: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>) {
         let width = self.weight.len();
-        let rows_per_task = NORM_ROWS_PER_TASK * width;
+        let rows_per_task = ROWS_PER_TASK * width;
         let task = |(t, rows): (usize, &mut [f32])| {
             for (r, row) in rows.chunks_exact_mut(width).enumerate() {
-                let at = (t * NORM_ROWS_PER_TASK + r) * width;
+                let at = (t * ROWS_PER_TASK + r) * width;
                 if let Some(bias) = bias {
                     row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                 }
@@ -99,8 +99,9 @@ impl Norm {
     }
 }
 
-/// Rows per rayon task of [`Norm::add_and_normalize`].
-const NORM_ROWS_PER_TASK: usize = 64;
+/// Rows per rayon task of the per-row passes: [`Norm::add_and_normalize`] and the query, key
+/// and value projection's bias.
+const ROWS_PER_TASK: usize = 64;
 
 struct Layer {
     qkv: Projection,
@@ -218,7 +219,7 @@ impl AmxBert {
         for layer in &self.layers {
             let mut qkv = layer.qkv.matrix.matmul(&x, m);
             let bias = &layer.qkv.bias;
-            qkv.par_chunks_mut(bias.len() * NORM_ROWS_PER_TASK).for_each(|rows| {
+            qkv.par_chunks_mut(bias.len() * ROWS_PER_TASK).for_each(|rows| {
                 for row in rows.chunks_exact_mut(bias.len()) {
                     row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                 }

@@ -151,22 +151,18 @@ impl BertEncoder {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let truncated = encodings.iter().filter(|e| !e.get_overflowing().is_empty()).count();
         let len = encodings.first().map(|e| e.len()).unwrap_or(0).min(self.max_tokens);
-        let mut ids = Vec::with_capacity(texts.len() * len);
-        let mut mask = Vec::with_capacity(texts.len() * len);
-        for e in &encodings {
-            ids.extend_from_slice(&e.get_ids()[..len]);
-            mask.extend_from_slice(&e.get_attention_mask()[..len]);
-        }
-        let tokens = mask.iter().filter(|&&m| m == 1).count();
+        // Each text's real tokens: padding (`BatchLongest`) is at the end.
+        let real: Vec<usize> = encodings
+            .iter()
+            .map(|e| e.get_attention_mask()[..len].iter().filter(|&&m| m == 1).count())
+            .collect();
+        let tokens = real.iter().sum();
         let model = match &self.network {
             Network::Candle(model) => model,
             Network::Amx(amx) => {
-                // Each text's real tokens (padding is at the end), packed without padding.
-                let sequences: Vec<&[u32]> = ids
-                    .chunks_exact(len.max(1))
-                    .zip(mask.chunks_exact(len.max(1)))
-                    .map(|(ids, mask)| &ids[..mask.iter().filter(|&&m| m == 1).count()])
-                    .collect();
+                // Packed without padding.
+                let sequences: Vec<&[u32]> =
+                    encodings.iter().zip(&real).map(|(e, &n)| &e.get_ids()[..n]).collect();
                 let (hidden, offsets) =
                     self.device.with_context(|| amx.forward_packed(&sequences))?;
                 let vectors = offsets
@@ -178,6 +174,13 @@ impl BertEncoder {
                 return Ok((vectors, truncated, tokens));
             }
         };
+        // candle's BERT takes the padded batch and its mask.
+        let mut ids = Vec::with_capacity(texts.len() * len);
+        let mut mask = Vec::with_capacity(texts.len() * len);
+        for e in &encodings {
+            ids.extend_from_slice(&e.get_ids()[..len]);
+            mask.extend_from_slice(&e.get_attention_mask()[..len]);
+        }
         let shape = (texts.len(), len);
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
