@@ -21,6 +21,7 @@ use crate::amx_gemm::{AmxMatrix, TiledActivations};
 use crate::error::ModelError;
 pub use crate::kv_cache::SeqCache;
 use crate::kv_cache::{BatchCache, stack_padded};
+use crate::qkv_heads::{HeadLayout, Heads, heads_with_rope};
 use crate::vector_math::{additive_masked_softmax, log_sum_exp};
 use crate::vnni_gemv::VnniMatrix;
 use rayon::prelude::*;
@@ -795,6 +796,7 @@ impl GgufDecoder {
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
+        let position_values = positions.clone();
         let positions = Tensor::from_vec(positions, b * t, &self.device)?;
         let cos = self.cos.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
         let sin = self.sin.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
@@ -808,32 +810,25 @@ impl GgufDecoder {
             };
             let (q, k, v) = match (pass, &block.qkv) {
                 (Pass::Prompt, Some(qkv)) => {
-                    let y = qkv.forward(&h, pass)?;
-                    let part = |start: usize, n: usize| {
-                        heads(y.narrow(2, start * c.head_dim, n * c.head_dim)?, n)
-                    };
-                    (
-                        part(0, c.n_head)?,
-                        part(c.n_head, c.n_kv_head)?,
-                        part(c.n_head + c.n_kv_head, c.n_kv_head)?,
-                    )
+                    self.rotated_heads(qkv, &h, &position_values, (b, t))?
                 }
-                _ => (
-                    heads(block.wq.forward(&h, pass)?, c.n_head)?,
-                    heads(block.wk.forward(&h, pass)?, c.n_kv_head)?,
-                    heads(block.wv.forward(&h, pass)?, c.n_kv_head)?,
-                ),
-            };
-            let (q, k) = if c.neox_rope {
-                (
-                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
-                )
-            } else {
-                (
-                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
-                )
+                _ => {
+                    let q = heads(block.wq.forward(&h, pass)?, c.n_head)?;
+                    let k = heads(block.wk.forward(&h, pass)?, c.n_kv_head)?;
+                    let v = heads(block.wv.forward(&h, pass)?, c.n_kv_head)?;
+                    let (q, k) = if c.neox_rope {
+                        (
+                            candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                            candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                        )
+                    } else {
+                        (
+                            candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                            candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+                        )
+                    };
+                    (q, k, v)
+                }
             };
             let (keys, values) = kv(layer, &k, &v)?;
             // Grouped-query attention without copying keys: the `group` query heads that share a
@@ -862,6 +857,40 @@ impl GgufDecoder {
             x = (residual + mlp)?;
         }
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, c.rms_eps as f32)?)
+    }
+
+    /// A prompt pass's queries `[B, n_head, T, head_dim]`, keys and values `[B, n_kv_head, T,
+    /// head_dim]` from the stacked projection on AMX tiles: the product, then its bias, the
+    /// head-major layout and RoPE at `positions` (one per row of `h`) in one pass
+    /// ([`crate::qkv_heads`]), the same values as the separate candle steps.
+    fn rotated_heads(
+        &self,
+        qkv: &Linear,
+        h: &Tensor,
+        positions: &[u32],
+        (b, t): (usize, usize),
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.config;
+        let Some(matrix) = &qkv.amx else {
+            candle_core::bail!("the stacked query/key/value projection has no tiles")
+        };
+        let y = with_f32_values(h, |values| matrix.matmul(values, b * t))?;
+        let bias = qkv.bias.as_ref().map(|bias| bias.to_vec1::<f32>()).transpose()?;
+        let layout = HeadLayout {
+            heads: c.n_head,
+            kv_heads: c.n_kv_head,
+            head_dim: c.head_dim,
+            neox: c.neox_rope,
+        };
+        let Heads { q, k, v } = with_f32_values(&self.cos, |cos| {
+            with_f32_values(&self.sin, |sin| {
+                heads_with_rope(&y, bias.as_deref(), (cos, sin), positions, (b, t), layout)
+            })
+        })??;
+        let shaped = |values: Vec<f32>, n: usize| {
+            Tensor::from_vec(values, (b, n, t, c.head_dim), &self.device)
+        };
+        Ok((shaped(q, c.n_head)?, shaped(k, c.n_kv_head)?, shaped(v, c.n_kv_head)?))
     }
 
     /// Next-token log-probabilities from hidden states `[N, dim]`: `[N, vocab]`.

@@ -31,6 +31,7 @@ mod language_model;
 pub mod model_memory;
 mod packed_attention;
 mod planner;
+mod qkv_heads;
 mod registry;
 mod result_cache;
 mod scheduler;
