@@ -191,8 +191,29 @@ impl TiledActivations {
     pub fn from_f32(x: &[f32], m: usize, cols: usize) -> Self {
         let padded_m = m.next_multiple_of(BLOCK);
         let padded_cols = cols.next_multiple_of(TILE_DEPTH);
-        let values = activations_in_tiles(x, m, cols, padded_m, padded_cols);
+        let values = activations_in_tiles(x, None, m, cols, padded_m, padded_cols);
         Self { values, m, padded_m, padded_cols }
+    }
+
+    /// Each row of `x [m, cols]` RMS-normalised and scaled by `weight` (a decoder block's
+    /// input norm, as candle's `rms_norm` computes it, bit for bit), converted to bf16 tiles in
+    /// the same pass: the normalised f32 rows are never stored.
+    pub fn from_rms_normed(x: &[f32], weight: &[f32], eps: f32, m: usize, cols: usize) -> Self {
+        let padded_m = m.next_multiple_of(BLOCK);
+        let padded_cols = cols.next_multiple_of(TILE_DEPTH);
+        let values = activations_in_tiles(x, Some((weight, eps)), m, cols, padded_m, padded_cols);
+        Self { values, m, padded_m, padded_cols }
+    }
+}
+
+/// `row / sqrt(mean(row²) + eps) · weight` into `out`, in candle's `rms_norm` order of
+/// operations (a sequential f32 sum of squares, then a division and a product per value), so
+/// a fused pass gives the same values as candle's.
+fn rms_normed(row: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let sum2 = row.iter().map(|&v| v * v).sum::<f32>();
+    let m = (sum2 / row.len() as f32 + eps).sqrt();
+    for ((d, &s), &w) in out.iter_mut().zip(row).zip(weight) {
+        *d = s / m * w;
     }
 }
 
@@ -741,8 +762,11 @@ fn bf16_bits(x: f32) -> u16 {
 /// block of 16 rows, for each 32-wide slice of the columns, one contiguous 16×32 tile, so every
 /// tile load reads 1 KB in a row. Zero-padded to `[padded_m, padded_cols]`; blocks of rows are
 /// converted in parallel.
+/// `x`'s rows (RMS-normalised by `norm`'s weight and epsilon first, where given) as bf16
+/// tiles.
 fn activations_in_tiles(
     x: &[f32],
+    norm: Option<(&[f32], f32)>,
     m: usize,
     cols: usize,
     padded_m: usize,
@@ -753,10 +777,15 @@ fn activations_in_tiles(
     let mut acts = TileBuffer::with_capacity(len);
     let acts_addr = acts.as_mut_ptr() as usize;
     for_each_range(padded_m / TILE_ROWS, |row_blocks| {
+        let mut normed = vec![0.0f32; if norm.is_some() { cols } else { 0 }];
         for row_block in row_blocks {
             for r in 0..TILE_ROWS {
                 let i = row_block * TILE_ROWS + r;
-                let row = if i < m { &x[i * cols..(i + 1) * cols] } else { &[][..] };
+                let mut row = if i < m { &x[i * cols..(i + 1) * cols] } else { &[][..] };
+                if let (Some((weight, eps)), false) = (norm, row.is_empty()) {
+                    rms_normed(row, weight, eps, &mut normed);
+                    row = &normed;
+                }
                 let first = row_block * slices * TILE_VALUES + r * TILE_DEPTH;
                 // SAFETY: tile-row `r` of row block `row_block` (32 values in each of `slices`
                 // tiles) lies inside `acts`' capacity and is written by this work item alone;
@@ -959,6 +988,27 @@ mod tests {
                 assert_eq!(candle(), before);
             }
         });
+    }
+
+    #[test]
+    fn normalising_into_the_tiles_equals_candle_s_rms_norm_then_converting() {
+        if skipped_without_amx() {
+            return;
+        }
+        // 40 rows (a block and part of another, so padding rows too), 96 columns (three
+        // slices), a row of zeros (the epsilon alone keeps it finite).
+        let (m, cols, eps) = (40, 96, 1e-6f32);
+        let mut x = values(m * cols, 5);
+        x[3 * cols..4 * cols].fill(0.0);
+        let weight: Vec<f32> = values(cols, 6).iter().map(|v| v + 1.0).collect();
+        let device = candle_core::Device::Cpu;
+        let xs = candle_core::Tensor::from_slice(&x, (m, cols), &device).unwrap();
+        let ws = candle_core::Tensor::from_slice(&weight, cols, &device).unwrap();
+        let normed = candle_nn::ops::rms_norm(&xs, &ws, eps).unwrap();
+        let normed = normed.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut want = TiledActivations::from_f32(&normed, m, cols);
+        let mut got = TiledActivations::from_rms_normed(&x, &weight, eps, m, cols);
+        assert_eq!(got.values.as_mut_slice(), want.values.as_mut_slice());
     }
 
     #[test]

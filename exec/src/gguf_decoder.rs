@@ -803,16 +803,17 @@ impl GgufDecoder {
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.dim))?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let residual = x.clone();
-            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, c.rms_eps as f32)?;
+            let eps = c.rms_eps as f32;
             // Projections `[B, T, n · head_dim]` to `[B, n, T, head_dim]`.
             let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
                 y.reshape((b, t, n, c.head_dim))?.transpose(1, 2)?.contiguous()
             };
             let (q, k, v) = match (pass, &block.qkv) {
                 (Pass::Prompt, Some(qkv)) => {
-                    self.rotated_heads(qkv, &h, &position_values, (b, t))?
+                    self.rotated_heads(qkv, (&x, &block.attn_norm), &position_values, (b, t))?
                 }
                 _ => {
+                    let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
                     let q = heads(block.wq.forward(&h, pass)?, c.n_head)?;
                     let k = heads(block.wk.forward(&h, pass)?, c.n_kv_head)?;
                     let v = heads(block.wv.forward(&h, pass)?, c.n_kv_head)?;
@@ -840,33 +841,44 @@ impl GgufDecoder {
                 .transpose(1, 2)?
                 .reshape((b, t, c.n_head * c.head_dim))?;
             x = (residual + block.wo.forward(&attn, pass)?)?;
-            let residual = x.clone();
-            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, c.rms_eps as f32)?;
-            let mlp = match (pass, &block.gated, &block.w_down.amx, &block.w_down.bias) {
+            x = match (pass, &block.gated, &block.w_down.amx, &block.w_down.bias) {
                 (Pass::Prompt, Some(gated), Some(down), None) => {
-                    let acts =
-                        with_f32_values(&h, |h| TiledActivations::from_f32(h, b * t, c.dim))?;
-                    let y = down.matmul_tiled(&gated.silu_gated(&acts));
+                    // The norm goes straight into the tiles, the residual into the product's
+                    // output: the same values as the candle steps below.
+                    let acts = with_f32_values(&x, |x| {
+                        with_f32_values(&block.ffn_norm, |w| {
+                            TiledActivations::from_rms_normed(x, w, eps, b * t, c.dim)
+                        })
+                    })??;
+                    let mut y = down.matmul_tiled(&gated.silu_gated(&acts));
+                    with_f32_values(&x, |x| {
+                        for (y, &x) in y.iter_mut().zip(x) {
+                            *y += x;
+                        }
+                    })?;
                     Tensor::from_vec(y, (b, t, c.dim), &self.device)?
                 }
                 _ => {
+                    let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
                     let gate = candle_nn::ops::silu(&block.w_gate.forward(&h, pass)?)?;
-                    block.w_down.forward(&(gate * block.w_up.forward(&h, pass)?)?, pass)?
+                    let mlp =
+                        block.w_down.forward(&(gate * block.w_up.forward(&h, pass)?)?, pass)?;
+                    (x + mlp)?
                 }
             };
-            x = (residual + mlp)?;
         }
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, c.rms_eps as f32)?)
     }
 
     /// A prompt pass's queries `[B, n_head, T, head_dim]`, keys and values `[B, n_kv_head, T,
-    /// head_dim]` from the stacked projection on AMX tiles: the product, then its bias, the
+    /// head_dim]` from the block's input `x`, normalised by `norm` straight into the tiles of
+    /// the stacked projection on AMX: the product, then its bias, the
     /// head-major layout and RoPE at `positions` (one per row of `h`) in one pass
     /// ([`crate::qkv_heads`]), the same values as the separate candle steps.
     fn rotated_heads(
         &self,
         qkv: &Linear,
-        h: &Tensor,
+        (x, norm): (&Tensor, &Tensor),
         positions: &[u32],
         (b, t): (usize, usize),
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
@@ -874,7 +886,11 @@ impl GgufDecoder {
         let Some(matrix) = &qkv.amx else {
             candle_core::bail!("the stacked query/key/value projection has no tiles")
         };
-        let y = with_f32_values(h, |values| matrix.matmul(values, b * t))?;
+        let eps = c.rms_eps as f32;
+        let acts = with_f32_values(x, |x| {
+            with_f32_values(norm, |w| TiledActivations::from_rms_normed(x, w, eps, b * t, c.dim))
+        })??;
+        let y = matrix.matmul_tiled(&acts);
         let bias = qkv.bias.as_ref().map(|bias| bias.to_vec1::<f32>()).transpose()?;
         let layout = HeadLayout {
             heads: c.n_head,
