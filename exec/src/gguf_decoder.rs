@@ -801,9 +801,9 @@ impl GgufDecoder {
         let cos = self.cos.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
         let sin = self.sin.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.dim))?;
+        let eps = c.rms_eps as f32;
         for (layer, block) in self.blocks.iter().enumerate() {
             let residual = x.clone();
-            let eps = c.rms_eps as f32;
             // Projections `[B, T, n · head_dim]` to `[B, n, T, head_dim]`.
             let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
                 y.reshape((b, t, n, c.head_dim))?.transpose(1, 2)?.contiguous()
@@ -867,14 +867,14 @@ impl GgufDecoder {
                 }
             };
         }
-        Ok(candle_nn::ops::rms_norm(&x, &self.norm, c.rms_eps as f32)?)
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
 
     /// A prompt pass's queries `[B, n_head, T, head_dim]`, keys and values `[B, n_kv_head, T,
-    /// head_dim]` from the block's input `x`, normalised by `norm` straight into the tiles of
-    /// the stacked projection on AMX: the product, then its bias, the
-    /// head-major layout and RoPE at `positions` (one per row of `h`) in one pass
-    /// ([`crate::qkv_heads`]), the same values as the separate candle steps.
+    /// head_dim]` from the block's input `x` (`[B, T, dim]`), normalised by `norm` straight into
+    /// the tiles of the stacked projection on AMX: the product, then its bias, the head-major
+    /// layout and RoPE at `positions` (one per row of `x`) in one pass ([`crate::qkv_heads`]),
+    /// the same values as the separate candle steps.
     fn rotated_heads(
         &self,
         qkv: &Linear,

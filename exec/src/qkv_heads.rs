@@ -54,6 +54,9 @@ pub(crate) fn heads_with_rope(
     let mut v = vec![0.0f32; b * kv_heads * t * head_dim];
     // One work item per (part, sequence, head): its `t` rows of `head_dim` values.
     let span = t * head_dim;
+    if span == 0 {
+        return Heads { q, k, v };
+    }
     let mut items: Vec<(&mut [f32], usize, usize, bool)> = Vec::new();
     let parts = [
         (&mut q, heads, 0, true),
