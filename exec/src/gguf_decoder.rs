@@ -796,10 +796,10 @@ impl GgufDecoder {
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
-        let position_values = positions.clone();
-        let positions = Tensor::from_vec(positions, b * t, &self.device)?;
-        let cos = self.cos.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
-        let sin = self.sin.index_select(&positions, 0)?.reshape((b, t, c.head_dim / 2))?;
+        // The candle path's angles per token; the fused path reads the tables at `positions`.
+        let at = Tensor::from_slice(&positions, b * t, &self.device)?;
+        let cos = self.cos.index_select(&at, 0)?.reshape((b, t, c.head_dim / 2))?;
+        let sin = self.sin.index_select(&at, 0)?.reshape((b, t, c.head_dim / 2))?;
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, c.dim))?;
         let eps = c.rms_eps as f32;
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -810,7 +810,7 @@ impl GgufDecoder {
             };
             let (q, k, v) = match (pass, &block.qkv) {
                 (Pass::Prompt, Some(qkv)) => {
-                    self.rotated_heads(qkv, (&x, &block.attn_norm), &position_values, (b, t))?
+                    self.rotated_heads(qkv, (&x, &block.attn_norm), &positions, (b, t))?
                 }
                 _ => {
                     let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
