@@ -291,6 +291,12 @@ fn calibrate_measures_every_pulled_model_and_stores_the_profile() {
     let profile = murakkab::catalog::DeviceProfile::load(&home);
     let speed = profile.models.get("tiny-llama").expect("tiny-llama measured");
     assert!(speed.measured && speed.prefill_tokens_per_s > 0.0 && speed.decode_tokens_per_s > 0.0);
+    assert!(stdout(&out).contains(" tokens/s (scored whole)"), "{}", stdout(&out));
+    assert!(
+        speed.statement_tokens_per_s > 0.0
+            && speed.statement_tokens_per_s <= speed.prefill_tokens_per_s,
+        "{speed:?}"
+    );
 }
 
 #[test]

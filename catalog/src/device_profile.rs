@@ -24,6 +24,12 @@ pub const LABEL_ROW_OVERHEAD_TOKENS: usize = 14;
 pub struct ModelSpeed {
     /// Prompt tokens per second through a batched forward pass (what label scoring costs).
     pub prefill_tokens_per_s: f64,
+    /// Tokens of labels scored whole (`ai_filter`'s statement and its negation) per second, on
+    /// top of the row's prompt pass: every token after the first is scored against the whole
+    /// vocabulary, in passes of a few tokens per row. 0 where not measured (profiles stored
+    /// before it was): [`Self::statement_speed`] then derives it from the prefill speed.
+    #[serde(default)]
+    pub statement_tokens_per_s: f64,
     /// Generated tokens per second at batch 1.
     pub decode_tokens_per_s: f64,
     /// Embeddings per second at batch 64 (encoders; 0 for decoders).
@@ -49,8 +55,10 @@ impl ModelSpeed {
     /// cost instead of 39%, so cascades and samples through it looked cheaper than they run.
     pub fn default_for(parameters: u64) -> Self {
         let p = parameters.max(1) as f64;
+        let prefill_tokens_per_s = 281.0 * (1e9 / p).powf(0.637);
         Self {
-            prefill_tokens_per_s: 281.0 * (1e9 / p).powf(0.637),
+            prefill_tokens_per_s,
+            statement_tokens_per_s: prefill_tokens_per_s / STATEMENT_TOKEN_COST,
             decode_tokens_per_s: 1.2e10 / p,
             embeddings_per_s: 9.0e9 / p,
             measured: false,
@@ -70,10 +78,22 @@ impl ModelSpeed {
     /// them and keeps [`Self::default_for`]'s figure.
     pub fn default_with_matrix_units(parameters: u64) -> Self {
         let p = parameters.max(1) as f64;
+        let prefill_tokens_per_s = AMX_SCALE * (1e9 / p).powf(AMX_EXPONENT);
         Self {
-            prefill_tokens_per_s: AMX_SCALE * (1e9 / p).powf(AMX_EXPONENT),
+            prefill_tokens_per_s,
+            statement_tokens_per_s: prefill_tokens_per_s / STATEMENT_TOKEN_COST,
             embeddings_per_s: AMX_EMBED_SCALE / p,
             ..Self::default_for(parameters)
+        }
+    }
+
+    /// Whole-label tokens per second: measured, or the prefill speed over
+    /// [`STATEMENT_TOKEN_COST`].
+    pub fn statement_speed(&self) -> f64 {
+        if self.statement_tokens_per_s > 0.0 {
+            self.statement_tokens_per_s
+        } else {
+            self.prefill_tokens_per_s / STATEMENT_TOKEN_COST
         }
     }
 
@@ -87,6 +107,15 @@ impl ModelSpeed {
 /// Load speed assumed for an uncalibrated model, in bytes of f32 weights per second (measured
 /// here: MiniLM 0.22 s, SmolLM2-135M 0.55 s, Qwen2.5-0.5B 7.1 s, i.e. 0.3 to 1 GB/s).
 pub const DEFAULT_LOAD_BYTES_PER_S: f64 = 0.5e9;
+
+/// How many prompt tokens' time one token of a label scored whole costs, where not measured:
+/// `murakkab calibrate` on this project's 2-core Sapphire Rapids machine (2026-12-05, two runs,
+/// the statements of 'The review reports a problem with the product' after 32 short reviews)
+/// measured 837 and 932 statement tokens/s against 1,797 and 1,931 prefill for Qwen2.5-0.5B
+/// (2.15, 2.07), 1,676 and 1,834 against 3,423 and 3,430 for SmolLM2-135M (2.04, 1.87).
+/// Priced at the prefill speed, as before, `ai_filter` over 401 SpamAssassin subjects was
+/// estimated at 8.5 s for the 12.9 s it took.
+pub const STATEMENT_TOKEN_COST: f64 = 2.0;
 
 /// Prefill speed of [`ModelSpeed::default_with_matrix_units`] at 10⁹ parameters.
 const AMX_SCALE: f64 = 1534.0;

@@ -17,7 +17,9 @@ mod proxy_model;
 mod pull;
 
 pub use builtin_models::builtin_models;
-pub use device_profile::{DeviceProfile, LABEL_ROW_OVERHEAD_TOKENS, ModelSpeed};
+pub use device_profile::{
+    DeviceProfile, LABEL_ROW_OVERHEAD_TOKENS, ModelSpeed, STATEMENT_TOKEN_COST,
+};
 pub use error::CatalogError;
 pub use home::{HOME_ENV, MurakkabHome};
 pub use local_cards::{CARD_FILE, SUPPORTED_ARCHITECTURES, local_cards, read_card};

@@ -20,8 +20,13 @@ pub struct LabelCallStats {
     pub input_rows: u64,
     /// The model every candidate is compared with: the largest that can score labels.
     pub reference: String,
-    /// Mean tokens of a row's own text (the shared instruction is computed once per batch).
+    /// Mean tokens of a row's own text (the shared instruction is computed once per batch). In
+    /// records written before `mean_statement_tokens` was kept, a filter's statements too.
     pub mean_row_tokens: f64,
+    /// Mean tokens of the labels scored whole after each row: a filter's statement and its
+    /// negation (0 for `ai_classify`, and in records written before it was kept).
+    #[serde(default)]
+    pub mean_statement_tokens: f64,
     /// Share of sampled rows whose reference answer is the first label (for `ai_filter`, the
     /// estimated selectivity: the fraction of rows that pass).
     pub first_label_rate: f64,
@@ -314,6 +319,7 @@ mod tests {
             input_rows: 100,
             reference: "big".into(),
             mean_row_tokens: 12.5,
+            mean_statement_tokens: 9.0,
             first_label_rate: 0.25,
             candidates: vec![CandidateOutcome {
                 model: "small".into(),
@@ -348,6 +354,12 @@ mod tests {
         assert_eq!(stats().sample_rows(), 2);
         std::fs::write(store.record_path("label", "k"), "{ not json").unwrap();
         assert_eq!(store.label_stats("k"), None);
+        // A record written before statements were counted apart still reads, with none.
+        let mut json = serde_json::to_value(Stored { key: "k".into(), stats: stats() }).unwrap();
+        json["stats"].as_object_mut().unwrap().remove("mean_statement_tokens");
+        std::fs::write(store.record_path("label", "k"), json.to_string()).unwrap();
+        let old = LabelCallStats { mean_statement_tokens: 0.0, ..stats() };
+        assert_eq!(store.label_stats("k"), Some(old));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Each figure is the shape of work the cost model prices: label scoring of short rows after a
 //! shared instruction, in batches of 16 (prefill tokens/s, counting each row's tokens plus the
-//! cost model's per-row overhead), one-row decoding, and 64-text encoder batches. One warm-up
+//! cost model's per-row overhead), `ai_filter`'s statements scored whole after the same rows
+//! (what their tokens add), one-row decoding, and 64-text encoder batches. One warm-up
 //! pass, then the median of three timed passes; a few seconds per model.
 
 use std::time::Instant;
@@ -60,6 +61,7 @@ pub fn calibrate_model(home: &MurakkabHome, card: &ModelCard) -> Result<ModelSpe
         let seconds = median_seconds(|| encoder.embed(&batch).map(|_| ()))?;
         return Ok(ModelSpeed {
             prefill_tokens_per_s: 0.0,
+            statement_tokens_per_s: 0.0,
             decode_tokens_per_s: 0.0,
             embeddings_per_s: batch.len() as f64 / seconds,
             measured: true,
@@ -91,6 +93,20 @@ pub fn calibrate_model(home: &MurakkabHome, card: &ModelCard) -> Result<ModelSpe
         }
         Ok(())
     })?;
+    // `ai_filter`'s two statements about the same rows, scored whole: what their tokens add to
+    // the rows' label scoring, counted as the cost model counts them (each statement's tokens).
+    let statements: Vec<Vec<u32>> =
+        murakkab_udfs::prompts::filter_labels("The review reports a problem with the product")
+            .iter()
+            .map(|s| model.encode(s))
+            .collect::<Result<_, _>>()?;
+    let whole = median_seconds(|| {
+        for chunk in rows.chunks(16) {
+            model.score_whole_labels(&prefix, chunk, &statements)?;
+        }
+        Ok(())
+    })?;
+    let statement_tokens = rows.len() * statements.iter().map(Vec::len).sum::<usize>();
     // Priced as the cost model prices a row: its text's tokens plus the overhead, which
     // already counts the chat template around it (counting the encoded row, template included,
     // on top of that overstated the speed by a fifth: estimates ran ~25% under the time taken).
@@ -118,8 +134,14 @@ pub fn calibrate_model(home: &MurakkabHome, card: &ModelCard) -> Result<ModelSpe
     let short = generate(1)?;
     let long = generate(17)?;
     let steps = produced.get().saturating_sub(1).max(1);
+    let prefill_tokens_per_s = tokens as f64 / seconds;
+    // A statement token costs at least a prompt token; a difference lost in the timing noise
+    // (a tiny model) reads as that.
+    let statement_tokens_per_s =
+        (statement_tokens as f64 / (whole - seconds).max(1e-6)).min(prefill_tokens_per_s);
     Ok(ModelSpeed {
-        prefill_tokens_per_s: tokens as f64 / seconds,
+        prefill_tokens_per_s,
+        statement_tokens_per_s,
         decode_tokens_per_s: steps as f64 / (long - short).max(1e-6),
         embeddings_per_s: 0.0,
         measured: true,

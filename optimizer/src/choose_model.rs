@@ -86,7 +86,7 @@ use murakkab_udfs::{
 };
 
 use crate::compared_label::compared_labels;
-use crate::cost_model::{Cost, embed_row_cost, label_row_cost, load_cost};
+use crate::cost_model::{Cost, RowTokens, embed_row_cost, label_row_cost, load_cost};
 use crate::order_predicates::PredicateOrderer;
 use crate::proxy_training::{out_of_fold, train};
 use crate::quality::{
@@ -519,7 +519,7 @@ impl ModelChooser {
         site: &Site,
         sample: &Sample,
         model: &ModelCard,
-    ) -> Result<f64> {
+    ) -> Result<RowTokens> {
         let backend = Arc::clone(&self.backend);
         let (texts, instruction) = (sample.texts.clone(), site.instruction.clone());
         let model = model.id.clone();
@@ -611,7 +611,7 @@ impl ModelChooser {
         &self,
         site: &Site,
         sample: &Sample,
-        tokens: f64,
+        tokens: RowTokens,
         row_cost: HashMap<String, f64>,
         pass: &Pass<'_>,
     ) -> Result<LabelCallStats> {
@@ -647,7 +647,7 @@ struct MeasureJob {
     encoder: Option<String>,
     proxy_id: String,
     input_rows: u64,
-    tokens: f64,
+    tokens: RowTokens,
     /// A row's cost on each candidate, by the objective.
     row_cost: HashMap<String, f64>,
     quality_target: f64,
@@ -880,7 +880,8 @@ fn measure_blocking(backend: &dyn AiBackend, job: &MeasureJob) -> Result<LabelCa
     Ok(LabelCallStats {
         input_rows: job.input_rows,
         reference: job.reference.clone(),
-        mean_row_tokens: job.tokens,
+        mean_row_tokens: job.tokens.prompt,
+        mean_statement_tokens: job.tokens.statements,
         first_label_rate: first as f64 / answered.len().max(1) as f64,
         candidates,
         reference_rows: answered.len(),
@@ -1009,21 +1010,26 @@ fn score_sample(
     Ok(scored.rows.into_iter().map(std::result::Result::ok).collect())
 }
 
-/// Mean tokens of a sampled row's prompt part (its text in its block), by `model`'s tokenizer.
+/// Mean tokens of a sampled row's prompt part (its text in its block) and of the labels scored
+/// whole after it, by `model`'s tokenizer.
 fn mean_tokens(
     backend: &dyn AiBackend,
     model: &str,
     texts: &[String],
     instruction: &Instruction,
-) -> f64 {
+) -> RowTokens {
     let batch = instruction.prompt(texts);
     let count = |t: &str| backend.count_tokens(model, t).unwrap_or(t.len() / 4);
     let total: usize = batch.rows.iter().map(|r| count(r)).sum();
-    // Labels scored whole (a filter's two statements) run through the model on every row too:
-    // on short texts they are most of the work (spam subjects: about 2.3x a yes/no answer).
-    let labels: usize =
+    // Labels scored whole (a filter's two statements) run through the model on every row too,
+    // at their own speed: on short texts they are most of the work (spam subjects: the filter
+    // takes about twice as long as a yes/no answer).
+    let statements: usize =
         if batch.whole_labels { instruction.labels().iter().map(|l| count(l)).sum() } else { 0 };
-    total as f64 / batch.rows.len().max(1) as f64 + labels as f64
+    RowTokens {
+        prompt: total as f64 / batch.rows.len().max(1) as f64,
+        statements: statements as f64,
+    }
 }
 
 /// The cheapest plan meeting the target, with its note.
@@ -1038,8 +1044,9 @@ fn choose_plan(
     let options = &pass.options;
     let objective = options.objective;
     let reference_card = card(&stats.reference).unwrap_or(&pass.reference);
-    let row_cost =
-        |c: &ModelCard| label_row_cost(&pass.profile.speed(c), stats.mean_row_tokens, options);
+    let tokens =
+        RowTokens { prompt: stats.mean_row_tokens, statements: stats.mean_statement_tokens };
+    let row_cost = |c: &ModelCard| label_row_cost(&pass.profile.speed(c), tokens, options);
     let reference_cost = row_cost(reference_card);
     let mut best = Choice {
         plan: ModelPlan::Model(reference_card.id.clone()),
@@ -1181,7 +1188,7 @@ fn choose_plan(
         stats.sample_rows(),
         stats.input_rows,
         (model_rows / FORWARD_BATCH_ROWS as f64).ceil(),
-        model_rows * stats.mean_row_tokens
+        model_rows * tokens.total()
     );
     if let Some(escalated) = best.escalated {
         note.push_str(&format!(", escalated={:.0}%", escalated * 100.0));
@@ -1829,6 +1836,7 @@ mod tests {
             input_rows: 400,
             reference: "big".into(),
             mean_row_tokens: 20.0,
+            mean_statement_tokens: 0.0,
             first_label_rate: 0.5,
             candidates,
             reference_rows: 120,

@@ -2,7 +2,10 @@
 //! the single number the objective compares plans by.
 //!
 //! Label scoring is one batched forward pass over each row's tokens (the shared instruction is
-//! computed once per batch), so a row costs its tokens over the model's prefill speed. Energy
+//! computed once per batch), so a row costs its tokens over the model's prefill speed; labels
+//! scored whole (`ai_filter`'s statements) add their tokens at the slower statement speed
+//! `murakkab calibrate` measures (about half the prefill speed: short passes, and every token
+//! scored against the whole vocabulary). Energy
 //! follows the same modeled power as the executor's meter where no hardware counter exists:
 //! every model thread busy at `energy.cpu_watts_per_core` plus `energy.idle_watts_per_core`.
 
@@ -55,10 +58,28 @@ pub fn busy_watts(options: &MurakkabOptions) -> f64 {
     model_threads(options) as f64 * (options.cpu_watts_per_core + options.idle_watts_per_core)
 }
 
-/// The cost of scoring one row of `row_tokens` tokens on a model of `speed`.
-pub fn label_row_cost(speed: &ModelSpeed, row_tokens: f64, options: &MurakkabOptions) -> Cost {
+/// The tokens a label-scored row costs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RowTokens {
+    /// The row's own prompt: its text in its block (the shared instruction is once per batch).
+    pub prompt: f64,
+    /// The labels scored whole after it (a filter's statement and its negation; 0 for labels
+    /// told apart by their first token).
+    pub statements: f64,
+}
+
+impl RowTokens {
+    /// All of them, as read.
+    pub fn total(self) -> f64 {
+        self.prompt + self.statements
+    }
+}
+
+/// The cost of scoring one row of `tokens` on a model of `speed`.
+pub fn label_row_cost(speed: &ModelSpeed, tokens: RowTokens, options: &MurakkabOptions) -> Cost {
     let overhead = LABEL_ROW_OVERHEAD_TOKENS as f64;
-    let seconds = (row_tokens + overhead) / speed.prefill_tokens_per_s.max(1e-9);
+    let seconds = (tokens.prompt + overhead) / speed.prefill_tokens_per_s.max(1e-9)
+        + tokens.statements / speed.statement_speed().max(1e-9);
     Cost { seconds, joules: seconds * busy_watts(options) }
 }
 
@@ -71,7 +92,8 @@ pub fn generate_row_cost(
     options: &MurakkabOptions,
 ) -> Cost {
     let seconds = generated_tokens / speed.decode_tokens_per_s.max(1e-9);
-    label_row_cost(speed, row_tokens, options)
+    let prompt = RowTokens { prompt: row_tokens, statements: 0.0 };
+    label_row_cost(speed, prompt, options)
         .plus(Cost { seconds, joules: seconds * busy_watts(options) })
 }
 
@@ -100,9 +122,10 @@ mod tests {
         let options = MurakkabOptions { threads: 2, ..Default::default() };
         let small = ModelSpeed::default_for(135_000_000);
         let large = ModelSpeed::default_for(494_000_000);
-        let a = label_row_cost(&small, 20.0, &options);
-        assert!(label_row_cost(&large, 20.0, &options).seconds > 2.0 * a.seconds);
-        assert!(label_row_cost(&small, 200.0, &options).seconds > a.seconds);
+        let prompt = |prompt| RowTokens { prompt, statements: 0.0 };
+        let a = label_row_cost(&small, prompt(20.0), &options);
+        assert!(label_row_cost(&large, prompt(20.0), &options).seconds > 2.0 * a.seconds);
+        assert!(label_row_cost(&small, prompt(200.0), &options).seconds > a.seconds);
         assert!((a.joules - a.seconds * 2.0 * 4.8).abs() < 1e-9);
         let c = Cost { seconds: 2.0, joules: 8.0 };
         assert_eq!(c.value(Objective::Latency, &options), 2.0);
@@ -110,5 +133,25 @@ mod tests {
         assert_eq!(c.value(Objective::Balanced, &options), 4.0);
         assert!((c.value(Objective::Carbon, &options) - 8.0 * 475.0 / 3.6e6).abs() < 1e-12);
         assert_eq!(c.times(2.0).plus(c), Cost { seconds: 6.0, joules: 24.0 });
+    }
+
+    #[test]
+    fn statements_cost_their_measured_speed_and_old_profiles_derive_it() {
+        let options = MurakkabOptions { threads: 2, ..Default::default() };
+        let measured = ModelSpeed {
+            prefill_tokens_per_s: 2000.0,
+            statement_tokens_per_s: 500.0,
+            ..ModelSpeed::default_for(494_000_000)
+        };
+        let tokens = RowTokens { prompt: 26.0, statements: 10.0 };
+        let cost = label_row_cost(&measured, tokens, &options);
+        assert!((cost.seconds - (40.0 / 2000.0 + 10.0 / 500.0)).abs() < 1e-12);
+        // A profile stored before statements were measured reads 0: the prefill speed over
+        // the default ratio.
+        let old = ModelSpeed { statement_tokens_per_s: 0.0, ..measured };
+        let derived = 2000.0 / murakkab_catalog::STATEMENT_TOKEN_COST;
+        assert!((old.statement_speed() - derived).abs() < 1e-9);
+        assert!(label_row_cost(&old, tokens, &options).seconds > 40.0 / 2000.0 + 10.0 / 2000.0);
+        assert_eq!(tokens.total(), 36.0);
     }
 }

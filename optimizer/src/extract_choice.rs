@@ -87,7 +87,8 @@ impl ModelChooser {
                 format!("{function}: {reference_plan} (empty input)"),
             ));
         }
-        let tokens = self.mean_sample_tokens(site, &sample, reference).await?;
+        // An extraction scores no labels: its row's prompt is all it reads.
+        let tokens = self.mean_sample_tokens(site, &sample, reference).await?.prompt;
         let row_cost = |card: &ModelCard| {
             generate_row_cost(
                 &pass.profile.speed(card),

@@ -71,7 +71,7 @@ use crate::choose_model::{
     literal_strings, skip_column_projections, with_model,
 };
 use crate::compared_label::comparison;
-use crate::cost_model::{Cost, embed_row_cost, generate_row_cost, label_row_cost};
+use crate::cost_model::{Cost, RowTokens, embed_row_cost, generate_row_cost, label_row_cost};
 use crate::sampling::{PrioritySample, row_priorities};
 
 /// Inputs with fewer rows than this many samples per predicate keep the written order. The
@@ -269,8 +269,19 @@ impl PredicateOrderer {
                 Some(arg) => Some(pass.session.create_physical_expr(arg.clone(), base_schema)?),
                 None => None,
             };
+            // A filter's condition and its negation are scored whole after every row.
+            let statements = match function_call(&call) {
+                Some(f) if f.func.name() == "ai_filter" => f
+                    .args
+                    .get(1)
+                    .and_then(literal_string)
+                    .flatten()
+                    .map(|condition| murakkab_udfs::prompts::filter_labels(&condition))
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
             let expr = pass.session.create_physical_expr(call, base_schema)?;
-            calls.push(SampledCall { name, expr, text, model, kind });
+            calls.push(SampledCall { name, expr, text, model, kind, statements });
         }
         let map = AiMap::try_new(chain.base.clone(), link.calls.clone())?;
         let predicate =
@@ -353,6 +364,8 @@ struct SampledCall {
     text: Option<Arc<dyn PhysicalExpr>>,
     model: Option<ModelCard>,
     kind: CallKind,
+    /// The labels it scores whole after each row (a filter's statement and its negation).
+    statements: Vec<String>,
 }
 
 /// Evaluating one link on the sample, owned so it can move to a blocking thread (the calls
@@ -414,7 +427,14 @@ impl MeasureJob {
             None => 0.0,
         };
         Ok(match call.kind {
-            CallKind::Labels => label_row_cost(&speed, input_tokens, &self.options),
+            CallKind::Labels => {
+                let count = |t: &String| {
+                    self.backend.count_tokens(&card.id, t).unwrap_or(t.len() / 4) as f64
+                };
+                let statements = call.statements.iter().map(count).sum();
+                let tokens = RowTokens { prompt: input_tokens, statements };
+                label_row_cost(&speed, tokens, &self.options)
+            }
             CallKind::Generate => {
                 // Generated tokens: the answers' own (a struct's fields read as JSON text).
                 let generated = match values.data_type() {

@@ -28,8 +28,12 @@ pub fn run(session: &Session, threads: Option<usize>) -> Result<()> {
             println!("{}: {:.1} embeddings/s", card.id, speed.embeddings_per_s);
         } else {
             println!(
-                "{}: prefill {:.0} tokens/s (label scoring), decode {:.1} tokens/s",
-                card.id, speed.prefill_tokens_per_s, speed.decode_tokens_per_s
+                "{}: prefill {:.0} tokens/s (label scoring), statements {:.0} tokens/s \
+                 (scored whole), decode {:.1} tokens/s",
+                card.id,
+                speed.prefill_tokens_per_s,
+                speed.statement_tokens_per_s,
+                speed.decode_tokens_per_s
             );
         }
         profile.models.insert(card.id.clone(), speed);
