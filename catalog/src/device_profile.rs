@@ -110,12 +110,14 @@ pub const DEFAULT_LOAD_BYTES_PER_S: f64 = 0.5e9;
 
 /// How many prompt tokens' time one token of a label scored whole costs, where not measured:
 /// `murakkab calibrate` on this project's 2-core Sapphire Rapids machine (2026-12-05, two runs,
-/// the statements of 'The review reports a problem with the product' after 32 short reviews)
-/// measured 837 and 932 statement tokens/s against 1,797 and 1,931 prefill for Qwen2.5-0.5B
-/// (2.15, 2.07), 1,676 and 1,834 against 3,423 and 3,430 for SmolLM2-135M (2.04, 1.87).
-/// Priced at the prefill speed, as before, `ai_filter` over 401 SpamAssassin subjects was
-/// estimated at 8.5 s for the 12.9 s it took.
-pub const STATEMENT_TOKEN_COST: f64 = 2.0;
+/// the statements of 'The review reports a problem with the product' after 32 short reviews,
+/// scored as branches of each row's pass) measured 1,431 and 1,199 statement tokens/s against
+/// 2,057 and 2,004 prefill for Qwen2.5-0.5B (1.44, 1.67), 3,190 and 2,930 against 3,674 and
+/// 3,729 for SmolLM2-135M (1.15, 1.27). Before the statements ran in the row's pass (one pass
+/// per row and then one for its continuations) the ratio was about 2; priced at the prefill
+/// speed then, `ai_filter` over 401 SpamAssassin subjects was estimated at 8.5 s for the
+/// 12.9 s it took.
+pub const STATEMENT_TOKEN_COST: f64 = 1.5;
 
 /// Prefill speed of [`ModelSpeed::default_with_matrix_units`] at 10⁹ parameters.
 const AMX_SCALE: f64 = 1534.0;

@@ -365,9 +365,10 @@ impl AiBackend for ModelRuntime {
             .collect::<Result<Vec<_>, _>>()?;
         // The tokens scored, cut here so the batch and prior keys below hold them.
         let labels = if batch.whole_labels { labels } else { distinguishing_prefixes(&labels) };
-        let longest_label = labels.iter().map(Vec::len).max().unwrap_or(1);
+        // A row's pass holds every label after it (each a branch of the row: `score_chunk`).
+        let label_tokens = labels.iter().map(Vec::len).sum::<usize>().max(1);
         let budget = Self::context_of(&lm, &card)
-            .checked_sub(prefix.len() + longest_label)
+            .checked_sub(prefix.len() + label_tokens)
             .filter(|b| *b >= 8)
             .ok_or_else(|| {
                 format!("the instruction and labels leave no room for the text in model '{model}'")
@@ -386,7 +387,7 @@ impl AiBackend for ModelRuntime {
             self.with_prefix(&lm, &prefix, all.len(), |cache| {
                 isolate_failures(all.len(), |chunk| {
                     let part: Vec<Vec<u32>> = chunk.iter().map(|&i| all[i].clone()).collect();
-                    let tokens = prefix.len() + longest(&part) + longest_label;
+                    let tokens = prefix.len() + longest(&part) + label_tokens;
                     let _memory = self.reserve_batch(&lm, part.len(), tokens)?;
                     lm.score_whole_labels(cache, &part, &labels)
                 })

@@ -326,6 +326,64 @@ struct Block {
     qkv: Option<Linear>,
 }
 
+/// How a sequence of a branched pass ([`GgufDecoder::forward_branches`]) is laid out: a trunk
+/// of `trunk` tokens, then branches of the given lengths one after another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchLayout {
+    trunk: usize,
+    branches: Vec<usize>,
+}
+
+impl BranchLayout {
+    /// A trunk of `trunk` tokens followed by branches of `branches` tokens each.
+    pub fn new(trunk: usize, branches: Vec<usize>) -> Self {
+        Self { trunk, branches }
+    }
+
+    /// Tokens in all.
+    pub fn len(&self) -> usize {
+        self.trunk + self.branches.iter().sum::<usize>()
+    }
+
+    /// Whether the layout holds no token.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Which part token `i` is in (0 for the trunk, `k + 1` for branch `k`) and its offset
+    /// there.
+    fn place(&self, i: usize) -> (usize, usize) {
+        if i < self.trunk {
+            return (0, i);
+        }
+        let mut offset = i - self.trunk;
+        for (k, &len) in self.branches.iter().enumerate() {
+            if offset < len {
+                return (k + 1, offset);
+            }
+            offset -= len;
+        }
+        (self.branches.len() + 1, offset)
+    }
+
+    /// Token `i`'s distance from the sequence's first new token as the model sees it: its
+    /// index in the trunk, or the trunk's length plus its offset in its branch.
+    fn depth(&self, i: usize) -> usize {
+        match self.place(i) {
+            (0, at) => at,
+            (_, offset) => self.trunk + offset,
+        }
+    }
+
+    /// Whether token `i` attends to token `j` (`j ≤ i`): every trunk token, and the earlier
+    /// tokens of its own branch.
+    fn sees(&self, i: usize, j: usize) -> bool {
+        let (from, _) = self.place(i);
+        let (to, _) = self.place(j);
+        j <= i && (to == 0 || to == from)
+    }
+}
+
 /// A loaded decoder: weights only; all per-sequence state is in [`SeqCache`].
 pub struct GgufDecoder {
     config: DecoderConfig,
@@ -625,6 +683,39 @@ impl GgufDecoder {
         Ok((last, all))
     }
 
+    /// Runs each sequence as a trunk and branches in one pass, after `caches[b]`: `tokens[b]` is
+    /// laid out as `layouts[b]` says (its trunk, then each branch), and each branch sees the
+    /// trunk and its own earlier tokens only, at the positions after the trunk, as if it ran
+    /// alone after it. Returns every new position's final-norm hidden state (`[B, T, dim]` in
+    /// that layout, padded positions unspecified); no caches are kept.
+    ///
+    /// What scoring several continuations of each row needs (a statement and its negation):
+    /// one pass instead of the row's and then one per continuation, each reading every weight
+    /// again for a few tokens.
+    pub fn forward_branches(
+        &self,
+        tokens: &[&[u32]],
+        layouts: &[BranchLayout],
+        caches: &[&SeqCache],
+    ) -> Result<Tensor, ModelError> {
+        let fits = layouts.len() == tokens.len()
+            && tokens.iter().zip(layouts).all(|(t, l)| t.len() == l.len());
+        if !fits {
+            return Err(ModelError::Unsupported {
+                id: self.config.architecture.clone(),
+                reason: "a branched pass needs one layout per sequence, as long as it".into(),
+            });
+        }
+        let tree = Some(layouts);
+        let (_, all, _) = self.device.with_context(|| {
+            self.pass_in_pool(tokens, caches, (true, false), Pass::Prompt, tree)
+        })?;
+        all.ok_or_else(|| ModelError::Unsupported {
+            id: self.config.architecture.clone(),
+            reason: "a branched pass returned no hidden states".into(),
+        })
+    }
+
     /// One generation step: one new token per sequence. Same contract as [`Self::forward`]; in
     /// [`WeightMode::Both`] it reads the quantized weights.
     pub fn decode_step(
@@ -647,17 +738,21 @@ impl GgufDecoder {
         // Inside candle's own thread pool, whose workers stay warm across the many short
         // parallel sections of a pass: label scoring over 64 UCI rows took 3.9 s instead of
         // 6.3 s on 2 cores (1.6 cores busy instead of 1.0) in the global rayon pool.
-        self.device
-            .with_context(|| self.pass_in_pool(tokens, caches, all_positions, keep_caches, pass))
+        self.device.with_context(|| {
+            self.pass_in_pool(tokens, caches, (all_positions, keep_caches), pass, None)
+        })
     }
 
+    /// `outputs`: whether to return every position's hidden state, and the extended caches.
+    /// `tree`: each sequence's trunk and branches (see [`Self::forward_branches`]), or `None`
+    /// for plain causal sequences.
     fn pass_in_pool(
         &self,
         tokens: &[&[u32]],
         caches: &[&SeqCache],
-        all_positions: bool,
-        keep_caches: bool,
+        (all_positions, keep_caches): (bool, bool),
         pass: Pass,
+        tree: Option<&[BranchLayout]>,
     ) -> Result<(Tensor, Option<Tensor>, Vec<SeqCache>), ModelError> {
         let b = tokens.len();
         if b == 0 || caches.len() != b || tokens.iter().any(|t| t.is_empty()) {
@@ -673,13 +768,15 @@ impl GgufDecoder {
         // Right-padded token ids and each token's absolute position.
         let mut ids = Vec::with_capacity(b * t);
         let mut positions = Vec::with_capacity(b * t);
-        for (seq, cache) in tokens.iter().zip(caches) {
+        for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
             for i in 0..t {
                 ids.push(seq.get(i).copied().unwrap_or(0));
-                positions.push((cache.len + i.min(seq.len() - 1)) as u32);
+                let at = i.min(seq.len() - 1);
+                let depth = tree.map_or(at, |layouts| layouts[s].depth(at));
+                positions.push((cache.len + depth) as u32);
             }
         }
-        let mask = self.mask(tokens, caches, t, p, c.n_head / c.n_kv_head)?;
+        let mask = self.mask(tokens, caches, (t, p), c.n_head / c.n_kv_head, tree)?;
         let mut new_caches: Vec<Vec<(Tensor, Tensor)>> = vec![Vec::with_capacity(c.n_layer); b];
         let x = self.layers(ids, positions, (b, t), mask.as_ref(), pass, |layer, k, v| {
             // Past keys/values, each sequence's padded to the longest past.
@@ -1009,9 +1106,9 @@ impl GgufDecoder {
         &self,
         tokens: &[&[u32]],
         caches: &[&SeqCache],
-        t: usize,
-        p: usize,
+        (t, p): (usize, usize),
         group: usize,
+        tree: Option<&[BranchLayout]>,
     ) -> Result<Option<Tensor>, ModelError> {
         if t == 1 && caches.iter().all(|c| c.len == p) {
             return Ok(None);
@@ -1026,7 +1123,17 @@ impl GgufDecoder {
                     let row = &mut m[start..start + width];
                     row[..cache.len].fill(0.0);
                     let visible = i.min(seq.len() - 1);
-                    row[p..=p + visible].fill(0.0);
+                    match tree {
+                        None => row[p..=p + visible].fill(0.0),
+                        Some(layouts) => {
+                            let layout = &layouts[s];
+                            for j in 0..=visible {
+                                if layout.sees(visible, j) {
+                                    row[p + j] = 0.0;
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1225,6 +1332,65 @@ mod tests {
                 assert!((score - full[t as usize] - offset).abs() < 1e-4, "{row:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_branch_layout_places_tokens_after_the_trunk_and_hides_other_branches() {
+        let layout = BranchLayout::new(3, vec![2, 1]);
+        assert_eq!(layout.len(), 6);
+        let depths: Vec<usize> = (0..6).map(|i| layout.depth(i)).collect();
+        assert_eq!(depths, [0, 1, 2, 3, 4, 3]);
+        assert!(layout.sees(4, 0) && layout.sees(4, 2) && layout.sees(4, 3) && layout.sees(4, 4));
+        assert!(!layout.sees(5, 3) && !layout.sees(5, 4), "another branch");
+        assert!(layout.sees(5, 5) && layout.sees(5, 1));
+        assert!(!layout.sees(1, 2), "nothing later");
+        assert!(BranchLayout::new(0, Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn branches_in_one_pass_equal_each_run_alone_after_its_trunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        crate::tiny_models::write_tiny_gguf(&path, "qwen2", GgmlDType::F32, 11).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = Content::read(&mut file).unwrap();
+        // Both weight copies: prompt passes take the fused projection where the CPU has AMX.
+        let decoder =
+            GgufDecoder::load(&content, &mut file, &Device::Cpu, WeightMode::Both).unwrap();
+        let empty = decoder.empty_cache().unwrap();
+        let (_, _, prefix) = decoder.forward(&[&[1u32, 2, 3, 4][..]], &[&empty], false).unwrap();
+        let prefix = &prefix[0];
+        // Two rows of different lengths (the shorter padded), each with branches of 3 and 2.
+        let trunks: [&[u32]; 2] = [&[10, 11, 12, 13, 14], &[20, 21]];
+        let branches: [&[u32]; 2] = [&[30, 31, 32], &[40, 41]];
+        let seqs: Vec<Vec<u32>> =
+            trunks.iter().map(|t| [*t, branches[0], branches[1]].concat()).collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let layouts: Vec<BranchLayout> =
+            trunks.iter().map(|t| BranchLayout::new(t.len(), vec![3, 2])).collect();
+        let together = decoder.forward_branches(&refs, &layouts, &[prefix, prefix]).unwrap();
+        let gap = |a: Tensor, b: Tensor| {
+            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        for (row, trunk) in trunks.iter().enumerate() {
+            let (_, trunk_states, _) = decoder.forward(&[trunk], &[prefix], true).unwrap();
+            let trunk_states = trunk_states.unwrap().i(0).unwrap();
+            let here = together.i(row).unwrap();
+            let d = gap(here.narrow(0, 0, trunk.len()).unwrap(), trunk_states);
+            assert!(d < 1e-4, "row {row}: the trunk is {d} away");
+            let mut offset = trunk.len();
+            for branch in branches {
+                // The branch alone: the trunk, then it, in plain causal order.
+                let alone = [*trunk, branch].concat();
+                let (_, states, _) = decoder.forward(&[&alone], &[prefix], true).unwrap();
+                let states = states.unwrap().i(0).unwrap().narrow(0, trunk.len(), branch.len());
+                let d = gap(here.narrow(0, offset, branch.len()).unwrap(), states.unwrap());
+                assert!(d < 1e-4, "row {row}: a branch is {d} away");
+                offset += branch.len();
+            }
+        }
+        let wrong = decoder.forward_branches(&refs, &layouts[..1], &[prefix, prefix]);
+        assert!(wrong.is_err(), "one layout per sequence");
     }
 
     #[test]

@@ -9,14 +9,14 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::{Device, IndexOp, Tensor};
+use candle_core::{Device, Tensor};
 use murakkab_udfs::FieldType;
 use tokenizers::Tokenizer;
 
 use crate::batching::{in_length_order_within, in_padded_length_order};
 use crate::constrained_json::{Extraction, TokenClasses};
 use crate::error::ModelError;
-use crate::gguf_decoder::{GgufDecoder, SeqCache, WeightMode};
+use crate::gguf_decoder::{BranchLayout, GgufDecoder, SeqCache, WeightMode};
 use crate::gguf_tokenizer::tokenizer_from_gguf;
 
 /// Rows per forward pass.
@@ -270,46 +270,73 @@ impl LanguageModel {
             });
         }
         let multi: Vec<usize> = (0..labels.len()).filter(|&k| labels[k].len() > 1).collect();
-        // The rows' caches are needed only to run labels' later tokens after them.
-        let (last, row_caches) = self.prefill(prefix, rows, !multi.is_empty())?;
-        // log p(label) = log p(first token) + sum of later tokens' log-probs. The first tokens'
-        // scores lack the row's log-sum-exp, a constant the softmax over labels cancels.
         let first_tokens: Vec<u32> = labels.iter().map(|l| l[0]).collect();
-        let mut scores = self.decoder.token_scores(&last, &first_tokens)?.to_vec2::<f32>()?;
-        if !multi.is_empty() {
-            let mut seqs: Vec<&[u32]> = Vec::new();
-            let mut seq_caches: Vec<&SeqCache> = Vec::new();
-            let mut owners = Vec::new();
-            for (r, cache) in row_caches.iter().enumerate() {
+        if multi.is_empty() {
+            let (last, _) = self.prefill(prefix, rows, false)?;
+            let scores = self.decoder.token_scores(&last, &first_tokens)?.to_vec2::<f32>()?;
+            return Ok(scores.into_iter().map(|s| softmax(&s)).collect());
+        }
+        // log p(label) = log p(first token) + sum of later tokens' log-probs. The first tokens'
+        // scores lack the row's log-sum-exp, a constant the softmax over labels cancels. The
+        // later tokens run as branches after their row in the row's own pass: each label but
+        // its last token, seeing the row and itself only.
+        let branches: Vec<usize> = multi.iter().map(|&k| labels[k].len() - 1).collect();
+        let seqs: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| {
+                let mut seq = r.to_vec();
+                for &k in &multi {
+                    seq.extend_from_slice(&labels[k][..labels[k].len() - 1]);
+                }
+                seq
+            })
+            .collect();
+        let layouts: Vec<BranchLayout> =
+            rows.iter().map(|r| BranchLayout::new(r.len(), branches.clone())).collect();
+        let mut scores = Vec::with_capacity(rows.len());
+        for part in parts_within(&seqs, PREFILL_TOKENS) {
+            let part_seqs: Vec<&[u32]> = seqs[part.clone()].iter().map(Vec::as_slice).collect();
+            let part_prefixes = vec![prefix; part.len()];
+            let all = self.decoder.forward_branches(
+                &part_seqs,
+                &layouts[part.clone()],
+                &part_prefixes,
+            )?;
+            let (b, t, dim) = all.dims3()?;
+            let all = all.reshape((b * t, dim))?;
+            // Each row's last token, then every position that predicts a later label token
+            // (label k's j-th token is predicted at branch k's (j − 1)-th), through the output
+            // head at once.
+            let last: Vec<u32> =
+                (0..b).map(|s| (s * t + rows[part.start + s].len() - 1) as u32).collect();
+            let mut at = Vec::new();
+            let mut predicted = Vec::new();
+            for s in 0..b {
+                let mut offset = rows[part.start + s].len();
                 for &k in &multi {
                     let l = &labels[k];
-                    seqs.push(&l[..l.len() - 1]);
-                    seq_caches.push(cache);
-                    owners.push((r, k));
+                    at.extend((0..l.len() - 1).map(|j| (s * t + offset + j) as u32));
+                    predicted.extend_from_slice(&l[1..]);
+                    offset += l.len() - 1;
                 }
             }
-            let (_, all) = self.decoder.forward_uncached(&seqs, &seq_caches, true)?;
-            let all = all.ok_or_else(|| ModelError::Unsupported {
-                id: self.id.clone(),
-                reason: "no hidden states".into(),
-            })?;
-            // Every position that predicts a later label token, through the output head at once.
-            let hidden: Vec<Tensor> = owners
-                .iter()
-                .enumerate()
-                .map(|(n, &(_, k))| all.i(n)?.narrow(0, 0, labels[k].len() - 1))
-                .collect::<candle_core::Result<_>>()?;
-            let tokens: Vec<u32> =
-                owners.iter().flat_map(|&(_, k)| labels[k][1..].iter().copied()).collect();
-            let lp = self.decoder.token_log_probs(&Tensor::cat(&hidden, 0)?, &tokens)?;
+            let device = all.device().clone();
+            let last = all.index_select(&Tensor::new(last.as_slice(), &device)?, 0)?;
+            let mut part_scores =
+                self.decoder.token_scores(&last, &first_tokens)?.to_vec2::<f32>()?;
+            let hidden = all.index_select(&Tensor::new(at.as_slice(), &device)?, 0)?;
+            let lp = self.decoder.token_log_probs(&hidden, &predicted)?;
             let mut position = lp.iter();
-            for &(r, k) in &owners {
-                for _ in &labels[k][1..] {
-                    if let Some(p) = position.next() {
-                        scores[r][k] += p;
+            for row in &mut part_scores {
+                for &k in &multi {
+                    for _ in &labels[k][1..] {
+                        if let Some(p) = position.next() {
+                            row[k] += p;
+                        }
                     }
                 }
             }
+            scores.extend(part_scores);
         }
         Ok(scores.into_iter().map(|s| softmax(&s)).collect())
     }
@@ -374,19 +401,8 @@ impl LanguageModel {
     ) -> Result<(Tensor, Vec<SeqCache>), ModelError> {
         let mut lasts = Vec::new();
         let mut caches = Vec::with_capacity(prompts.len());
-        let mut start = 0;
-        while start < prompts.len() {
-            let mut end = start + 1;
-            let mut longest = prompts[start].len();
-            while let Some(next) = prompts.get(end) {
-                let widest = longest.max(next.len());
-                if widest * (end + 1 - start) > PREFILL_TOKENS {
-                    break;
-                }
-                longest = widest;
-                end += 1;
-            }
-            let part = &prompts[start..end];
+        for part in parts_within(prompts, PREFILL_TOKENS) {
+            let part = &prompts[part];
             let part_prefixes = vec![prefix; part.len()];
             if keep_caches {
                 let (last, _, part_caches) = self.decoder.forward(part, &part_prefixes, false)?;
@@ -395,7 +411,6 @@ impl LanguageModel {
             } else {
                 lasts.push(self.decoder.forward_uncached(part, &part_prefixes, false)?.0);
             }
-            start = end;
         }
         Ok((Tensor::cat(&lasts, 0)?, caches))
     }
@@ -550,6 +565,28 @@ fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
             (probs.len() - 1) as u32
         }
     }
+}
+
+/// Consecutive runs of `seqs` that share a forward pass: each as long as its padded size (rows
+/// × longest) stays within `budget` tokens, and at least one sequence.
+fn parts_within<S: AsRef<[u32]>>(seqs: &[S], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < seqs.len() {
+        let mut end = start + 1;
+        let mut longest = seqs[start].as_ref().len();
+        while let Some(next) = seqs.get(end) {
+            let widest = longest.max(next.as_ref().len());
+            if widest * (end + 1 - start) > budget {
+                break;
+            }
+            longest = widest;
+            end += 1;
+        }
+        parts.push(start..end);
+        start = end;
+    }
+    parts
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub use ai_runtime::ModelRuntime;
 pub use bert_encoder::{BertEncoder, Embeddings};
 pub use device::ComputeDevice;
 pub use error::ModelError;
-pub use gguf_decoder::{DecoderConfig, GgufDecoder, WIDE_STEP_ROWS, WeightMode};
+pub use gguf_decoder::{BranchLayout, DecoderConfig, GgufDecoder, WIDE_STEP_ROWS, WeightMode};
 pub use gguf_tokenizer::tokenizer_from_gguf;
 pub use key_order_streams::KeyOrderStreams;
 pub use kv_cache::{BatchCache, SeqCache};

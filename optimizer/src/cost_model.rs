@@ -4,8 +4,8 @@
 //! Label scoring is one batched forward pass over each row's tokens (the shared instruction is
 //! computed once per batch), so a row costs its tokens over the model's prefill speed; labels
 //! scored whole (`ai_filter`'s statements) add their tokens at the slower statement speed
-//! `murakkab calibrate` measures (about half the prefill speed: short passes, and every token
-//! scored against the whole vocabulary). Energy
+//! `murakkab calibrate` measures (about two thirds of the prefill speed: every token after a
+//! statement's first is scored against the whole vocabulary). Energy
 //! follows the same modeled power as the executor's meter where no hardware counter exists:
 //! every model thread busy at `energy.cpu_watts_per_core` plus `energy.idle_watts_per_core`.
 
