@@ -257,6 +257,26 @@ fn energy_and_co2e_are_reported_by_timing_explain_analyze_and_jobs() {
     for part in ["energy=", "co2e=", "energy_mj=", "cpu_ms=", "models=[tiny-llama]"] {
         assert!(analyze.contains(part), "{part} missing: {analyze}");
     }
+    // The operator's wall time with any partition evaluating: no more than the partitions'
+    // summed model time.
+    let seconds = |name: &str| -> f64 {
+        let at = analyze.find(name).unwrap_or_else(|| panic!("{name} missing: {analyze}"));
+        let value = &analyze[at + name.len()..];
+        let end = value.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap();
+        let unit = &value[end..];
+        let scale = if unit.starts_with("ms") {
+            1e-3
+        } else if unit.starts_with("µs") {
+            1e-6
+        } else if unit.starts_with("ns") {
+            1e-9
+        } else {
+            1.0
+        };
+        value[..end].parse::<f64>().unwrap() * scale
+    };
+    let wall = seconds("model_wall=");
+    assert!(wall > 0.0 && wall <= seconds("elapsed_compute=") + 0.01, "{analyze}");
 
     let job = dir.path().join("job.sql");
     std::fs::write(&job, format!("{};\n", query.replace("say", "write"))).unwrap();

@@ -7,7 +7,9 @@
 //! small chunk, a satisfied `LIMIT` (or a dropped stream) stops the model after at most one more
 //! chunk, and memory stays bounded by one input batch and one chunk. EXPLAIN ANALYZE shows
 //! rows, the models called, model calls and their mean rows, rows the model computed, cache and
-//! dedup hits, tokens in and out, rows with warnings, the model time (`elapsed_compute`), CPU
+//! dedup hits, tokens in and out, rows with warnings, the model time (`elapsed_compute`, summed
+//! over partitions, which wait on each other for the device), the wall time while any partition
+//! was evaluating (`model_wall`: what the optimizer's `time=` estimate is compared with), CPU
 //! time, and energy and gCO2e (measured or modeled).
 
 use std::fmt;
@@ -79,6 +81,8 @@ pub struct AiMapExec {
     chunk_sizes: Arc<Mutex<ChunkSizes>>,
     /// The session's grid intensity (g/kWh), set when executed, for EXPLAIN ANALYZE.
     carbon_intensity: SharedF64,
+    /// Wall time while any of its partitions was evaluating a chunk, for EXPLAIN ANALYZE.
+    busy: BusyClock,
     /// The optimizer's choices and estimates for the calls, shown beside the actual figures.
     notes: Vec<String>,
     /// The optimizer's estimate of the calls' model time, ms.
@@ -168,6 +172,7 @@ impl AiMapExec {
             models: Arc::new(Mutex::new(Vec::new())),
             chunk_sizes: Arc::new(Mutex::new(ChunkSizes::growing(CHUNK_ROWS, MAX_CHUNK_ROWS))),
             carbon_intensity: SharedF64::new(0.0),
+            busy: BusyClock::default(),
             notes: Vec::new(),
             estimated_ms: None,
             key_order: None,
@@ -207,6 +212,10 @@ impl DisplayAs for AiMapExec {
         let models = self.models.lock().map(|m| m.join(", ")).unwrap_or_default();
         if !models.is_empty() {
             write!(f, ", models=[{models}]")?;
+        }
+        let wall = self.busy.total();
+        if !wall.is_zero() {
+            write!(f, ", model_wall={:.2}s", wall.as_secs_f64())?;
         }
         let metrics = self.metrics.clone_inner();
         let calls = metrics.sum_by_name("model_calls").map_or(0, |v| v.as_usize());
@@ -330,6 +339,55 @@ struct ChunkContext {
     warnings: Option<Arc<AiWarnings>>,
     /// What share of the last chunk's rows a full model computed, for the next chunk's size.
     full_model_share: SharedF64,
+    /// The operator's clock of time with any partition evaluating.
+    busy: BusyClock,
+}
+
+/// Wall time during which at least one of an operator's partitions was evaluating a chunk:
+/// the union of their intervals. Partitions queue on the device for their model calls, so
+/// `elapsed_compute`, their sum, counts the waiting too (about twice the wall time over two
+/// partitions), which made it no measure to hold an estimate against.
+#[derive(Debug, Clone, Default)]
+struct BusyClock(Arc<Mutex<BusyState>>);
+
+#[derive(Debug, Default)]
+struct BusyState {
+    evaluating: usize,
+    since: Option<std::time::Instant>,
+    total: Duration,
+}
+
+impl BusyClock {
+    /// Starts a partition's interval; it ends when the guard drops.
+    fn enter(&self) -> BusyGuard {
+        if let Ok(mut state) = self.0.lock() {
+            if state.evaluating == 0 {
+                state.since = Some(std::time::Instant::now());
+            }
+            state.evaluating += 1;
+        }
+        BusyGuard(self.clone())
+    }
+
+    fn total(&self) -> Duration {
+        self.0.lock().map(|state| state.total).unwrap_or_default()
+    }
+}
+
+/// One partition evaluating a chunk (see [`BusyClock`]).
+struct BusyGuard(BusyClock);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.0.0.lock() {
+            state.evaluating = state.evaluating.saturating_sub(1);
+            if state.evaluating == 0
+                && let Some(since) = state.since.take()
+            {
+                state.total += since.elapsed();
+            }
+        }
+    }
 }
 
 /// An `f64` shared between the operator and its streams (as bits): the session's grid
@@ -361,6 +419,7 @@ fn map_chunk(
     let ChunkContext { calls, schema, baseline, metrics, models, priority, power, .. } = cx;
     let priority = *priority;
     let timer = baseline.elapsed_compute().timer();
+    let _busy = cx.busy.enter();
     // Models recorded on this pooled thread by other work (the optimizer's sampling) are not
     // this operator's.
     call_stats::take_models();
@@ -534,6 +593,7 @@ impl ExecutionPlan for AiMapExec {
             on_error: options.on_error,
             warnings: warnings.clone(),
             full_model_share: SharedF64::new(1.0),
+            busy: self.busy.clone(),
         };
         let on_drop = CancelOnDrop(cx.cancel.clone());
         let out_schema = Arc::clone(&self.schema);
@@ -716,6 +776,29 @@ impl fmt::Display for ChunkSizes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_busy_clock_counts_overlapping_partitions_once() {
+        let clock = BusyClock::default();
+        let started = std::time::Instant::now();
+        let first = clock.enter();
+        std::thread::sleep(Duration::from_millis(20));
+        let second = clock.enter();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(first);
+        std::thread::sleep(Duration::from_millis(20));
+        drop(second);
+        let outer = started.elapsed();
+        let busy = clock.total();
+        // The union of the two intervals: at least the 60 ms slept, never more than the wall
+        // time around them (their sum would be at least 20 ms more).
+        assert!(busy >= Duration::from_millis(60) && busy <= outer, "{busy:?} of {outer:?}");
+        // Idle time between intervals does not count.
+        std::thread::sleep(Duration::from_millis(20));
+        let again = std::time::Instant::now();
+        drop(clock.enter());
+        assert!(clock.total() - busy <= again.elapsed());
+    }
 
     fn batch(rows: std::ops::Range<i64>) -> RecordBatch {
         let column: datafusion::arrow::array::ArrayRef =
