@@ -7,7 +7,7 @@
 //! The peer comparison with llama.cpp is `scripts/bench-llama-cpp.sh`, run on the same prompts.
 //! `MURAKKAB_BENCH_ONLY=decode,labels` runs only those parts (`embed`, `prefill`, `decode`,
 //! `stored`: decode with the weights as stored beside it, `steps`: decode steps alone, `labels`,
-//! `statements`: a filter's two statements scored whole).
+//! `statements`: a filter's two statements scored whole, of a short and a longer condition).
 
 // A benchmark reports on stdout.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
@@ -173,6 +173,7 @@ fn bench_decoder(home: &MurakkabHome, id: &str, texts: &[String]) {
     }
     if runs("statements") {
         bench_scoring(&model, id, texts, &STATEMENTS);
+        bench_scoring(&model, id, texts, &LONG_STATEMENTS);
     }
     let (rss, peak) = memory_mb();
     println!("{id}: after its runs: process {rss:.0} MB, peak {peak:.0} MB");
@@ -207,6 +208,20 @@ const STATEMENTS: Scoring = Scoring {
     instruction: "Describe the text in one sentence.\n\n",
     row_end: "\n<|im_end|>\n<|im_start|>assistant\n",
     labels: ["The review is negative", "The review is not negative"],
+    whole: true,
+};
+
+/// `ai_filter`'s case with the statements of a longer condition, as `filter_labels` words them:
+/// several tokens of each after the start they share, where each row's statements run as
+/// branches of its pass (before, as a second pass over every row's copied cache).
+const LONG_STATEMENTS: Scoring = Scoring {
+    name: "long statement scoring",
+    instruction: "Describe the text in one sentence.\n\n",
+    row_end: "\n<|im_end|>\n<|im_start|>assistant\n",
+    labels: [
+        "The review reports a problem with the product",
+        "The review does not report a problem with the product",
+    ],
     whole: true,
 };
 
