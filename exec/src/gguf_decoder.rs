@@ -21,7 +21,7 @@ use crate::amx_gemm::{AmxMatrix, TiledActivations};
 use crate::error::ModelError;
 pub use crate::kv_cache::SeqCache;
 use crate::kv_cache::{BatchCache, stack_padded};
-use crate::qkv_heads::{HeadLayout, Heads, heads_with_rope};
+use crate::qkv_heads::{HeadLayout, Heads, Rows, heads_with_rope};
 use crate::vector_math::{additive_masked_softmax, log_sum_exp};
 use crate::vnni_gemv::VnniMatrix;
 use rayon::prelude::*;
@@ -778,7 +778,7 @@ impl GgufDecoder {
         }
         let mask = self.mask(tokens, caches, (t, p), c.n_head / c.n_kv_head, tree)?;
         let mut new_caches: Vec<Vec<(Tensor, Tensor)>> = vec![Vec::with_capacity(c.n_layer); b];
-        let x = self.layers(ids, positions, (b, t), mask.as_ref(), pass, |layer, k, v| {
+        let kv = |layer: usize, k: &Tensor, v: &Tensor| {
             // Past keys/values, each sequence's padded to the longest past.
             let (past_k, past_v) = stack_padded(caches, layer, p)?;
             let keys = Tensor::cat(&[&past_k, k], 2)?;
@@ -795,21 +795,28 @@ impl GgufDecoder {
                 }
             }
             Ok((keys, values))
-        })?;
-        let last_index: Vec<u32> =
-            tokens.iter().enumerate().map(|(s, seq)| (s * t + seq.len() - 1) as u32).collect();
-        let last = x
-            .reshape((b * t, c.dim))?
-            .index_select(&Tensor::new(last_index.as_slice(), &self.device)?, 0)?;
+        };
+        let (last, all) = if matches!(pass, Pass::Prompt) && self.packs_prompts() {
+            let shape = (t, all_positions);
+            self.layers_packed(tokens, &positions, shape, mask.as_ref(), kv)?
+        } else {
+            let x = self.layers(ids, positions, (b, t), mask.as_ref(), pass, kv)?;
+            let last_index: Vec<u32> =
+                tokens.iter().enumerate().map(|(s, seq)| (s * t + seq.len() - 1) as u32).collect();
+            let last = x
+                .reshape((b * t, c.dim))?
+                .index_select(&Tensor::new(last_index.as_slice(), &self.device)?, 0)?;
+            (last, all_positions.then_some(x))
+        };
         if !keep_caches {
-            return Ok((last, all_positions.then_some(x), Vec::new()));
+            return Ok((last, all, Vec::new()));
         }
         let caches = new_caches
             .into_iter()
             .zip(tokens.iter().zip(caches))
             .map(|(layers, (seq, old))| SeqCache { layers, len: old.len + seq.len() })
             .collect();
-        Ok((last, all_positions.then_some(x), caches))
+        Ok((last, all, caches))
     }
 
     /// The batch cache of rows about to be generated from `caches`, with room for `expected`
@@ -907,7 +914,8 @@ impl GgufDecoder {
             };
             let (q, k, v) = match (pass, &block.qkv) {
                 (Pass::Prompt, Some(qkv)) => {
-                    self.rotated_heads(qkv, (&x, &block.attn_norm), &positions, (b, t))?
+                    let rows = Rows::Padded;
+                    self.rotated_heads(qkv, (&x, &block.attn_norm), &positions, (b, t, rows))?
                 }
                 _ => {
                     let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
@@ -967,25 +975,132 @@ impl GgufDecoder {
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
 
+    /// Whether prompt passes keep their tokens packed, without their padding, through every
+    /// product ([`Self::layers_packed`]): each block's stacked query/key/value projection, output
+    /// projection and MLP are on AMX tiles, the output and down projections without a bias.
+    fn packs_prompts(&self) -> bool {
+        #[cfg(test)]
+        if tests::PADDED_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        self.blocks.iter().all(|b| {
+            b.qkv.as_ref().is_some_and(|qkv| qkv.amx.is_some())
+                && b.wo.amx.is_some()
+                && b.wo.bias.is_none()
+                && b.gated.is_some()
+                && b.w_down.amx.is_some()
+                && b.w_down.bias.is_none()
+        })
+    }
+
+    /// [`Self::layers`] for a prompt pass whose tokens stay packed, without their padding,
+    /// through every product ([`Self::packs_prompts`]): only attention sees the padded `[B, T]`
+    /// layout (queries, keys and values zero at the padding, which no real token attends to).
+    /// Each token's row goes through the same arithmetic as on the padded path, so its values
+    /// are the same bit for bit; a batch's padding (6–10% of the tokens of a batched label
+    /// query) costs no product.
+    ///
+    /// Returns the final-norm hidden state of each sequence's last token (`[B, dim]`) and, with
+    /// `all_positions`, of every position (`[B, T, dim]`, zero at the padding).
+    fn layers_packed(
+        &self,
+        tokens: &[&[u32]],
+        positions: &[u32],
+        (t, all_positions): (usize, bool),
+        mask: Option<&Tensor>,
+        mut kv: impl FnMut(usize, &Tensor, &Tensor) -> candle_core::Result<(Tensor, Tensor)>,
+    ) -> Result<(Tensor, Option<Tensor>), ModelError> {
+        let c = &self.config;
+        let b = tokens.len();
+        let lens: Vec<usize> = tokens.iter().map(|s| s.len()).collect();
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |next, &len| {
+                let start = *next;
+                *next += len;
+                Some(start)
+            })
+            .collect();
+        let n: usize = lens.iter().sum();
+        let rows = Rows::Packed { starts: &starts, lens: &lens };
+        let ids: Vec<u32> = tokens.iter().flat_map(|s| s.iter().copied()).collect();
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        let eps = c.rms_eps as f32;
+        let group = c.n_head / c.n_kv_head;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let (Some(qkv), Some(wo), Some(gated), Some(down)) =
+                (&block.qkv, &block.wo.amx, &block.gated, &block.w_down.amx)
+            else {
+                return Err(ModelError::Unsupported {
+                    id: c.architecture.clone(),
+                    reason: "a packed prompt pass needs every product on AMX tiles".into(),
+                });
+            };
+            let packed = Tensor::from_slice(&x, (n, c.dim), &self.device)?;
+            let (q, k, v) =
+                self.rotated_heads(qkv, (&packed, &block.attn_norm), positions, (b, t, rows))?;
+            let (keys, values) = kv(layer, &k, &v)?;
+            let q = q.reshape((b, c.n_kv_head, group * t, c.head_dim))?;
+            // `[B, n_kv_head, group · T, head_dim]` is `[B, n_head, T, head_dim]` in memory.
+            let attn = attention(&q, &keys, &values, mask, c.head_dim, group)?;
+            let attn = with_f32_values(&attn, |a| {
+                real_rows_of_heads(a, (b, t, c.n_head, c.head_dim), &starts, &lens)
+            })?;
+            // The residual plus the output projection, as candle adds them.
+            let mut h = wo.matmul(&attn, n);
+            for (h, &r) in h.iter_mut().zip(&x) {
+                *h += r;
+            }
+            let acts = with_f32_values(&block.ffn_norm, |w| {
+                TiledActivations::from_rms_normed(&h, w, eps, n, c.dim)
+            })?;
+            x = down.matmul_tiled(&gated.silu_gated(&acts));
+            for (y, &r) in x.iter_mut().zip(&h) {
+                *y += r;
+            }
+        }
+        let x = Tensor::from_vec(x, (n, c.dim), &self.device)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let last: Vec<u32> = (0..b).map(|s| (starts[s] + lens[s] - 1) as u32).collect();
+        let last = x.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
+        if !all_positions {
+            return Ok((last, None));
+        }
+        // Every padded step's row, the padding's a zero row after the packed ones.
+        let zero = Tensor::zeros((1, c.dim), DType::F32, &self.device)?;
+        let with_zero = Tensor::cat(&[&x, &zero], 0)?;
+        let slots: Vec<u32> = (0..b)
+            .flat_map(|s| {
+                let (start, len) = (starts[s], lens[s]);
+                (0..t).map(move |i| if i < len { (start + i) as u32 } else { n as u32 })
+            })
+            .collect();
+        let all = with_zero.index_select(&Tensor::new(slots.as_slice(), &self.device)?, 0)?;
+        Ok((last, Some(all.reshape((b, t, c.dim))?)))
+    }
+
     /// A prompt pass's queries `[B, n_head, T, head_dim]`, keys and values `[B, n_kv_head, T,
-    /// head_dim]` from the block's input `x` (`[B, T, dim]`), normalised by `norm` straight into
-    /// the tiles of the stacked projection on AMX: the product, then its bias, the head-major
-    /// layout and RoPE at `positions` (one per row of `x`) in one pass ([`crate::qkv_heads`]),
-    /// the same values as the separate candle steps.
+    /// head_dim]` from the block's input `x` (its tokens' rows as `rows` says: `[B, T, dim]`
+    /// padded, or packed), normalised by `norm` straight into the tiles of the stacked
+    /// projection on AMX: the product, then its bias, the head-major layout and RoPE at
+    /// `positions` (one per padded step) in one pass ([`crate::qkv_heads`]), the same values as
+    /// the separate candle steps.
     fn rotated_heads(
         &self,
         qkv: &Linear,
         (x, norm): (&Tensor, &Tensor),
         positions: &[u32],
-        (b, t): (usize, usize),
+        (b, t, rows): (usize, usize, Rows<'_>),
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let c = &self.config;
         let Some(matrix) = &qkv.amx else {
             candle_core::bail!("the stacked query/key/value projection has no tiles")
         };
         let eps = c.rms_eps as f32;
+        let m = x.elem_count() / c.dim;
         let acts = with_f32_values(x, |x| {
-            with_f32_values(norm, |w| TiledActivations::from_rms_normed(x, w, eps, b * t, c.dim))
+            with_f32_values(norm, |w| TiledActivations::from_rms_normed(x, w, eps, m, c.dim))
         })??;
         let y = matrix.matmul_tiled(&acts);
         let bias = qkv.bias.as_ref().map(|bias| bias.to_vec1::<f32>()).transpose()?;
@@ -997,7 +1112,7 @@ impl GgufDecoder {
         };
         let Heads { q, k, v } = with_f32_values(&self.cos, |cos| {
             with_f32_values(&self.sin, |sin| {
-                heads_with_rope(&y, bias.as_deref(), (cos, sin), positions, (b, t), layout)
+                heads_with_rope(&y, bias.as_deref(), (cos, sin), positions, (b, t, rows), layout)
             })
         })??;
         let shaped = |values: Vec<f32>, n: usize| {
@@ -1139,6 +1254,34 @@ impl GgufDecoder {
         }
         Ok(Some(Tensor::from_vec(m, (tokens.len(), 1, rows, width), &self.device)?))
     }
+}
+
+/// The attention output's rows of real tokens, packed (`[Σ lens, heads · head_dim]`, each row
+/// its heads side by side, as the padded path's transpose lays them out), from `attn` (`[B,
+/// heads, T, head_dim]`): sequence `s`'s first `lens[s]` steps, from packed row `starts[s]`.
+fn real_rows_of_heads(
+    attn: &[f32],
+    (b, t, heads, head_dim): (usize, usize, usize, usize),
+    starts: &[usize],
+    lens: &[usize],
+) -> Vec<f32> {
+    let width = heads * head_dim;
+    let n: usize = lens.iter().sum();
+    let mut out = vec![0.0f32; n * width];
+    let row_of: Vec<(usize, usize)> = lens
+        .iter()
+        .take(b)
+        .enumerate()
+        .flat_map(|(s, &len)| (0..len).map(move |i| (s, i)))
+        .collect();
+    debug_assert!(starts.iter().zip(lens).all(|(&start, &len)| start + len <= n));
+    out.par_chunks_mut(width).zip(row_of).for_each(|(row, (s, i))| {
+        for (h, dst) in row.chunks_exact_mut(head_dim).enumerate() {
+            let at = ((s * heads + h) * t + i) * head_dim;
+            dst.copy_from_slice(&attn[at..at + head_dim]);
+        }
+    });
+    out
 }
 
 /// Most attention scores (`f32`s) one block of query rows materialises: 4 MB. A long prompt's
@@ -1312,6 +1455,52 @@ fn rope_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Makes prompt passes take the padded path (both paths give the same values, so other
+    /// tests running meanwhile are unaffected).
+    pub(super) static PADDED_ONLY: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    #[test]
+    fn packed_prompt_passes_equal_padded_ones_bit_for_bit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        crate::tiny_models::write_tiny_gguf(&path, "qwen2", GgmlDType::F32, 13).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = Content::read(&mut file).unwrap();
+        let decoder =
+            GgufDecoder::load(&content, &mut file, &Device::Cpu, WeightMode::Both).unwrap();
+        if !decoder.packs_prompts() {
+            assert!(!crate::amx_gemm::available(), "the tiny model packs where AMX runs");
+            return; // No AMX here: every pass is padded.
+        }
+        let empty = decoder.empty_cache().unwrap();
+        let (_, _, prefix) = decoder.forward(&[&[1u32, 2, 3][..]], &[&empty], false).unwrap();
+        let prompts: [&[u32]; 3] =
+            [&[10, 11, 12, 13, 14], &[20, 21], &[30, 31, 32, 33, 34, 35, 36]];
+        let caches = [&prefix[0], &empty, &prefix[0]];
+        let run = |padded: bool| {
+            PADDED_ONLY.store(padded, std::sync::atomic::Ordering::Relaxed);
+            let out = decoder.forward(&prompts, &caches, true).unwrap();
+            PADDED_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
+            out
+        };
+        let (last, all, new_caches) = run(false);
+        let (want_last, want_all, want_caches) = run(true);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&last), flat(&want_last), "last positions");
+        let (all, want_all) = (all.unwrap(), want_all.unwrap());
+        for (s, prompt) in prompts.iter().enumerate() {
+            let real = |t: &Tensor| flat(&t.i(s).unwrap().narrow(0, 0, prompt.len()).unwrap());
+            assert_eq!(real(&all), real(&want_all), "sequence {s}'s positions");
+            for (layer, ((k, v), (wk, wv))) in
+                new_caches[s].layers.iter().zip(&want_caches[s].layers).enumerate()
+            {
+                assert_eq!(flat(k), flat(wk), "sequence {s}, layer {layer}'s keys");
+                assert_eq!(flat(v), flat(wv), "sequence {s}, layer {layer}'s values");
+            }
+        }
+    }
 
     #[test]
     fn token_scores_are_log_probs_up_to_each_rows_constant() {

@@ -33,21 +33,32 @@ pub(crate) struct Heads {
     pub v: Vec<f32>,
 }
 
-/// Splits `y` (`[b · t, (heads + 2 · kv_heads) · head_dim]`: queries, keys, values) into
-/// head-major queries, keys and values, adding `bias` (one value per column) and rotating
-/// queries and keys by each token's position: row `r` of `y` is at `positions[r]`, whose
-/// angles are row `positions[r]` of `cos` and `sin` (`[positions, head_dim / 2]`).
+/// Where each sequence's tokens are among the projection's rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    /// Row `seq · t + step` for every step, padding included.
+    Padded,
+    /// Sequence `s`'s `lens[s]` tokens from row `starts[s]` on, no rows for its padding (whose
+    /// heads are left zero).
+    Packed { starts: &'a [usize], lens: &'a [usize] },
+}
+
+/// Splits `y` (`[rows, (heads + 2 · kv_heads) · head_dim]`: queries, keys, values; `rows` says
+/// which row holds which token) into head-major queries, keys and values `[b, n, t,
+/// head_dim]`, adding `bias` (one value per column) and rotating queries and keys by each
+/// token's position: step `i` of sequence `s` is at `positions[s · t + i]`, whose angles are
+/// that row of `cos` and `sin` (`[positions, head_dim / 2]`).
 pub(crate) fn heads_with_rope(
     y: &[f32],
     bias: Option<&[f32]>,
     (cos, sin): (&[f32], &[f32]),
     positions: &[u32],
-    (b, t): (usize, usize),
+    (b, t, rows): (usize, usize, Rows<'_>),
     layout: HeadLayout,
 ) -> Heads {
     let HeadLayout { heads, kv_heads, head_dim, neox } = layout;
     let width = (heads + 2 * kv_heads) * head_dim;
-    debug_assert_eq!(y.len(), b * t * width);
+    debug_assert!(matches!(rows, Rows::Packed { .. }) || y.len() == b * t * width);
     debug_assert_eq!(positions.len(), b * t);
     let mut q = vec![0.0f32; b * heads * t * head_dim];
     let mut k = vec![0.0f32; b * kv_heads * t * head_dim];
@@ -72,8 +83,12 @@ pub(crate) fn heads_with_rope(
     let half = head_dim / 2;
     items.into_par_iter().for_each(|(out, seq, head, rotate)| {
         let column = head * head_dim;
-        for (step, dst) in out.chunks_exact_mut(head_dim).enumerate() {
-            let row = seq * t + step;
+        let (first_row, len) = match rows {
+            Rows::Padded => (seq * t, t),
+            Rows::Packed { starts, lens } => (starts[seq], lens[seq]),
+        };
+        for (step, dst) in out.chunks_exact_mut(head_dim).enumerate().take(len) {
+            let row = first_row + step;
             let src = &y[row * width + column..][..head_dim];
             match bias {
                 Some(bias) => {
@@ -87,7 +102,7 @@ pub(crate) fn heads_with_rope(
             if !rotate {
                 continue;
             }
-            let at = positions[row] as usize * half;
+            let at = positions[seq * t + step] as usize * half;
             let (cos, sin) = (&cos[at..at + half], &sin[at..at + half]);
             if neox {
                 let (lo, hi) = dst.split_at_mut(half);
@@ -184,7 +199,14 @@ mod tests {
                 // the padding repeating a sequence's last position.
                 let positions: Vec<u32> =
                     [[7, 8, 9, 9, 9], [0, 1, 2, 3, 4], [31, 32, 33, 34, 35]].concat();
-                let got = heads_with_rope(&y, bias, (&cos, &sin), &positions, (b, t), layout);
+                let got = heads_with_rope(
+                    &y,
+                    bias,
+                    (&cos, &sin),
+                    &positions,
+                    (b, t, Rows::Padded),
+                    layout,
+                );
                 let device = Device::Cpu;
                 let cos_t =
                     Tensor::from_slice(&cos, (table, layout.head_dim / 2), &device).unwrap();
@@ -194,6 +216,29 @@ mod tests {
                 assert_eq!(got.q, want[0], "queries, neox {neox}, bias {with_bias}");
                 assert_eq!(got.k, want[1], "keys, neox {neox}, bias {with_bias}");
                 assert_eq!(got.v, want[2], "values, neox {neox}, bias {with_bias}");
+                // The same tokens packed without their padding (3, 5 and 2 of the 5 steps):
+                // their heads the same bit for bit, the padding's left zero.
+                let lens = [3usize, 5, 2];
+                let starts = [0usize, 3, 8];
+                let packed: Vec<f32> = (0..b)
+                    .flat_map(|s| (0..lens[s]).map(move |i| s * t + i))
+                    .flat_map(|row| y[row * width..(row + 1) * width].to_vec())
+                    .collect();
+                let rows = Rows::Packed { starts: &starts, lens: &lens };
+                let got =
+                    heads_with_rope(&packed, bias, (&cos, &sin), &positions, (b, t, rows), layout);
+                for (part, (got, want)) in [got.q, got.k, got.v].iter().zip(&want).enumerate() {
+                    for (chunk, (g, w)) in got
+                        .chunks(t * layout.head_dim)
+                        .zip(want.chunks(t * layout.head_dim))
+                        .enumerate()
+                    {
+                        let seq = chunk / [layout.heads, layout.kv_heads, layout.kv_heads][part];
+                        let real = lens[seq] * layout.head_dim;
+                        assert_eq!(g[..real], w[..real], "packed part {part}, sequence {seq}");
+                        assert!(g[real..].iter().all(|&v| v == 0.0), "padding left zero");
+                    }
+                }
             }
         }
     }
