@@ -605,6 +605,15 @@ mod tests {
     }
 
     #[test]
+    fn parts_stay_within_their_padded_budget_and_hold_at_least_one_sequence() {
+        let seqs: Vec<Vec<u32>> = [3, 3, 4, 10, 2, 2].iter().map(|&n| vec![1; n]).collect();
+        // 3 + 3 fit in 8 (2 × 3), a third would pad to 3 × 4 = 12; a 10 alone exceeds 8.
+        assert_eq!(parts_within(&seqs, 8), vec![0..2, 2..3, 3..4, 4..6]);
+        assert_eq!(parts_within(&seqs, 1000), vec![0..6]);
+        assert!(parts_within::<Vec<u32>>(&[], 8).is_empty());
+    }
+
+    #[test]
     fn the_start_all_labels_share_leaves_each_a_token() {
         assert_eq!(shared_start(&[vec![1, 2, 3], vec![1, 2, 4, 5]]), 2);
         assert_eq!(shared_start(&[vec![1, 2], vec![1, 2, 4]]), 1);
