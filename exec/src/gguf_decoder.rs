@@ -743,9 +743,9 @@ impl GgufDecoder {
         })
     }
 
-    /// `outputs`: whether to return every position's hidden state, and the extended caches.
-    /// `tree`: each sequence's trunk and branches (see [`Self::forward_branches`]), or `None`
-    /// for plain causal sequences.
+    /// `(all_positions, keep_caches)`: whether to return every position's hidden state, and
+    /// the extended caches. `tree`: each sequence's trunk and branches (see
+    /// [`Self::forward_branches`]), or `None` for plain causal sequences.
     fn pass_in_pool(
         &self,
         tokens: &[&[u32]],
@@ -765,12 +765,10 @@ impl GgufDecoder {
         let t = tokens.iter().map(|s| s.len()).max().unwrap_or(1);
         let p = caches.iter().map(|s| s.len).max().unwrap_or(0);
         self.check_context(p + t)?;
-        // Right-padded token ids and each token's absolute position.
-        let mut ids = Vec::with_capacity(b * t);
+        // Each padded step's absolute position (the padding repeats its sequence's last).
         let mut positions = Vec::with_capacity(b * t);
         for (s, (seq, cache)) in tokens.iter().zip(caches).enumerate() {
             for i in 0..t {
-                ids.push(seq.get(i).copied().unwrap_or(0));
                 let at = i.min(seq.len() - 1);
                 let depth = tree.map_or(at, |layouts| layouts[s].depth(at));
                 positions.push((cache.len + depth) as u32);
@@ -800,6 +798,11 @@ impl GgufDecoder {
             let shape = (t, all_positions);
             self.layers_packed(tokens, &positions, shape, mask.as_ref(), kv)?
         } else {
+            // Right-padded token ids.
+            let ids: Vec<u32> = tokens
+                .iter()
+                .flat_map(|seq| (0..t).map(|i| seq.get(i).copied().unwrap_or(0)))
+                .collect();
             let x = self.layers(ids, positions, (b, t), mask.as_ref(), pass, kv)?;
             let last_index: Vec<u32> =
                 tokens.iter().enumerate().map(|(s, seq)| (s * t + seq.len() - 1) as u32).collect();
