@@ -761,9 +761,8 @@ fn bf16_bits(x: f32) -> u16 {
 /// `x [m, cols]` as bf16 in the tile layout the weights use (see [`AmxMatrix`]): for each
 /// block of 16 rows, for each 32-wide slice of the columns, one contiguous 16×32 tile, so every
 /// tile load reads 1 KB in a row. Zero-padded to `[padded_m, padded_cols]`; blocks of rows are
-/// converted in parallel.
-/// `x`'s rows (RMS-normalised by `norm`'s weight and epsilon first, where given) as bf16
-/// tiles.
+/// converted in parallel. With `norm` (weight, epsilon), each row is RMS-normalised first
+/// ([`rms_normed`]), into a scratch row per work item.
 fn activations_in_tiles(
     x: &[f32],
     norm: Option<(&[f32], f32)>,

@@ -918,7 +918,11 @@ impl GgufDecoder {
             let (q, k, v) = match (pass, &block.qkv) {
                 (Pass::Prompt, Some(qkv)) => {
                     let rows = Rows::Padded;
-                    self.rotated_heads(qkv, (&x, &block.attn_norm), &positions, (b, t, rows))?
+                    with_f32_values(&x, |x| {
+                        with_f32_values(&block.attn_norm, |w| {
+                            self.rotated_heads(qkv, (x, w), &positions, (b, t, rows))
+                        })
+                    })???
                 }
                 _ => {
                     let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
@@ -951,19 +955,11 @@ impl GgufDecoder {
             x = (residual + block.wo.forward(&attn, pass)?)?;
             x = match (pass, &block.gated, &block.w_down.amx, &block.w_down.bias) {
                 (Pass::Prompt, Some(gated), Some(down), None) => {
-                    // The norm goes straight into the tiles, the residual into the product's
-                    // output: the same values as the candle steps below.
-                    let acts = with_f32_values(&x, |x| {
+                    let y = with_f32_values(&x, |x| {
                         with_f32_values(&block.ffn_norm, |w| {
-                            TiledActivations::from_rms_normed(x, w, eps, b * t, c.dim)
+                            gated_mlp_with_residual(x, (w, eps), (gated, down), (b * t, c.dim))
                         })
                     })??;
-                    let mut y = down.matmul_tiled(&gated.silu_gated(&acts));
-                    with_f32_values(&x, |x| {
-                        for (y, &x) in y.iter_mut().zip(x) {
-                            *y += x;
-                        }
-                    })?;
                     Tensor::from_vec(y, (b, t, c.dim), &self.device)?
                 }
                 _ => {
@@ -1040,9 +1036,9 @@ impl GgufDecoder {
                     reason: "a packed prompt pass needs every product on AMX tiles".into(),
                 });
             };
-            let packed = Tensor::from_slice(&x, (n, c.dim), &self.device)?;
-            let (q, k, v) =
-                self.rotated_heads(qkv, (&packed, &block.attn_norm), positions, (b, t, rows))?;
+            let (q, k, v) = with_f32_values(&block.attn_norm, |w| {
+                self.rotated_heads(qkv, (&x, w), positions, (b, t, rows))
+            })??;
             let (keys, values) = kv(layer, &k, &v)?;
             let q = q.reshape((b, c.n_kv_head, group * t, c.head_dim))?;
             // `[B, n_kv_head, group · T, head_dim]` is `[B, n_head, T, head_dim]` in memory.
@@ -1055,13 +1051,9 @@ impl GgufDecoder {
             for (h, &r) in h.iter_mut().zip(&x) {
                 *h += r;
             }
-            let acts = with_f32_values(&block.ffn_norm, |w| {
-                TiledActivations::from_rms_normed(&h, w, eps, n, c.dim)
+            x = with_f32_values(&block.ffn_norm, |w| {
+                gated_mlp_with_residual(&h, (w, eps), (gated, down), (n, c.dim))
             })?;
-            x = down.matmul_tiled(&gated.silu_gated(&acts));
-            for (y, &r) in x.iter_mut().zip(&h) {
-                *y += r;
-            }
         }
         let x = Tensor::from_vec(x, (n, c.dim), &self.device)?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
@@ -1092,7 +1084,7 @@ impl GgufDecoder {
     fn rotated_heads(
         &self,
         qkv: &Linear,
-        (x, norm): (&Tensor, &Tensor),
+        (x, norm): (&[f32], &[f32]),
         positions: &[u32],
         (b, t, rows): (usize, usize, Rows<'_>),
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
@@ -1101,10 +1093,7 @@ impl GgufDecoder {
             candle_core::bail!("the stacked query/key/value projection has no tiles")
         };
         let eps = c.rms_eps as f32;
-        let m = x.elem_count() / c.dim;
-        let acts = with_f32_values(x, |x| {
-            with_f32_values(norm, |w| TiledActivations::from_rms_normed(x, w, eps, m, c.dim))
-        })??;
+        let acts = TiledActivations::from_rms_normed(x, norm, eps, x.len() / c.dim, c.dim);
         let y = matrix.matmul_tiled(&acts);
         let bias = qkv.bias.as_ref().map(|bias| bias.to_vec1::<f32>()).transpose()?;
         let layout = HeadLayout {
@@ -1257,6 +1246,24 @@ impl GgufDecoder {
         }
         Ok(Some(Tensor::from_vec(m, (tokens.len(), 1, rows, width), &self.device)?))
     }
+}
+
+/// A block's MLP on AMX with its residual, `[m, dim]` rows in and out: `x`'s rows
+/// RMS-normalised (`norm`: weight and epsilon) straight into the tiles, gate and up in one
+/// product with the SiLU gating, the down projection, then `x` added into its output. The same
+/// values as candle's norm, products, SiLU and residual add, bit for bit.
+fn gated_mlp_with_residual(
+    x: &[f32],
+    (weight, eps): (&[f32], f32),
+    (gated, down): (&AmxMatrix, &AmxMatrix),
+    (m, dim): (usize, usize),
+) -> Vec<f32> {
+    let acts = TiledActivations::from_rms_normed(x, weight, eps, m, dim);
+    let mut y = down.matmul_tiled(&gated.silu_gated(&acts));
+    for (y, &r) in y.iter_mut().zip(x) {
+        *y += r;
+    }
+    y
 }
 
 /// The attention output's rows of real tokens, packed (`[Σ lens, heads · head_dim]`, each row
@@ -1459,6 +1466,19 @@ fn rope_tables(
 mod tests {
     use super::*;
 
+    /// A tiny qwen2 decoder of random weights (`seed`) with both weight copies, so prompt passes
+    /// take the fused AMX path where the CPU has AMX; its file's directory beside it.
+    fn tiny_qwen2(seed: u64) -> (tempfile::TempDir, GgufDecoder) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        crate::tiny_models::write_tiny_gguf(&path, "qwen2", GgmlDType::F32, seed).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = Content::read(&mut file).unwrap();
+        let decoder =
+            GgufDecoder::load(&content, &mut file, &Device::Cpu, WeightMode::Both).unwrap();
+        (dir, decoder)
+    }
+
     /// Makes prompt passes take the padded path (both paths give the same values, so other
     /// tests running meanwhile are unaffected).
     pub(super) static PADDED_ONLY: std::sync::atomic::AtomicBool =
@@ -1466,13 +1486,7 @@ mod tests {
 
     #[test]
     fn packed_prompt_passes_equal_padded_ones_bit_for_bit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        crate::tiny_models::write_tiny_gguf(&path, "qwen2", GgmlDType::F32, 13).unwrap();
-        let mut file = std::fs::File::open(&path).unwrap();
-        let content = Content::read(&mut file).unwrap();
-        let decoder =
-            GgufDecoder::load(&content, &mut file, &Device::Cpu, WeightMode::Both).unwrap();
+        let (_dir, decoder) = tiny_qwen2(13);
         if !decoder.packs_prompts() {
             assert!(!crate::amx_gemm::available(), "the tiny model packs where AMX runs");
             return; // No AMX here: every pass is padded.
@@ -1507,13 +1521,7 @@ mod tests {
 
     #[test]
     fn token_scores_are_log_probs_up_to_each_rows_constant() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        crate::tiny_models::write_tiny_gguf(&path, "qwen2", GgmlDType::F32, 5).unwrap();
-        let mut file = std::fs::File::open(&path).unwrap();
-        let content = Content::read(&mut file).unwrap();
-        let decoder =
-            GgufDecoder::load(&content, &mut file, &Device::Cpu, WeightMode::Both).unwrap();
+        let (_dir, decoder) = tiny_qwen2(5);
         let hidden = Tensor::randn(0f32, 1.0, (3, decoder.config().dim), &Device::Cpu).unwrap();
         let tokens = [7u32, 200, 7, 262];
         let scores = decoder.token_scores(&hidden, &tokens).unwrap().to_vec2::<f32>().unwrap();
@@ -1541,14 +1549,7 @@ mod tests {
 
     #[test]
     fn branches_in_one_pass_equal_each_run_alone_after_its_trunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        crate::tiny_models::write_tiny_gguf(&path, "qwen2", GgmlDType::F32, 11).unwrap();
-        let mut file = std::fs::File::open(&path).unwrap();
-        let content = Content::read(&mut file).unwrap();
-        // Both weight copies: prompt passes take the fused projection where the CPU has AMX.
-        let decoder =
-            GgufDecoder::load(&content, &mut file, &Device::Cpu, WeightMode::Both).unwrap();
+        let (_dir, decoder) = tiny_qwen2(11);
         let empty = decoder.empty_cache().unwrap();
         let (_, _, prefix) = decoder.forward(&[&[1u32, 2, 3, 4][..]], &[&empty], false).unwrap();
         let prefix = &prefix[0];
@@ -1587,13 +1588,7 @@ mod tests {
 
     #[test]
     fn a_long_prompt_attends_by_causal_blocks_as_it_would_in_two_passes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        crate::tiny_models::write_tiny_gguf(&path, "qwen2", GgmlDType::F32, 9).unwrap();
-        let mut file = std::fs::File::open(&path).unwrap();
-        let content = Content::read(&mut file).unwrap();
-        let decoder =
-            GgufDecoder::load(&content, &mut file, &Device::Cpu, WeightMode::Both).unwrap();
+        let (_dir, decoder) = tiny_qwen2(9);
         let empty = decoder.empty_cache().unwrap();
         // 420 and 300 tokens: both past two causal blocks, the shorter one padded in the batch.
         let long: Vec<u32> = (0..420u32).map(|i| (i * 7 + 3) % 256).collect();
