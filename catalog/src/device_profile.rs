@@ -67,18 +67,19 @@ impl ModelSpeed {
     }
 
     /// The default for a model of `parameters` parameters where prompt passes run on matrix
-    /// units (AMX tiles, bf16): the prefill curve refitted to `murakkab calibrate` on this
-    /// project's 2-core Sapphire Rapids machine (2026-12-04, the kernel with aligned tiles and
-    /// the interleaved SiLU epilogue, two runs averaged, each row counted as the cost model
-    /// counts it: label scoring at 3,327 tokens/s for SmolLM2-135M and 2,015 for Qwen2.5-0.5B,
-    /// against 1,008 and 441 with `MURAKKAB_AMX=0`), which `1534 · (10⁹ / p)^0.386` fits: a
-    /// 1.65x gap for 3.7x the parameters, since the narrow model's passes spend more of their
-    /// time outside the products. An encoder's projections run on the matrix units too: its
-    /// embeddings at [`AMX_EMBED_SCALE`] parameter-embeddings per second. Decode does not use
-    /// them and keeps [`Self::default_for`]'s figure.
+    /// units (AMX tiles, bf16): the prefill speed interpolated (log-log) between what
+    /// `murakkab calibrate` measured on this project's 2-core Sapphire Rapids machine
+    /// ([`AMX_PREFILL_MEASURED`]), beyond them along the nearest segment. One power law does not
+    /// fit both ends: a narrow model's passes spend more of their time outside the products
+    /// (1.65x the time for 3.7x the parameters from SmolLM2-135M to Qwen2.5-0.5B), while from
+    /// Qwen2.5-0.5B to -1.5B time grows with size (3.0x for 3.1x); the power law fitted to the
+    /// two small models had priced Qwen2.5-1.5B at 1,298 tokens/s, about twice its speed. An
+    /// encoder's projections run on the matrix units too: its embeddings at
+    /// [`AMX_EMBED_SCALE`] parameter-embeddings per second. Decode does not use them and keeps
+    /// [`Self::default_for`]'s figure.
     pub fn default_with_matrix_units(parameters: u64) -> Self {
         let p = parameters.max(1) as f64;
-        let prefill_tokens_per_s = AMX_SCALE * (1e9 / p).powf(AMX_EXPONENT);
+        let prefill_tokens_per_s = interpolate_log_log(&AMX_PREFILL_MEASURED, p);
         Self {
             prefill_tokens_per_s,
             statement_tokens_per_s: prefill_tokens_per_s / STATEMENT_TOKEN_COST,
@@ -119,10 +120,24 @@ pub const DEFAULT_LOAD_BYTES_PER_S: f64 = 0.5e9;
 /// 12.9 s it took.
 pub const STATEMENT_TOKEN_COST: f64 = 1.5;
 
-/// Prefill speed of [`ModelSpeed::default_with_matrix_units`] at 10⁹ parameters.
-const AMX_SCALE: f64 = 1534.0;
-/// How fast that speed falls with size.
-const AMX_EXPONENT: f64 = 0.386;
+/// Label-scoring prefill on matrix units as `murakkab calibrate` measured it on this project's
+/// 2-core Sapphire Rapids machine, (parameters, tokens/s), each row counted as the cost model
+/// counts it: SmolLM2-135M and Qwen2.5-0.5B on 2026-12-04 (the kernel with aligned tiles and the
+/// interleaved SiLU epilogue, two runs averaged; 1,008 and 441 with `MURAKKAB_AMX=0`),
+/// Qwen2.5-Coder-1.5B on 2026-12-05 (its weights on tiles; three runs: 689, 673, 658).
+const AMX_PREFILL_MEASURED: [(f64, f64); 3] =
+    [(135_000_000.0, 3327.0), (494_000_000.0, 2015.0), (1_540_000_000.0, 673.0)];
+
+/// `y(x)` on the piecewise power law through `points` (sorted by `x`, at least two): between two
+/// points the line through them in log-log space, outside the first or last segment's line.
+fn interpolate_log_log(points: &[(f64, f64)], x: f64) -> f64 {
+    let last = points.len().saturating_sub(2);
+    let i = points.windows(2).position(|w| x <= w[1].0).unwrap_or(last).min(last);
+    let ((x0, y0), (x1, y1)) = (points[i], points[i + 1]);
+    let slope = (y1 / y0).ln() / (x1 / x0).ln();
+    y0 * (x / x0).powf(slope)
+}
+
 /// An encoder's parameter-embeddings per second on matrix units: `murakkab calibrate` on this
 /// project's 2-core Sapphire Rapids machine (2026-12-05, 1aad3de, texts packed without
 /// padding; two runs) measured MiniLM-L6 (22.7M parameters) at 1,485 and 1,438 embeddings/s,
@@ -195,6 +210,16 @@ mod tests {
         let amx = |p| ModelSpeed::default_with_matrix_units(p);
         assert!((amx(small).prefill_tokens_per_s - 3327.0).abs() < 35.0, "calibrated 3,327");
         assert!((amx(large).prefill_tokens_per_s - 2015.0).abs() < 20.0, "calibrated 2,015");
+        let larger = amx(1_540_000_000).prefill_tokens_per_s;
+        assert!((larger - 673.0).abs() < 7.0, "{larger}: calibrated 689, 673, 658");
+        // Between and beyond the measured sizes the speed falls steadily with size.
+        let speeds: Vec<f64> = [50e6, 135e6, 300e6, 494e6, 1e9, 1.54e9, 3e9]
+            .iter()
+            .map(|&p| amx(p as u64).prefill_tokens_per_s)
+            .collect();
+        assert!(speeds.windows(2).all(|w| w[0] > w[1]), "{speeds:?}");
+        let (between, beyond) = (speeds[4], speeds[6]);
+        assert!((673.0..2015.0).contains(&between) && (300.0..400.0).contains(&beyond));
         let minilm = amx(22_700_000).embeddings_per_s;
         assert!((minilm - 1461.0).abs() < 30.0, "{minilm}: calibrated 1,485 and 1,438");
         assert_eq!(

@@ -124,8 +124,8 @@ impl ModelRuntime {
     fn language_model(&self, id: &str) -> Result<std::sync::Arc<LanguageModel>, String> {
         if let Ok(card) = self.card(id) {
             let bytes = || {
-                let f32_copy = weight_mode(&card) == WeightMode::Both;
-                decoder_weight_bytes(file_bytes(&self.home, &card), card.parameters, f32_copy)
+                let prefill_copy = weight_mode(&card) == WeightMode::Both;
+                decoder_weight_bytes(file_bytes(&self.home, &card), card.parameters, prefill_copy)
             };
             self.memory.hold_weights(id, bytes).map_err(|e| e.to_string())?;
         }

@@ -72,12 +72,16 @@ impl ModelMemory {
 /// Bytes a decoder holds for its weights: the files — or 36 bytes per 32 weights if that is
 /// more, since formats without a vectorised kernel are re-quantized to Q8_0 at load and repacked
 /// for the decode kernel (an f32 scale per block; Q4_1 kept for our kernel takes 24, so this
-/// bounds it) — plus an f32 copy of every weight when it keeps
-/// one for prefill (models up to 1B parameters). Without the f32 copy, prompt passes use candle's
-/// quantized weights beside the repacked ones: twice the quantized part, as an upper bound.
-pub fn decoder_weight_bytes(file_bytes: u64, parameters: u64, f32_copy: bool) -> usize {
+/// bounds it) — plus 4 bytes per weight when it keeps a copy for prefill
+/// ([`crate::registry::weight_mode`]). That copy is f32, or bf16 tiles where the CPU has AMX;
+/// the tiles take 2 bytes, but loading dequantizes to f32 first and the embedding rows stay
+/// f32, so 4 bounds the peak better: one-row `murakkab -f` queries peaked at 0.61, 2.79 and
+/// 6.05 GB resident for SmolLM2-135M, Qwen2.5-0.5B and Qwen2.5-1.5B (2026-12-05, AMX), where
+/// this counts 0.69, 2.53 and 7.89. Without that copy, prompt passes use candle's quantized
+/// weights beside the repacked ones: twice the quantized part, as an upper bound.
+pub fn decoder_weight_bytes(file_bytes: u64, parameters: u64, prefill_copy: bool) -> usize {
     let quantized = file_bytes.max(parameters.saturating_mul(36) / 32);
-    let total = if f32_copy {
+    let total = if prefill_copy {
         quantized.saturating_add(parameters.saturating_mul(4))
     } else {
         quantized.saturating_mul(2)
