@@ -333,10 +333,15 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// A scratch home whose models are the real ones: empty caches, no statistics.
+/// A scratch home holding links to the real files of [`MODELS`] only (another pulled model, a
+/// larger one say, would otherwise become the reference): empty caches, no statistics.
 fn scratch_home(home: &MurakkabHome) -> tempfile::TempDir {
     let scratch = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(home.models_dir(), scratch.path().join("models")).unwrap();
+    let scratch_home = MurakkabHome::at(scratch.path());
+    std::fs::create_dir_all(scratch_home.models_dir()).unwrap();
+    for model in MODELS {
+        std::os::unix::fs::symlink(home.model_dir(model), scratch_home.model_dir(model)).unwrap();
+    }
     scratch
 }
 
