@@ -6,7 +6,9 @@
 //! `MURAKKAB_BENCH_ROWS` sets the rows per workflow (default 100, about 17 minutes for the ten
 //! workflows here; the naive plan is most of it), `MURAKKAB_BENCH_ONLY` a comma-separated subset (`uci-sentiment,bbc-topics,spam-filter,bbc-sport-good-news,bbc-search,
 //! bbc-business-companies,bbc-business-top-20,drug-condition,drug-summaries,restaurant-join`),
-//! `MURAKKAB_BENCH_QUICK=1` a smoke run (two workflows, 60 rows, under 3 minutes). Each
+//! `MURAKKAB_BENCH_QUICK=1` a smoke run (two workflows, 60 rows, under 3 minutes),
+//! `MURAKKAB_BENCH_MODELS` the decoders the plans may use (comma-separated; the default is
+//! smollm2-135m-instruct and qwen2.5-coder-0.5b-instruct, the largest being the reference). Each
 //! workflow runs four times in one process on the same weights and 2 threads, each time in a
 //! fresh scratch home (empty result cache, no optimizer statistics) whose models directory links
 //! to the real one:
@@ -42,8 +44,21 @@ use murakkab::arrow::compute::cast;
 use murakkab::arrow::datatypes::DataType;
 use murakkab::catalog::{ModelStatus, MurakkabHome, PlanChoices, StatsStore, find_model};
 
+/// The models every plan may use (the encoder first, then the decoders, the largest being the
+/// reference); `MURAKKAB_BENCH_MODELS` (comma-separated) replaces the decoders, e.g. to add
+/// `qwen2.5-coder-1.5b-instruct` as the reference.
 const MODELS: &[&str] =
     &["all-minilm-l6-v2", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"];
+
+/// [`MODELS`], or the encoder and the decoders `MURAKKAB_BENCH_MODELS` names.
+fn bench_models() -> Vec<String> {
+    match std::env::var("MURAKKAB_BENCH_MODELS") {
+        Ok(list) => std::iter::once(MODELS[0].to_string())
+            .chain(list.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()))
+            .collect(),
+        Err(_) => MODELS.iter().map(|m| m.to_string()).collect(),
+    }
+}
 
 /// One workflow: a query whose rows are `(id, answer, truth)` over `rows` input rows.
 struct Workflow {
@@ -333,13 +348,13 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// A scratch home holding links to the real files of [`MODELS`] only (another pulled model, a
-/// larger one say, would otherwise become the reference): empty caches, no statistics.
+/// A scratch home holding links to the real files of [`bench_models`] only (another pulled
+/// model, a larger one say, would otherwise become the reference): empty caches, no statistics.
 fn scratch_home(home: &MurakkabHome) -> tempfile::TempDir {
     let scratch = tempfile::tempdir().unwrap();
     let scratch_home = MurakkabHome::at(scratch.path());
     std::fs::create_dir_all(scratch_home.models_dir()).unwrap();
-    for model in MODELS {
+    for model in &bench_models() {
         std::os::unix::fs::symlink(home.model_dir(model), scratch_home.model_dir(model)).unwrap();
     }
     scratch
@@ -570,7 +585,8 @@ fn main() {
     unsafe { murakkab::init_model_threads(Some(2)) };
     let quick = std::env::var_os("MURAKKAB_BENCH_QUICK").is_some();
     let home = MurakkabHome::from_env();
-    for model in MODELS {
+    let models = bench_models();
+    for model in &models {
         if !find_model(&home, model).is_ok_and(|c| c.status(&home) == ModelStatus::Pulled) {
             println!("skipped: run `murakkab models pull --default` ({model} is missing)");
             return;
@@ -590,7 +606,7 @@ fn main() {
         // Load every model once, outside any timing.
         let warm = scratch_home(&home);
         let db = session(warm.path(), Mode::Optimized).await;
-        for model in &MODELS[1..] {
+        for model in &models[1..] {
             let sql = format!("SELECT ai_classify('x', ['a', 'b'], model => '{model}')");
             db.sql(&sql).await.unwrap().collect().await.unwrap();
         }

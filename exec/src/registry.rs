@@ -97,13 +97,13 @@ impl ModelRegistry {
 }
 
 /// A model keeps a copy of its weights for prompt passes beside the quantized ones when that
-/// copy takes at most [`PREFILL_COPY_MAX_BYTES`]: f32 up to 1B parameters, bf16 tiles (half the
+/// copy takes at most [`prefill_copy_limit`]: f32 up to 1B parameters, bf16 tiles (half the
 /// bytes, where the CPU has AMX) up to 2B. Without it, prompt passes multiply the quantized
 /// weights: Qwen2.5-Coder-1.5B classified 445 BBC headlines in 69 s that way, where its tiles
 /// are several times faster.
 pub fn weight_mode(card: &ModelCard) -> WeightMode {
     let copy_bytes = card.parameters.saturating_mul(prefill_copy_bytes_per_weight());
-    if card.parameters > 0 && copy_bytes <= PREFILL_COPY_MAX_BYTES {
+    if card.parameters > 0 && copy_bytes <= prefill_copy_limit() {
         WeightMode::Both
     } else {
         WeightMode::Quantized
@@ -112,6 +112,24 @@ pub fn weight_mode(card: &ModelCard) -> WeightMode {
 
 /// The largest copy of a model's weights kept for prompt passes.
 pub const PREFILL_COPY_MAX_BYTES: u64 = 4_000_000_000;
+
+/// [`PREFILL_COPY_MAX_BYTES`], or half the machine's memory where Linux reports less than
+/// twice that: on a small machine the copy (and the f32 blocks loading makes on the way) would
+/// crowd out everything else.
+fn prefill_copy_limit() -> u64 {
+    static LIMIT: OnceLock<u64> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| mem_total(&m));
+        total.map_or(PREFILL_COPY_MAX_BYTES, |bytes| PREFILL_COPY_MAX_BYTES.min(bytes / 2))
+    })
+}
+
+/// Bytes of `MemTotal` in the text of `/proc/meminfo`.
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes.saturating_mul(1024))
+}
 
 /// Bytes per weight of the copy prompt passes read: bf16 tiles where the CPU has AMX (the f32
 /// copy is dropped once packed), f32 elsewhere.
@@ -171,10 +189,19 @@ mod tests {
         assert_eq!(weight_mode(&card("qwen2.5-coder-0.5b-instruct")), WeightMode::Both);
         // 1.54B weights: 6.2 GB in f32, 3.1 GB in bf16 tiles.
         let large = weight_mode(&card("qwen2.5-coder-1.5b-instruct"));
-        let tiles = crate::amx_gemm::available();
+        let tiles = crate::amx_gemm::available() && prefill_copy_limit() >= 3_080_000_000;
         assert_eq!(large, if tiles { WeightMode::Both } else { WeightMode::Quantized });
         let unknown = ModelCard { parameters: 0, ..card("qwen2.5-coder-0.5b-instruct") };
         assert_eq!(weight_mode(&unknown), WeightMode::Quantized);
+    }
+
+    #[test]
+    fn the_machine_s_memory_is_read_from_meminfo() {
+        let meminfo = "MemFree:         1000 kB\nMemTotal:       24000000 kB\nBuffers: 1 kB\n";
+        assert_eq!(mem_total(meminfo), Some(24_000_000 * 1024));
+        assert_eq!(mem_total("MemFree: 1000 kB\n"), None);
+        assert_eq!(mem_total("MemTotal: lots\n"), None);
+        assert!(prefill_copy_limit() <= PREFILL_COPY_MAX_BYTES && prefill_copy_limit() > 0);
     }
 
     #[test]
