@@ -111,7 +111,7 @@ pub fn weight_mode(card: &ModelCard) -> WeightMode {
 }
 
 /// The largest copy of a model's weights kept for prompt passes.
-pub const PREFILL_COPY_MAX_BYTES: u64 = 4_000_000_000;
+const PREFILL_COPY_MAX_BYTES: u64 = 4_000_000_000;
 
 /// [`PREFILL_COPY_MAX_BYTES`], or half the machine's memory where Linux reports less than
 /// twice that: on a small machine the copy (and the f32 blocks loading makes on the way) would
@@ -133,7 +133,7 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 
 /// Bytes per weight of the copy prompt passes read: bf16 tiles where the CPU has AMX (the f32
 /// copy is dropped once packed), f32 elsewhere.
-pub fn prefill_copy_bytes_per_weight() -> u64 {
+fn prefill_copy_bytes_per_weight() -> u64 {
     if crate::amx_gemm::available() { 2 } else { 4 }
 }
 
